@@ -1,0 +1,1 @@
+"""The contract's server side, shared by the mock and the reference server."""

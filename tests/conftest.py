@@ -1,0 +1,22 @@
+"""Shared fixtures: a real mock server on a real loopback socket for each test that asks."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from halo_client.client import KoboldClient
+from halo_client.testing import MockKoboldServer
+
+
+@pytest.fixture
+async def mock_server() -> AsyncIterator[MockKoboldServer]:
+    async with MockKoboldServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def client(mock_server: MockKoboldServer) -> AsyncIterator[KoboldClient]:
+    async with KoboldClient(mock_server.url, timeout=10) as c:
+        yield c
