@@ -122,13 +122,16 @@ async def _stream_reply(client: KoboldClient, input_ids: list[int], *, attention
                         **params: Any) -> tuple[list[TokenEvent], DoneEvent]:
     events: list[TokenEvent] = []
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    info = await client.model_info()
+    hidden = {info.eos_token_id, info.eot_token_id}  # the stopping token's text is template, not reply
     async with client.generate_stream(input_ids, return_attention=attention, **params) as stream:
         async for event in stream:
             if isinstance(event, DoneEvent):
                 click.echo(decoder.decode(b"", final=True))
                 return events, event
             events.append(event)
-            click.echo(decoder.decode(event.piece), nl=False)
+            if event.token_id not in hidden:
+                click.echo(decoder.decode(event.piece), nl=False)
             if on_token is not None:
                 result = on_token(event)
                 if result is not None:
