@@ -9,11 +9,12 @@ import socket
 import struct
 
 
-def open_stream(port: int, path: str = "/api/v1/generate/stream", headers: str = "") -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+def open_stream(port: int, path: str = "/api/v1/generate/stream", headers: str = "",
+                host: str = "127.0.0.1") -> socket.socket:
+    sock = socket.create_connection((host, port), timeout=10)
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall(
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
         f"{headers}\r\n".encode()
     )

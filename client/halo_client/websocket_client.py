@@ -232,7 +232,7 @@ class StreamConnection(asyncio.BufferedProtocol):
     """One client WebSocket. Open with `connect()`; `recv()` gives str or bytearray."""
 
     #: stop reading from the socket while this many bytes of messages wait for the consumer
-    HIGH_WATER: Final = 64 * 1024 * 1024
+    HIGH_WATER: Final = 16 * 1024 * 1024
 
     def __init__(self, request: bytes, key: str, max_size: int) -> None:
         self._request = request

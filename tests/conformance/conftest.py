@@ -1,0 +1,105 @@
+"""The conformance suite: every rule of api_spec/, checked against any server.
+
+    pytest tests/conformance                                  # the built-in servers, in process
+    pytest tests/conformance --server-url http://127.0.0.1:5001 [--server-password PW]
+                             [--model-path MODEL.gguf]        # a running server, e.g. patched KoboldCPP
+
+With `--model-path`, each frame is also compared with the reference backend's frame for the
+same tokens (fidelity). Built-in targets: the mock server (its oracle is the mock backend) and
+every registered reference target.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from halo_client.serving.backend import ModelBackend
+from halo_client.serving.server import ContractServer
+from halo_client.testing import MockBackend, MockKoboldServer
+from halo_client.testing.threaded import ServerThread
+
+PASSWORD = "conformance-pw"
+ALLOWED_ORIGIN = "https://allowed.example"
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    password: str | None
+    #: builds a backend that recomputes the server's frames; None: fidelity is not checked
+    oracle: Callable[[], ModelBackend] | None
+    #: fidelity tolerances
+    max_abs: float = 1e-5
+    mean_tv: float = 1e-5
+    top1: float = 1.0
+    #: the in-process server, when there is one (its own counters back some checks)
+    server: ContractServer | None = None
+    allowed_origin: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+#: name -> factory of (server, oracle factory, tolerances); reference targets register here
+BUILTIN: dict[str, Callable[[], tuple[ContractServer, Callable[[], ModelBackend], dict[str, float]]]] = {}
+
+
+def _mock() -> tuple[ContractServer, Callable[[], ModelBackend], dict[str, float]]:
+    server = MockKoboldServer(password=PASSWORD, allowed_origins=(ALLOWED_ORIGIN,),
+                              backend=MockBackend(max_context_length=4096))
+    return server, MockBackend, {}
+
+
+BUILTIN["mock"] = _mock
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("halo conformance")
+    group.addoption("--server-url", default=None, help="check a running server instead of the built-in ones")
+    group.addoption("--server-password", default=None, help="the running server's --password")
+    group.addoption("--allowed-origin", default=None, help="an Origin the running server allows")
+    group.addoption("--server-pid", type=int, default=None,
+                    help="pid of the running server: lets the suite measure its memory")
+    group.addoption("--model-path", default=None, help="GGUF the running server runs: enables fidelity")
+    group.addoption("--fidelity-max-abs", type=float, default=None,
+                    help="largest allowed |server - reference| of one attention value")
+    group.addoption("--fidelity-mean-tv", type=float, default=None,
+                    help="largest allowed mean total-variation distance of a row")
+    group.addoption("--fidelity-top1", type=float, default=None,
+                    help="smallest allowed share of rows whose most-attended column agrees")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "target" in metafunc.fixturenames:
+        names = ["external"] if metafunc.config.getoption("--server-url") else list(BUILTIN)
+        metafunc.parametrize("target", names, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def target(request: pytest.FixtureRequest) -> Iterator[Target]:
+    config = request.config
+    if request.param == "external":
+        model_path = config.getoption("--model-path")
+        oracle = None
+        if model_path:
+            from halo_client.reference import load_backend
+
+            def oracle() -> ModelBackend:
+                return load_backend(model_path)
+
+        # a quantized C++ server is compared with tolerances that allow for its arithmetic
+        yield Target(
+            name="external", url=config.getoption("--server-url").rstrip("/"),
+            password=config.getoption("--server-password"), oracle=oracle,
+            max_abs=config.getoption("--fidelity-max-abs") or 0.05,
+            mean_tv=config.getoption("--fidelity-mean-tv") or 0.015,
+            top1=config.getoption("--fidelity-top1") or 0.97,
+            allowed_origin=config.getoption("--allowed-origin"),
+        )
+        return
+    server, oracle_factory, tolerances = BUILTIN[request.param]()
+    with ServerThread(lambda: server) as running:
+        yield Target(name=request.param, url=running.url, password=PASSWORD, oracle=oracle_factory,
+                     server=server, allowed_origin=ALLOWED_ORIGIN, **tolerances)
