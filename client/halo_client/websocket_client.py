@@ -18,6 +18,7 @@ import hashlib
 import os
 import struct
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
@@ -209,6 +210,11 @@ class FrameParser:
         self.events.append(Message(message_opcode, data))
 
 
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
 def mask_frame(opcode: int, payload: bytes, mask: bytes | None = None) -> bytes:
     """One complete client frame (clients must mask, RFC 6455 section 5.3)."""
     key = os.urandom(4) if mask is None else mask
@@ -245,7 +251,7 @@ class StreamConnection(asyncio.BufferedProtocol):
         self._messages: deque[str | bytes | bytearray | memoryview] = deque()
         self._queued = 0
         self._paused = False
-        self._wakeup: asyncio.Event = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
         self._closed: WebSocketClosed | None = None
         self._close_sent = False
         self._refused: tuple[int, int, bytes] | None = None  # status, content-length, body
@@ -281,7 +287,7 @@ class StreamConnection(asyncio.BufferedProtocol):
                 self._opened.set_exception(ConnectionError("connection closed during the upgrade"))
         if self._closed is None:
             self._closed = WebSocketClosed(1006, "connection lost without a close frame")
-        self._wakeup.set()
+        self._wake()
 
     # --------------------------------------------------------------------- handshake
 
@@ -363,7 +369,11 @@ class StreamConnection(asyncio.BufferedProtocol):
                 self._write(mask_frame(OP_CLOSE, struct.pack("!H", event.code) + event.reason.encode()))
                 if self._transport is not None:
                     self._transport.close()
-        self._wakeup.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     def _write(self, data: bytes) -> None:
         if self._transport is not None and not self._transport.is_closing():
@@ -381,9 +391,10 @@ class StreamConnection(asyncio.BufferedProtocol):
     async def recv(self, timeout: float | None = None) -> str | bytes | bytearray | memoryview:
         """The next message; TimeoutError after `timeout` seconds without one."""
         if not self._messages:
-            # Only wait (and pay for a timer) when nothing is queued: a token's frame is
-            # usually already here when its token message is taken.
-            await asyncio.wait_for(self._wait_message(), timeout)
+            # Only wait when nothing is queued: a token's frame is usually already here when
+            # its token message is taken. One future and one timer, no task: this runs for
+            # every token.
+            await self._wait(lambda: bool(self._messages), timeout)
         data = self._messages.popleft()
         self._queued -= len(data)
         if self._paused and self._queued < self.HIGH_WATER // 2 and self._transport:
@@ -391,12 +402,22 @@ class StreamConnection(asyncio.BufferedProtocol):
             self._paused = False
         return data
 
-    async def _wait_message(self) -> None:
-        while not self._messages:
+    async def _wait(self, ready: Callable[[], bool], timeout: float | None,
+                    raise_closed: bool = True) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while not ready():
             if self._closed is not None:
-                raise self._closed
-            self._wakeup.clear()
-            await self._wakeup.wait()
+                if raise_closed:
+                    raise self._closed
+                return
+            waiter = self._waiter = loop.create_future()
+            timer = None if deadline is None else loop.call_at(deadline, _expire, waiter)
+            try:
+                await waiter
+            finally:
+                if timer is not None:
+                    timer.cancel()
 
     async def send_text(self, text: str) -> None:
         self._write(mask_frame(OP_TEXT, text.encode("utf-8")))
@@ -413,13 +434,8 @@ class StreamConnection(asyncio.BufferedProtocol):
             self._transport.resume_reading()  # the server's close frame must get through
             self._paused = False
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wait_closed(), timeout)
+            await self._wait(lambda: self._closed is not None, timeout, raise_closed=False)
         self._transport.close()
-
-    async def _wait_closed(self) -> None:
-        while self._closed is None:
-            self._wakeup.clear()
-            await self._wakeup.wait()
 
 
 async def connect(url: str, *, headers: dict[str, str], max_size: int, timeout: float) -> StreamConnection:

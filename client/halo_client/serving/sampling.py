@@ -28,8 +28,8 @@ class Sampler:
         if self._banned.size:
             x[self._banned[self._banned < x.size]] = -np.inf
         if r.rep_pen != 1.0 and r.rep_pen_range > 0 and history:
-            recent = np.unique(np.asarray(history[-r.rep_pen_range:], dtype=np.int64))
-            recent = recent[recent < x.size]
+            # a set, not np.unique: this runs per token and the window is a few hundred ids
+            recent = np.fromiter({t for t in history[-r.rep_pen_range:] if t < x.size}, np.int64)
             vals = x[recent]
             x[recent] = np.where(vals > 0, vals / r.rep_pen, vals * r.rep_pen)
         if r.temperature == 0.0 or r.top_k == 1:
