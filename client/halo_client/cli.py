@@ -7,7 +7,7 @@ import codecs
 import functools
 import os
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -15,7 +15,10 @@ import click
 import numpy as np
 import numpy.typing as npt
 
-from halo_client.client import DEFAULT_URL, DoneEvent, KoboldClient, TokenEvent
+from halo_client.client import DEFAULT_URL, KoboldClient, TokenEvent
+from halo_client.conversation.chat import Chat, Reply
+from halo_client.conversation.pruner import PruneResult, PrunerSettings
+from halo_client.conversation.tracker import TrackerSettings
 from halo_client.errors import HaloError
 
 P = ParamSpec("P")
@@ -117,30 +120,69 @@ def render_heat(pieces: list[bytes], scores: npt.NDArray[np.floating]) -> str:
     return "".join(out)
 
 
-async def _stream_reply(client: KoboldClient, input_ids: list[int], *, attention: bool,
-                        on_token: Callable[[TokenEvent], Awaitable[None] | None] | None = None,
-                        **params: Any) -> tuple[list[TokenEvent], DoneEvent]:
-    events: list[TokenEvent] = []
+def tracker_options(func: Callable[P, R]) -> Callable[P, R]:
+    """The brightness tracker's and pruner's settings as flags (formulas: conversation/tracker.py)."""
+    defaults = TrackerSettings()
+    options = [
+        click.option("--max-context-tokens", default=0, show_default=True,
+                     help="Prune the dimmest sentences once the chat exceeds this many tokens (0: only "
+                          "to fit the server's context)."),
+        click.option("--granularity", type=click.Choice(["sentence", "line", "turn"]), default="sentence",
+                     show_default=True, help="What the pruner removes."),
+        click.option("--aggregation", type=click.Choice(["mean", "max", "last_layer", "weighted_layers"]),
+                     default=defaults.aggregation, show_default=True),
+        click.option("--distance-mode",
+                     type=click.Choice(["none", "threshold", "linear", "logarithmic", "square_root"]),
+                     default=defaults.distance_mode, show_default=True),
+        click.option("--min-distance", default=defaults.min_distance, show_default=True),
+        click.option("--distance-scale", default=defaults.distance_scale, show_default=True),
+        click.option("--accumulation", type=click.Choice(["additive", "none", "exponential"]),
+                     default=defaults.accumulation, show_default=True),
+        click.option("--decay", default=defaults.decay, show_default=True),
+        click.option("--boost", default=defaults.boost, show_default=True),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _settings_from(kw: dict[str, Any]) -> tuple[TrackerSettings, PrunerSettings]:
+    tracker = TrackerSettings(
+        aggregation=kw.pop("aggregation"), distance_mode=kw.pop("distance_mode"),
+        min_distance=kw.pop("min_distance"), distance_scale=kw.pop("distance_scale"),
+        accumulation=kw.pop("accumulation"), decay=kw.pop("decay"), boost=kw.pop("boost"))
+    pruner = PrunerSettings(max_context_tokens=kw.pop("max_context_tokens"),
+                            granularity=kw.pop("granularity"))
+    return tracker, pruner
+
+
+def render_brightness(chat: Chat) -> str:
+    """The active conversation, each token on a background as bright as its brightness."""
+    state = chat.state
+    active = state.active_positions()
+    return render_heat([state.pieces[int(p)] for p in active], state.brightness[active])
+
+
+def report_prunes(result: PruneResult) -> None:
+    for event in result.events:
+        text = " ".join(event.text.split())
+        click.echo(click.style(f"  pruned {event.kind} {event.unit} (brightness {event.score:.3f}, "
+                               f"{event.tokens_freed} tokens): {text[:70]}", dim=True), err=True)
+    if result.over_budget:
+        click.echo(click.style(f"  {result.message}", fg="yellow"), err=True)
+
+
+async def _print_reply(chat: Chat) -> Reply:
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    info = await client.model_info()
-    hidden = {info.eos_token_id, info.eot_token_id}  # the stopping token's text is template, not reply
-    async with client.generate_stream(input_ids, return_attention=attention, **params) as stream:
-        async for event in stream:
-            if isinstance(event, DoneEvent):
-                click.echo(decoder.decode(b"", final=True))
-                return events, event
-            events.append(event)
-            if event.token_id not in hidden:
-                click.echo(decoder.decode(event.piece), nl=False)
-            if on_token is not None:
-                result = on_token(event)
-                if result is not None:
-                    await result
-    raise HaloError("the stream ended without `done`")
+    hidden = {chat.info.eos_token_id, chat.info.eot_token_id}
 
+    def show(event: TokenEvent) -> None:
+        if event.token_id not in hidden:  # the stopping token's text is template, not reply
+            click.echo(decoder.decode(event.piece), nl=False)
 
-def _chatml(role: str, text: str) -> str:
-    return f"<|im_start|>{role}\n{text}<|im_end|>\n"
+    reply = await chat.reply(show)
+    click.echo(decoder.decode(b"", final=True))
+    return reply
 
 
 @main.command()
@@ -148,25 +190,30 @@ def _chatml(role: str, text: str) -> str:
 @click.option("--max-length", default=100, show_default=True, help="Most tokens to generate.")
 @click.option("--temperature", default=0.7, show_default=True, help="0 is greedy.")
 @click.option("--seed", default=-1, show_default=True, help="Sampler seed; -1 is random.")
-@click.option("--raw", is_flag=True, help="Send PROMPT as is, without the chat template.")
+@click.option("--system", default=None, help="A system prompt before PROMPT.")
 @click.option("--attention-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Save every token's attention frame to this .npz file.")
-@pass_settings
+@tracker_options
+@pass_settings  # type: ignore[arg-type]
 @_fail_cleanly
 async def generate(settings: Settings, prompt: str, max_length: int, temperature: float, seed: int,
-                   raw: bool, attention_out: Path | None) -> None:
-    """Generate a reply to PROMPT and print it as it streams."""
+                   system: str | None, attention_out: Path | None, **kw: Any) -> None:
+    """Generate a reply to PROMPT (as a user message of the model's chat template), print it as
+    it streams, then show the prompt colored by the brightness the reply gave it."""
+    tracker, pruner = _settings_from(kw)
     async with settings.client() as client:
-        text = prompt if raw else _chatml("user", prompt) + "<|im_start|>assistant\n"
-        input_ids = (await client.tokenize(text)).token_ids
-        events, done = await _stream_reply(
-            client, input_ids, attention=attention_out is not None, max_length=max_length,
-            temperature=temperature, sampler_seed=seed)
+        chat = await Chat.open(client, system=system, tracker=tracker, pruner=pruner, max_length=max_length,
+                               sampler={"temperature": temperature, "sampler_seed": seed})
+        await chat.add_message("user", prompt)
+        reply = await _print_reply(chat)
+    done = reply.done
     click.echo(f"[{done.finish_reason}: {done.token_count} tokens, "
                f"{done.timings.tokens_per_second:.1f} tokens/s]", err=True)
+    if chat.info.attention.available and sys.stdout.isatty():
+        click.echo(render_brightness(chat))
     if attention_out is not None:
-        save_attention(attention_out, input_ids, events)
-        click.echo(f"[attention of {len(events)} tokens saved to {attention_out}]", err=True)
+        save_attention(attention_out, reply.input_ids, reply.tokens)
+        click.echo(f"[attention of {len(reply.tokens)} tokens saved to {attention_out}]", err=True)
 
 
 def save_attention(path: Path, input_ids: list[int], events: list[TokenEvent]) -> None:
@@ -180,7 +227,8 @@ def save_attention(path: Path, input_ids: list[int], events: list[TokenEvent]) -
         "pieces": np.asarray([e.piece for e in events], dtype=object),
     }
     for e in events:
-        assert e.attention is not None
+        if e.attention is None:
+            raise HaloError("the server sent no attention (its model/info says why); nothing was saved")
         arrays[f"frame_{e.index:05d}"] = e.attention.values
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:
@@ -190,55 +238,77 @@ def save_attention(path: Path, input_ids: list[int], events: list[TokenEvent]) -
     os.replace(tmp, path)
 
 
+CHAT_HELP = ("/prune  prune to the budget now   /restore [N]  put back pruned unit N (default: the last)\n"
+             "/save [FILE]  save the session   /stats  numbers   /quit  leave")
+
+
 @main.command()
 @click.option("--max-length", default=200, show_default=True, help="Most tokens per reply.")
 @click.option("--temperature", default=0.7, show_default=True, help="0 is greedy.")
 @click.option("--system", default="You are a helpful assistant.", show_default=True,
-              help="The system prompt.")
-@pass_settings
+              help="The system prompt (ignored when --session loads an existing chat).")
+@click.option("--session", "session_path", type=click.Path(dir_okay=False), default=None,
+              help="Load the chat from FILE if it exists, and save it there after every reply.")
+@tracker_options
+@pass_settings  # type: ignore[arg-type]
 @_fail_cleanly
-async def chat(settings: Settings, max_length: int, temperature: float, system: str) -> None:
-    """Chat line by line; after each reply the context is shown colored by the attention the
-    reply's last token gave it. Without a terminal, reads one user message per line."""
+async def chat(settings: Settings, max_length: int, temperature: float, system: str,
+               session_path: str | None, **kw: Any) -> None:
+    """Chat with the model. After each reply the conversation is shown colored by brightness,
+    and pruned sentences are reported. Without a terminal, reads one user message per line."""
     interactive = sys.stdin.isatty()
+    tracker, pruner = _settings_from(kw)
     async with settings.client() as client:
-        info = await client.model_info()
-        attention = info.attention.available
-        ids: list[int] = []
-        pieces: list[bytes] = []
-
-        async def add(text: str) -> None:
-            result = await client.tokenize(text)
-            ids.extend(result.token_ids)
-            pieces.extend(t.piece for t in result.tokens)
-
-        await add(_chatml("system", system))
+        session = await Chat.open(client, system=system, session_path=session_path, tracker=tracker,
+                                  pruner=pruner, max_length=max_length, sampler={"temperature": temperature})
+        if interactive:
+            click.echo(CHAT_HELP, err=True)
         while True:
             try:
                 line = await asyncio.to_thread(input, "you> " if interactive else "")
             except EOFError:
                 break
-            if line.strip() in ("/quit", "/exit"):
+            command, _, arg = line.strip().partition(" ")
+            if command in ("/quit", "/exit"):
                 break
+            if command == "/stats":
+                for key, value in session.stats().items():
+                    click.echo(f"  {key:16} {value}")
+                continue
+            if command == "/prune":
+                report_prunes(session.prune())
+                continue
+            if command == "/restore":
+                pruned = session.pruner.pruned_units(session.state)
+                if not pruned:
+                    click.echo("  nothing is pruned", err=True)
+                    continue
+                index = int(arg) if arg.strip().lstrip("-").isdigit() else -1
+                if not -len(pruned) <= index < len(pruned):
+                    click.echo(f"  /restore takes 0..{len(pruned) - 1}", err=True)
+                    continue
+                event = session.pruner.restore(session.state, pruned[index])
+                click.echo(f"  restored: {' '.join(event.text.split())[:70]}", err=True)
+                continue
+            if command == "/save":
+                target = arg.strip() or session_path
+                if not target:
+                    click.echo("  /save FILE (or start with --session FILE)", err=True)
+                    continue
+                session.save(target)
+                click.echo(f"  saved to {target}", err=True)
+                continue
             if not line.strip():
                 continue
-            await add(_chatml("user", line) + "<|im_start|>assistant\n")
-            if len(ids) + max_length > info.max_context_length:
-                raise HaloError(f"the chat outgrew the server's context ({info.max_context_length} tokens)")
+            await session.add_message("user", line)
             click.echo("model> ", nl=False)
-            events, _done = await _stream_reply(client, ids, attention=attention,
-                                                max_length=max_length, temperature=temperature)
-            if attention and events and events[-1].attention is not None:
-                last = events[-1].attention.values
-                scores = last.mean(axis=(0, 1), dtype=np.float32)
-                context = pieces + [e.piece for e in events[:-1]]
-                click.echo(render_heat(context, scores))
-            ids.extend(e.token_id for e in events)
-            pieces.extend(e.piece for e in events)
-            if events and events[-1].token_id in (info.eos_token_id, info.eot_token_id):
-                await add("\n")
-            else:
-                await add("<|im_end|>\n")
+            reply = await _print_reply(session)
+            report_prunes(reply.pruned_before)
+            report_prunes(reply.pruned_after)
+            if interactive and session.info.attention.available:
+                click.echo(render_brightness(session))
+            if session_path:
+                session.save(session_path)
 
 
 # ------------------------------------------------------------------------- servers

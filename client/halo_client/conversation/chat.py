@@ -1,0 +1,212 @@
+"""`Chat`: a conversation driven against a server, with brightness tracking and pruning.
+
+Order of one turn: the user's message is tokenized once and added; the conversation is pruned
+to fit (the budget, and the server's context minus the reply); the reply streams, each token
+joining the dictionary and each frame updating brightness; the reply is closed with the
+template's suffix and the conversation is pruned again. If the stream fails, the reply and
+its brightness updates are undone: the conversation is exactly as before the request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from halo_client.client import DoneEvent, KoboldClient, TokenEvent
+from halo_client.conversation.dictionary import ConversationState, FrameColumns, Role
+from halo_client.conversation.pruner import Pruner, PruneResult, PrunerSettings
+from halo_client.conversation.session import Session, load, save
+from halo_client.conversation.template import ChatTemplate
+from halo_client.conversation.tracker import AttentionTracker, TrackerSettings
+from halo_client.errors import HaloError
+from halo_client.messages import ModelInfo
+
+Tokens = list[tuple[int, bytes]]
+
+
+class ContextBudgetExceeded(HaloError):
+    """Even after pruning everything prunable, the request would not fit the server."""
+
+
+@dataclass
+class Reply:
+    tokens: list[TokenEvent]
+    done: DoneEvent
+    pruned_before: PruneResult
+    pruned_after: PruneResult
+    #: exactly what the server got: frame i has len(input_ids) + i columns
+    input_ids: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return b"".join(t.piece for t in self.tokens).decode("utf-8", errors="replace")
+
+
+class Chat:
+    def __init__(self, client: KoboldClient, info: ModelInfo, *, state: ConversationState | None = None,
+                 tracker: TrackerSettings | None = None, pruner: PrunerSettings | None = None,
+                 max_length: int = 200, sampler: dict[str, Any] | None = None,
+                 meta: dict[str, Any] | None = None) -> None:
+        self.client = client
+        self.info = info
+        self.tracker = AttentionTracker(tracker)
+        self.pruner = Pruner(pruner)
+        self.state = state or ConversationState(initial_brightness=self.tracker.settings.initial_brightness)
+        self.template = ChatTemplate(info.chat_template)
+        self.max_length = max_length
+        self.sampler = sampler or {}
+        self.meta = meta or {}
+        self.history: list[dict[str, str]] = []  # the rendered-message history the template sees
+        self._rebuild_history()
+
+    @classmethod
+    async def open(cls, client: KoboldClient, *, system: str | None = None, session_path: str | None = None,
+                   **kw: Any) -> Chat:
+        info = await client.model_info()
+        if session_path is not None:
+            try:
+                session = load(session_path)
+            except HaloError:
+                if Path(session_path).exists():  # noqa: ASYNC240 - one stat, once per chat
+                    raise
+            else:
+                return cls(client, info, state=session.state, tracker=session.tracker,
+                           pruner=kw.pop("pruner", None) or session.pruner, meta=session.meta, **kw)
+        chat = cls(client, info, **kw)
+        if system:
+            await chat.add_message("system", system)
+        return chat
+
+    def _rebuild_history(self) -> None:
+        self.history = []
+        for t in self.state.turns:
+            if t.complete:
+                span = range(t.start, t.end)
+                content = [p for p in span if not self.state.column("template")[p]]
+                self.history.append({"role": t.role, "content": self.state.text(content)})
+
+    # ------------------------------------------------------------------ tokens
+
+    async def _tokens(self, text: str, *, special: bool, first: bool = False) -> Tokens:
+        if not text:
+            return []
+        result = await self.client.tokenize(text, add_special_tokens=special)
+        tokens = [(t.token_id, t.piece) for t in result.tokens]
+        bos = self.info.bos_token_id
+        # tokenize adds BOS to a text with special tokens; only the conversation's start has one
+        if special and tokens and tokens[0][0] == bos and not first and not text.startswith(
+                tokens[0][1].decode("utf-8", "replace")):
+            tokens = tokens[1:]
+        return tokens
+
+    async def add_message(self, role: Role, text: str) -> int:
+        parts = self.template.message_parts(self.history, role)
+        prefix = await self._tokens(parts.prefix, special=True, first=not self.state.turns)
+        content = await self._tokens(text, special=False)
+        suffix = await self._tokens(parts.suffix, special=True)
+        turn = self.state.add_message(role, content, prefix, suffix)
+        self.history.append({"role": role, "content": text})
+        return turn
+
+    # ------------------------------------------------------------------ pruning
+
+    def prune(self, budget: int | None = None) -> PruneResult:
+        return self.pruner.prune(self.state, budget)
+
+    def _fit_for_request(self, reserve: int) -> PruneResult:
+        hard = self.info.max_context_length - self.max_length - reserve
+        soft = self.pruner.settings.max_context_tokens
+        budget = min(hard, soft) if soft else hard
+        if self.state.active_count <= budget:
+            return PruneResult(active_before=self.state.active_count, active_after=self.state.active_count,
+                               budget=budget)
+        result = self.pruner.prune(self.state, budget)
+        if self.state.active_count > hard:
+            raise ContextBudgetExceeded(
+                f"the conversation needs {self.state.active_count + reserve} tokens plus a "
+                f"{self.max_length}-token reply, over the server's context of "
+                f"{self.info.max_context_length}, and only protected content is left: shorten the "
+                "message or the system prompt, or lower --max-length")
+        return result
+
+    # ------------------------------------------------------------------ replies
+
+    async def reply(self, on_token: Callable[[TokenEvent], Awaitable[None] | None] | None = None) -> Reply:
+        prefix_text = self.template.generation_prefix(self.history)
+        prefix = await self._tokens(prefix_text, special=True)
+        before = self._fit_for_request(len(prefix))
+        brightness_before = self.state.brightness.copy()
+        turns_before = len(self.state.turns)
+        self.state.begin_reply(prefix)
+        request_positions = self.state.active_positions()
+        columns = FrameColumns(request_positions, self.max_length)
+        input_ids = self.state.input_ids()
+        want = self.info.attention.available
+        tokens: list[TokenEvent] = []
+        positions: list[int] = []
+        try:
+            async with self.client.generate_stream(input_ids, max_length=self.max_length,
+                                                   return_attention=want, **self.sampler) as stream:
+                async for event in stream:
+                    if isinstance(event, DoneEvent):
+                        done = event
+                        break
+                    if event.attention is not None:
+                        cols = columns.for_frame(event.attention.ctx)
+                        self.tracker.update(self.state.brightness, cols, event.attention.values)
+                    position = self.state.add_generated(event.token_id, event.piece)
+                    columns.add_generated(position)
+                    positions.append(position)
+                    tokens.append(event)
+                    if on_token is not None:
+                        maybe = on_token(event)
+                        if maybe is not None:
+                            await maybe
+                else:
+                    raise HaloError("the stream ended without `done`")
+        except BaseException:
+            # the reply never happened: no tokens, no brightness from it
+            if len(self.state.turns) > turns_before:
+                self.state.discard_reply()
+            self.state.brightness[: len(brightness_before)] = brightness_before
+            raise
+        ends = {t for t in (self.info.eos_token_id, self.info.eot_token_id) if t is not None}
+        stopped = bool(tokens) and tokens[-1].token_id in ends
+        parts = self.template.message_parts(self.history, "assistant")
+        suffix = await self._tokens(parts.suffix, special=True)
+        if stopped and suffix and suffix[0][0] == tokens[-1].token_id:
+            suffix = suffix[1:]  # the model wrote the template's end marker itself
+        self.state.end_reply(suffix, stop_is_template=stopped)
+        content = tokens[:-1] if stopped else tokens
+        reply_text = b"".join(t.piece for t in content).decode("utf-8", "replace")
+        self.history.append({"role": "assistant", "content": reply_text})
+        after = self.pruner.prune(self.state)
+        return Reply(tokens, done, before, after, input_ids, positions)
+
+    # ------------------------------------------------------------------ sessions
+
+    def session(self) -> Session:
+        return Session(self.state, self.tracker.settings, self.pruner.settings,
+                       {**self.meta, "model_name": self.info.model_name})
+
+    def save(self, path: str) -> None:
+        save(self.session(), path)
+
+    def stats(self) -> dict[str, Any]:
+        state = self.state
+        active = state.active_mask()
+        brightness = state.brightness[active]
+        return {
+            "turns": len(state.turns),
+            "tokens": len(state),
+            "active": state.active_count,
+            "pruned": int(np.count_nonzero(~active)),
+            "budget": self.pruner.settings.max_context_tokens or self.info.max_context_length,
+            "brightness_mean": float(brightness.mean()) if brightness.size else 0.0,
+            "frames_tracked": self.tracker.frames,
+        }

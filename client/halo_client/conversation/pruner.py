@@ -1,0 +1,221 @@
+"""The pruner: when a conversation outgrows its budget, remove its dimmest sentences.
+
+Units are sentences (default), lines or whole turns. A unit's score is the **max** brightness
+of its active tokens (default: one token the model keeps using keeps its sentence) or the
+mean. The pruner repeatedly removes the lowest-scoring unit until the active token count is
+within the budget, never touching protected content: the system prompt, the current user
+message, the reply in progress, template tokens, and anything pinned. A message whose content
+is gone entirely takes its template with it; otherwise the template stays around what is left.
+
+Pruning is a soft delete with an audit trail (turn, score, reason); `restore` undoes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field
+
+from halo_client.conversation.dictionary import REASONS, ROLES, ConversationError, ConversationState
+
+Granularity = Literal["sentence", "line", "turn"]
+Reduce = Literal["max", "mean"]
+
+
+class PrunerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: prune once the active token count exceeds this; 0 turns pruning off
+    max_context_tokens: int = Field(0, ge=0)
+    granularity: Granularity = "sentence"
+    reduce: Reduce = "max"
+
+
+@dataclass(frozen=True)
+class PruneEvent:
+    """One unit removed (or, from `restore`, put back)."""
+
+    kind: Granularity
+    unit: int  # sentence, line or turn id
+    turn: int
+    positions: tuple[int, ...]
+    score: float
+    tokens_freed: int
+    text: str
+    restored: bool = False
+
+
+@dataclass
+class PruneResult:
+    events: list[PruneEvent] = field(default_factory=list)
+    active_before: int = 0
+    active_after: int = 0
+    budget: int = 0
+    #: only protected content is left and it is still over budget
+    over_budget: bool = False
+
+    @property
+    def message(self) -> str:
+        if self.over_budget:
+            return (f"{self.active_after} tokens remain after pruning, over the budget of {self.budget}: "
+                    "all that is left is protected (system prompt, current message, template, pinned); "
+                    "raise --max-context-tokens, unpin, or shorten the system prompt")
+        return f"pruned {len(self.events)} units, {self.active_before} -> {self.active_after} tokens"
+
+
+class Pruner:
+    def __init__(self, settings: PrunerSettings | None = None) -> None:
+        self.settings = settings or PrunerSettings()
+
+    def protected_mask(self, state: ConversationState,
+                       extra_turns: tuple[int, ...] = ()) -> npt.NDArray[np.bool_]:
+        """Tokens the pruner must not remove on their own."""
+        n = len(state)
+        turn = state.column("turn")
+        mask: npt.NDArray[np.bool_] = state.column("template").copy() | state.column("pinned")
+        protected_turns = set(extra_turns)
+        mask |= state.column("role") == ROLES.index("system")
+        if state.turns:
+            last = state.turns[-1]
+            if not last.complete:
+                protected_turns.add(last.turn_id)  # the reply in progress
+            user = next((t.turn_id for t in reversed(state.turns) if t.role == "user"), None)
+            if user is not None:
+                protected_turns.add(user)  # the current user message
+        if protected_turns and n:
+            mask |= np.isin(turn, np.fromiter(protected_turns, np.int32))
+        return mask
+
+    def prune(self, state: ConversationState, budget: int | None = None, *,
+              current_turn: int | None = None) -> PruneResult:
+        """Remove the dimmest units until `state.active_count <= budget` (default: the
+        settings' max_context_tokens; 0 = off)."""
+        budget = self.settings.max_context_tokens if budget is None else budget
+        result = PruneResult(active_before=state.active_count, budget=budget)
+        result.active_after = result.active_before
+        if budget <= 0 or state.active_count <= budget:
+            return result
+        kind = self.settings.granularity
+        key = {"sentence": "sentence", "line": "line", "turn": "turn"}[kind]
+        extra = (current_turn,) if current_turn is not None else ()
+        active = state.active_mask()
+        protected = self.protected_mask(state, extra)
+        turn_col = state.column("turn")
+        if kind == "turn":
+            # a whole message goes, template included; protected turns stay whole
+            protected_turns = np.unique(turn_col[protected & ~state.column("template")])
+            candidates = active & ~np.isin(turn_col, protected_turns) & ~state.column("pinned")
+            # a turn with pinned content is protected as a whole
+            pinned_turns = np.unique(turn_col[state.column("pinned")])
+            candidates &= ~np.isin(turn_col, pinned_turns)
+            candidates &= state.column("role") != ROLES.index("system")
+        else:
+            candidates = active & ~protected
+        units = state.column(key)[candidates].astype(np.int64)
+        positions = np.flatnonzero(candidates)
+        if units.size == 0:
+            result.over_budget = True
+            return result
+        scores = state.brightness[positions].astype(np.float64)
+        # group by unit id: units are contiguous in position order, so one sort by unit is stable
+        order = np.argsort(units, kind="stable")
+        units, positions, scores = units[order], positions[order], scores[order]
+        starts = np.flatnonzero(np.r_[True, units[1:] != units[:-1]])
+        sizes = np.diff(np.r_[starts, units.size])
+        if self.settings.reduce == "max":
+            unit_scores = np.maximum.reduceat(scores, starts)
+        else:
+            unit_scores = np.add.reduceat(scores, starts) / sizes
+        ranking = np.lexsort((units[starts], unit_scores))  # dimmest first, older first on ties
+        excess = state.active_count - budget
+        freed = np.cumsum(sizes[ranking])
+        take = int(np.searchsorted(freed, excess)) + 1  # units needed to get within budget
+        current_turn_id = len(state.turns) - 1
+        for u in ranking[:take]:
+            a, b = starts[u], starts[u] + sizes[u]
+            unit_positions = positions[a:b]
+            result.events.append(self._delete(state, kind, int(units[a]), unit_positions,
+                                              float(unit_scores[u]), current_turn_id))
+        result.events.extend(self._drop_empty_messages(state, current_turn_id, extra))
+        result.active_after = state.active_count
+        result.over_budget = result.active_after > budget
+        return result
+
+    def _delete(self, state: ConversationState, kind: Granularity, unit: int,
+                positions: npt.NDArray[np.int64], score: float, turn_now: int) -> PruneEvent:
+        c = state._cols  # the pruner is the dictionary's one other writer
+        c["deleted"][positions] = True
+        c["deleted_turn"][positions] = turn_now
+        c["deleted_score"][positions] = score
+        c["deleted_reason"][positions] = REASONS.index("pruned")
+        return PruneEvent(kind, unit, int(state.column("turn")[positions[0]]),
+                          tuple(int(p) for p in positions), score, int(positions.size),
+                          state.text(positions))
+
+    def _drop_empty_messages(self, state: ConversationState, turn_now: int,
+                             extra: tuple[int, ...]) -> list[PruneEvent]:
+        n_turns = len(state.turns)
+        if not n_turns:
+            return []
+        turn = state.column("turn")
+        template, deleted = state.column("template"), state.column("deleted")
+        protected = self.protected_mask(state, extra)
+        content = ~template
+
+        def per_turn(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
+            return np.bincount(turn[mask], minlength=n_turns)
+
+        complete = np.fromiter((t.complete for t in state.turns), bool, n_turns)
+        empty = (complete & (per_turn(content) > 0) & (per_turn(content & ~deleted) == 0)
+                 & (per_turn(template & ~deleted) > 0) & (per_turn(content & protected) == 0))
+        events = []
+        for t in np.flatnonzero(empty).tolist():
+            span = state.turns[t]
+            left = np.flatnonzero(~deleted[span.start : span.end] & template[span.start : span.end]) + span.start
+            c = state._cols
+            c["deleted"][left] = True
+            c["deleted_turn"][left] = turn_now
+            c["deleted_score"][left] = np.nan
+            c["deleted_reason"][left] = REASONS.index("empty message")
+            events.append(PruneEvent("turn", t, t, tuple(int(p) for p in left), float("nan"),
+                                     int(left.size), state.text(left)))
+        return events
+
+    @staticmethod
+    def restore(state: ConversationState, event: PruneEvent) -> PruneEvent:
+        """Put a pruned unit back (and its message's template, if the prune took it)."""
+        positions = np.asarray(event.positions, np.int64)
+        if positions.size == 0 or not state.column("deleted")[positions].all():
+            raise ConversationError(f"{event.kind} {event.unit} is not pruned: nothing to restore")
+        turn = state.turns[event.turn]
+        span = np.arange(turn.start, turn.end)
+        c = state._cols
+        empty = span[(c["deleted_reason"][span] == REASONS.index("empty message"))]
+        for ps in (positions, empty):
+            c["deleted"][ps] = False
+            c["deleted_turn"][ps] = -1
+            c["deleted_score"][ps] = np.nan
+            c["deleted_reason"][ps] = 0
+        return PruneEvent(event.kind, event.unit, event.turn, event.positions, event.score,
+                          -event.tokens_freed, event.text, restored=True)
+
+    def pruned_units(self, state: ConversationState) -> list[PruneEvent]:
+        """Every unit now pruned, reconstructed from the audit trail (e.g. after loading)."""
+        deleted = state.column("deleted") & (state.column("deleted_reason") == REASONS.index("pruned"))
+        key = self.settings.granularity
+        ids = state.column(key)
+        events: list[PruneEvent] = []
+        positions = np.flatnonzero(deleted)
+        if positions.size == 0:
+            return events
+        unit_ids = ids[positions]
+        breaks = np.flatnonzero(np.r_[True, (unit_ids[1:] != unit_ids[:-1]) | (np.diff(positions) != 1)])
+        for a, b in zip(breaks, np.r_[breaks[1:], positions.size], strict=True):
+            ps = positions[a:b]
+            events.append(PruneEvent(key, int(unit_ids[a]), int(state.column("turn")[ps[0]]),
+                                     tuple(int(p) for p in ps), float(state.column("deleted_score")[ps[0]]),
+                                     int(ps.size), state.text(ps)))
+        return events

@@ -1,0 +1,132 @@
+"""Saving and loading a whole conversation: tokens, scores, settings, audit trail.
+
+Versioned JSON, written atomically: a temporary file in the same directory, flushed and
+fsynced, then renamed over the old one, so a crash mid-write leaves the previous session
+intact. Loading checks everything before building anything: a file of another version or a
+damaged one raises `SessionError` and loads nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+
+from halo_client.conversation.dictionary import _COLUMNS, ROLES, ConversationState, Turn
+from halo_client.conversation.pruner import PrunerSettings
+from halo_client.conversation.tracker import TrackerSettings
+from halo_client.errors import HaloError
+
+FORMAT: Final = "halo-weave-session"
+VERSION: Final = 1
+
+
+class SessionError(HaloError):
+    """A session file cannot be loaded (another version, damaged, not a session)."""
+
+
+@dataclass
+class Session:
+    state: ConversationState
+    tracker: TrackerSettings
+    pruner: PrunerSettings
+    #: free-form facts about the chat (model name, server URL, system prompt)
+    meta: dict[str, Any]
+
+
+def to_json(session: Session) -> dict[str, Any]:
+    state = session.state
+    n = len(state)
+    columns = {name: state.column(name).tolist() for name in _COLUMNS}
+    # NaN is not JSON: store the audit score as null where it has none
+    columns["deleted_score"] = [None if np.isnan(v) else v for v in state.column("deleted_score").tolist()]
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "tracker": session.tracker.model_dump(),
+        "pruner": session.pruner.model_dump(),
+        "meta": session.meta,
+        "initial_brightness": state.initial_brightness,
+        "next_ids": [state._next_sentence, state._next_line],
+        "turns": [[t.turn_id, t.role, t.start, t.end, t.complete] for t in state.turns],
+        "count": n,
+        "pieces": [base64.b64encode(p).decode("ascii") for p in state.pieces],
+        "columns": columns,
+    }
+
+
+def save(session: Session, path: str | os.PathLike[str]) -> None:
+    target = Path(path)
+    data = json.dumps(to_json(session), separators=(",", ":"), allow_nan=False).encode()
+    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def from_json(data: Any, source: str = "session") -> Session:
+    def bad(why: str) -> SessionError:
+        return SessionError(f"{source} cannot be loaded: {why}; nothing was loaded")
+
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise bad("it is not a Halo Weave session file")
+    if data.get("version") != VERSION:
+        raise bad(f"it is version {data.get('version')!r}, this halo-client reads version {VERSION}")
+    try:
+        n = int(data["count"])
+        pieces = [base64.b64decode(p, validate=True) for p in data["pieces"]]
+        columns = data["columns"]
+        if len(pieces) != n or set(columns) != set(_COLUMNS):
+            raise bad("its token table is incomplete")
+        arrays: dict[str, np.ndarray[Any, Any]] = {}
+        for name, (dtype, _fill) in _COLUMNS.items():
+            values = columns[name]
+            if len(values) != n:
+                raise bad(f"column {name} has {len(values)} rows, expected {n}")
+            if name == "deleted_score":
+                values = [np.nan if v is None else v for v in values]
+            arrays[name] = np.asarray(values, dtype=dtype)
+        turns = [Turn(int(t), r, int(a), int(b), bool(c)) for t, r, a, b, c in data["turns"]]
+        if any(t.role not in ROLES or not 0 <= t.start <= t.end <= n for t in turns):
+            raise bad("its turns do not fit its tokens")
+        tracker = TrackerSettings.model_validate(data["tracker"])
+        pruner = PrunerSettings.model_validate(data["pruner"])
+        next_sentence, next_line = (int(v) for v in data["next_ids"])
+        state = ConversationState(initial_brightness=float(data["initial_brightness"]), capacity=max(n, 16))
+    except SessionError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise bad(f"it is damaged ({type(exc).__name__}: {exc})") from exc
+    # everything checked: only now build the state
+    state._n = n
+    for name, array in arrays.items():
+        state._cols[name][:n] = array
+    state.pieces = pieces
+    state.turns = turns
+    state._next_sentence, state._next_line = next_sentence, next_line
+    return Session(state, tracker, pruner, dict(data.get("meta") or {}))
+
+
+def load(path: str | os.PathLike[str]) -> Session:
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise SessionError(f"{path} cannot be read: {exc.strerror}") from exc
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise SessionError(
+            f"{path} cannot be loaded: it is not valid JSON (damaged?); nothing was loaded") from exc
+    return from_json(data, str(path))

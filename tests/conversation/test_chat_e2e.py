@@ -1,0 +1,72 @@
+"""A scripted 20-turn chat against the mock server, with a small budget.
+
+The mock runs with a strict template check: any input_ids that is not well-formed ChatML is
+refused, so a pruner that corrupted the template would fail this test.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from halo_client.client import KoboldClient
+from halo_client.conversation import Chat, PrunerSettings, load
+from halo_client.conversation.session import to_json
+from halo_client.errors import ProtocolError
+from halo_client.testing import FaultPlan, MockBackend, MockKoboldServer
+
+MESSAGES = [
+    "Hi! My sister's name is Marta.", "My locker code is 4821.", "I grew up in Lisbon.",
+    "Tell me something.", "What is 3.14, e.g. pi?", "I like mangoes. Do you?", "Let us talk about boats.",
+    "A boat floats. A rock sinks!", "Why is that?", "Okay... and then?", "Here is a list:\n1. eggs\n2. milk",
+    "Thanks.", "One more thing. The weather is nice.", "Do you remember my sister?", "And my code?",
+    "Where did I grow up?", "Good.", "Almost done.", "Last question?", "Bye!",
+]
+
+
+async def test_twenty_turns_under_budget(tmp_path: Path) -> None:
+    budget = 300
+    backend = MockBackend(strict_template=True)
+    async with MockKoboldServer(backend=backend) as server, KoboldClient(server.url, timeout=10) as client:
+        chat = await Chat.open(client, system="You are a helpful assistant.", max_length=60,
+                               pruner=PrunerSettings(max_context_tokens=budget), sampler={"temperature": 0})
+        pruned = 0
+        for text in MESSAGES:
+            await chat.add_message("user", text)
+            reply = await chat.reply()
+            assert reply.done.finish_reason in ("eos", "length")
+            assert len(reply.input_ids) + chat.max_length <= chat.info.max_context_length
+            assert chat.state.active_count <= budget or reply.pruned_after.over_budget
+            pruned += len(reply.pruned_before.events) + len(reply.pruned_after.events)
+        assert pruned > 0
+        assert len(backend.received) == len(MESSAGES)  # every request passed the strict ChatML check
+        assert max(len(r) for r in backend.received) <= budget + 5 + 60
+        path = tmp_path / "chat.json"
+        chat.save(str(path))
+        loaded = load(path)
+        assert to_json(loaded) == to_json(chat.session())
+        resumed = await Chat.open(client, session_path=str(path), max_length=60, sampler={"temperature": 0})
+        assert resumed.state.input_ids() == chat.state.input_ids()
+        await resumed.add_message("user", "Still there?")
+        await resumed.reply()  # the resumed chat goes on, template intact
+
+
+async def test_a_dropped_connection_leaves_the_conversation_unchanged() -> None:
+    async with MockKoboldServer(backend=MockBackend(strict_template=True)) as server, \
+            KoboldClient(server.url, timeout=10) as client:
+        chat = await Chat.open(client, system="Sys.", max_length=40, sampler={"temperature": 0})
+        await chat.add_message("user", "First.")
+        await chat.reply()
+        await chat.add_message("user", "Second.")
+        snapshot = to_json(chat.session())
+        brightness = chat.state.brightness.copy()
+        server.faults = FaultPlan(drop_before_token=5)
+        with pytest.raises(ProtocolError):
+            await chat.reply()
+        assert to_json(chat.session()) == snapshot
+        np.testing.assert_array_equal(chat.state.brightness, brightness)
+        server.faults = FaultPlan()
+        reply = await chat.reply()  # and the same request works once the server is back
+        assert reply.done.token_count > 0

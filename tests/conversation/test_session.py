@@ -1,0 +1,80 @@
+"""Sessions: exact round trip, atomic writes, clear refusals that load nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from halo_client.conversation.pruner import Pruner, PrunerSettings
+from halo_client.conversation.session import Session, SessionError, load, save, to_json
+from halo_client.conversation.tracker import TrackerSettings
+from tests.conversation.test_pruner import build
+
+
+def session() -> Session:
+    state = build([("system", "Be brief."), ("user", "One. Two 😀. Three!"), ("assistant", "Four? Five.")],
+                  reply="Six.")
+    state.end_reply([])
+    state.brightness[:] = np.linspace(0, 3, len(state), dtype=np.float32)
+    Pruner().prune(state, len(state) - 3)
+    return Session(state, TrackerSettings(decay=0.01), PrunerSettings(max_context_tokens=99), {"model_name": "m"})
+
+
+def test_round_trip_is_identical(tmp_path: Path) -> None:
+    original = session()
+    save(original, tmp_path / "s.json")
+    loaded = load(tmp_path / "s.json")
+    assert to_json(loaded) == to_json(original)
+    assert list(loaded.state.rows()) == list(original.state.rows())
+    a, b = original.state, loaded.state
+    for name in ("token_id", "brightness", "deleted", "deleted_turn", "sentence", "template"):
+        np.testing.assert_array_equal(a.column(name), b.column(name))
+    assert a.pieces == b.pieces and a.input_ids() == b.input_ids()
+    assert loaded.tracker == original.tracker and loaded.pruner == original.pruner
+
+
+def test_a_crash_mid_write_keeps_the_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "s.json"
+    save(session(), path)
+    before = path.read_bytes()
+
+    def crash(*_: object) -> None:
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        save(session(), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["s.json"]  # no temporary left behind
+
+
+@pytest.mark.parametrize(
+    ("mutate", "words"),
+    [
+        (lambda d: d.update(version=2), "version 2"),
+        (lambda d: d.update(format="other"), "not a Halo Weave session"),
+        (lambda d: d["columns"]["brightness"].pop(), "column brightness"),
+        (lambda d: d["pieces"].__setitem__(0, "!!"), "damaged"),
+        (lambda d: d["tracker"].update(decay="lots"), "damaged"),
+        (lambda d: d["turns"].append([9, "user", 0, 10**6, True]), "turns"),
+    ],
+)
+def test_bad_files_load_nothing(tmp_path: Path, mutate: object, words: str) -> None:
+    data = to_json(session())
+    mutate(data)  # type: ignore[operator]
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(SessionError, match=words):
+        load(path)
+
+
+def test_truncated_file(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    save(session(), path)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(SessionError, match="not valid JSON"):
+        load(path)

@@ -1,0 +1,122 @@
+"""Every tracker mode equals a naive loop over the documented formula, within 1e-5."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from halo_client.conversation.tracker import AttentionTracker, TrackerSettings, distance_weights
+
+settings_strategy = st.builds(
+    TrackerSettings,
+    aggregation=st.sampled_from(["mean", "max", "last_layer", "weighted_layers"]),
+    distance_mode=st.sampled_from(["none", "threshold", "linear", "logarithmic", "square_root"]),
+    min_distance=st.integers(0, 30),
+    distance_scale=st.floats(0.5, 50),
+    accumulation=st.sampled_from(["additive", "none", "exponential"]),
+    decay=st.floats(0, 0.05),
+    boost=st.floats(0, 3),
+)
+
+
+def naive_weight(s: TrackerSettings, d: int) -> float:
+    if s.distance_mode == "none":
+        return 1.0
+    if d < s.min_distance:
+        return 0.0
+    x = (d - s.min_distance) / s.distance_scale
+    return {"threshold": 1.0, "linear": 1 + x, "logarithmic": 1 + math.log(1 + x),
+            "square_root": 1 + math.sqrt(x)}[s.distance_mode]
+
+
+def naive_update(s: TrackerSettings, scores: list[float], frame: np.ndarray) -> list[float]:
+    layers, heads, ctx = frame.shape
+    out = list(scores)
+    for j in range(ctx):
+        if s.aggregation == "mean":
+            a = sum(float(frame[ly, h, j]) for ly in range(layers) for h in range(heads)) / (layers * heads)
+        elif s.aggregation == "max":
+            a = max(float(frame[ly, h, j]) for ly in range(layers) for h in range(heads))
+        elif s.aggregation == "last_layer":
+            a = sum(float(frame[layers - 1, h, j]) for h in range(heads)) / heads
+        else:
+            total = sum(range(1, layers + 1))
+            a = sum((ly + 1) / total * sum(float(frame[ly, h, j]) for h in range(heads)) / heads
+                    for ly in range(layers))
+        c = s.boost * naive_weight(s, ctx - 1 - j) * a
+        if s.accumulation == "additive":
+            out[j] = max(0.0, out[j] + c - s.decay)
+        elif s.accumulation == "none":
+            out[j] = out[j] + c
+        else:
+            out[j] = out[j] * (1 - s.decay) + c
+    return out
+
+
+def random_frame(rng: np.random.Generator, layers: int, heads: int, ctx: int) -> np.ndarray:
+    raw = rng.random((layers, heads, ctx)) ** 4
+    return (raw / raw.sum(-1, keepdims=True)).astype(np.float32)
+
+
+@settings(max_examples=200, deadline=None)
+@given(settings_strategy, st.integers(1, 4), st.integers(1, 4), st.integers(1, 60), st.integers(0, 2**32 - 1))
+def test_vectorized_update_equals_the_naive_loop(s: TrackerSettings, layers: int, heads: int, ctx: int,
+                                                 seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    tracker = AttentionTracker(s)
+    n = ctx + 5
+    brightness = rng.random(n).astype(np.float32)
+    positions = np.sort(rng.choice(n, ctx, replace=False)).astype(np.int64)
+    expected = brightness.astype(np.float64).tolist()
+    for _ in range(3):
+        frame = random_frame(rng, layers, heads, ctx)
+        naive = naive_update(s, [expected[p] for p in positions], frame)
+        for p, v in zip(positions, naive, strict=True):
+            expected[p] = v
+        tracker.update(brightness, positions, frame)
+    np.testing.assert_allclose(brightness, np.asarray(expected, np.float32), atol=1e-5, rtol=1e-5)
+
+
+@settings(max_examples=100, deadline=None)
+@given(settings_strategy, st.integers(0, 2**32 - 1))
+def test_without_decay_scores_never_decrease(s: TrackerSettings, seed: int) -> None:
+    s = s.model_copy(update={"accumulation": "none"})
+    rng = np.random.default_rng(seed)
+    tracker = AttentionTracker(s)
+    brightness = rng.random(30).astype(np.float32)
+    positions = np.arange(30)
+    for _ in range(5):
+        before = brightness.copy()
+        tracker.update(brightness, positions, random_frame(rng, 2, 3, 30))
+        assert (brightness >= before).all()
+
+
+@settings(max_examples=100, deadline=None)
+@given(settings_strategy)
+def test_distance_weights_are_zero_inside_min_distance_and_non_decreasing(s: TrackerSettings) -> None:
+    w = distance_weights(s, 300)
+    assert (np.diff(w) >= 0).all()
+    if s.distance_mode != "none":
+        assert (w[: s.min_distance] == 0).all() and (w[s.min_distance :] >= 1).all()
+    for d in (0, 1, s.min_distance, 17, 299):
+        assert w[d] == pytest.approx(naive_weight(s, d), rel=1e-6)
+
+
+def test_float16_frames_give_the_same_scores() -> None:
+    rng = np.random.default_rng(0)
+    frame = random_frame(rng, 4, 4, 200)
+    a = np.ones(200, np.float32)
+    b = np.ones(200, np.float32)
+    tracker = AttentionTracker()
+    tracker.update(a, np.arange(200), frame)
+    tracker.update(b, np.arange(200), frame.astype(np.float16))
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_shape_mismatch_is_refused() -> None:
+    with pytest.raises(ValueError, match="positions"):
+        AttentionTracker().update(np.ones(5, np.float32), np.arange(4), np.ones((1, 1, 5), np.float32) / 5)
