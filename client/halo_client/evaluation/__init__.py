@@ -1,0 +1,1 @@
+"""Measuring what pruning keeps: conversations with planted facts, policies, measures, reports."""

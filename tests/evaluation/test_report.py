@@ -1,0 +1,29 @@
+"""Report outputs: the table lists every row; the plot is valid SVG with one line per policy."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from halo_client.evaluation.report import markdown_table, svg_line_plot
+
+
+def test_markdown_table() -> None:
+    text = markdown_table([{"policy": "recency", "nll": 0.5}, {"policy": "random", "nll": 1.25}],
+                          [("policy", "Policy"), ("nll", "NLL gap")])
+    assert text.splitlines() == ["| Policy | NLL gap |", "|---|---|", "| recency | 0.500 |",
+                                 "| random | 1.250 |"]
+
+
+def test_svg_plot_is_well_formed() -> None:
+    svg = svg_line_plot({"brightness": [(0.25, 1.0), (0.5, 0.4), (0.75, 0.1)],
+                         "random <seeded>": [(0.25, 2.0), (0.5, 1.0), (0.75, 0.3)]},
+                        title="NLL gap vs budget", x_label="budget", y_label="NLL gap")
+    root = ET.fromstring(svg)
+    ns = "{http://www.w3.org/2000/svg}"
+    assert len(root.findall(f"{ns}polyline")) == 2
+    assert len(root.findall(f"{ns}circle")) == 6
+    assert "random &lt;seeded&gt;" in svg
+    with pytest.raises(ValueError):
+        svg_line_plot({}, title="", x_label="", y_label="")
