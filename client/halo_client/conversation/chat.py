@@ -20,7 +20,7 @@ from halo_client.client import DoneEvent, KoboldClient, TokenEvent
 from halo_client.conversation.dictionary import ConversationState, FrameColumns, Role
 from halo_client.conversation.pruner import Pruner, PruneResult, PrunerSettings
 from halo_client.conversation.session import Session, load, save
-from halo_client.conversation.template import ChatTemplate
+from halo_client.conversation.template import ChatTemplate, strip_added_bos
 from halo_client.conversation.tracker import AttentionTracker, TrackerSettings
 from halo_client.errors import HaloError
 from halo_client.messages import ModelInfo
@@ -97,12 +97,7 @@ class Chat:
             return []
         result = await self.client.tokenize(text, add_special_tokens=special)
         tokens = [(t.token_id, t.piece) for t in result.tokens]
-        bos = self.info.bos_token_id
-        # tokenize adds BOS to a text with special tokens; only the conversation's start has one
-        if special and tokens and tokens[0][0] == bos and not first and not text.startswith(
-                tokens[0][1].decode("utf-8", "replace")):
-            tokens = tokens[1:]
-        return tokens
+        return strip_added_bos(text, tokens, self.info.bos_token_id) if special and not first else tokens
 
     async def add_message(self, role: Role, text: str) -> int:
         parts = self.template.message_parts(self.history, role)

@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from halo_client.conversation.dictionary import ConversationState, FrameColumns
-from halo_client.conversation.template import ChatTemplate
+from halo_client.conversation.template import ChatTemplate, strip_added_bos
 from halo_client.conversation.tracker import AttentionTracker, TrackerSettings
 from halo_client.evaluation.conversations import Conversation, Fact
 from halo_client.evaluation.policies import (
@@ -81,9 +81,8 @@ class ModelSession:
 
     def tokens(self, text: str, special: bool) -> Tokens:
         ids = self.backend.tokenize(text, special) if text else []
-        if special and ids and ids[0] == self.info.bos_token_id:
-            ids = ids[1:]  # a conversation's template parts carry no BOS of their own
-        return [(t, self.backend.token_bytes(t)) for t in ids]
+        tokens = [(t, self.backend.token_bytes(t)) for t in ids]
+        return strip_added_bos(text, tokens, self.info.bos_token_id) if special else tokens
 
     def add_message(self, state: ConversationState, history: list[dict[str, str]], role: str, text: str) -> None:
         parts = self.template.message_parts(history, role)

@@ -1,0 +1,31 @@
+"""The reference backend: llama-family GGUF models in numpy, with exact attention.
+
+    from halo_client.reference import load_backend
+    backend = load_backend()            # SmolLM2-135M-Instruct, fetched and cached on first use
+    backend = load_backend("model.gguf")
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from halo_client.reference.backend import ReferenceBackend
+from halo_client.reference.gguf_model import ModelFileError
+from halo_client.reference.model_store import ModelFetchError, default_model
+
+__all__ = ["ModelFetchError", "ModelFileError", "ReferenceBackend", "default_model", "load_backend"]
+
+
+def _progress(line: str) -> None:
+    sys.stderr.write(f"\r{line}\033[K")
+    sys.stderr.flush()
+
+
+def load_backend(path: str | Path | None = None, *, n_ctx: int = 4096, quiet: bool = False) -> ReferenceBackend:
+    """The reference backend for `path`, or for the default model when `path` is None."""
+    model = Path(path) if path is not None else default_model()
+    backend = ReferenceBackend(model, n_ctx=n_ctx, progress=None if quiet else _progress)
+    if not quiet:
+        sys.stderr.write("\n")
+    return backend

@@ -1,0 +1,68 @@
+"""`ReferenceBackend`: the numpy llama as a `ModelBackend` for the contract's server."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from halo_client.messages import AttentionSupport, ModelInfo
+from halo_client.reference.gguf_model import load_gguf
+from halo_client.reference.llama import LlamaModel
+from halo_client.reference.tokenizer import GGUFTokenizer
+from halo_client.serving.backend import ForwardResult
+
+
+class ReferenceBackend:
+    """Implements `ModelBackend`. A request that extends the cached sequence computes only the
+    new tokens; one that diverges recomputes from the first differing position."""
+
+    def __init__(self, path: str | Path, *, n_ctx: int = 4096,
+                 progress: Callable[[str], None] | None = None) -> None:
+        model = load_gguf(path, progress)
+        self.path = Path(path)
+        self.params = model.params
+        self.n_ctx = min(n_ctx, model.params.n_ctx_train) if n_ctx > 0 else model.params.n_ctx_train
+        self.tokenizer = GGUFTokenizer(model.tokenizer)
+        self.model = LlamaModel(model, self.n_ctx)
+        self.chat_template = model.chat_template
+        self._sequence: list[int] = []
+        self._info = self._make_info()
+
+    def _make_info(self) -> ModelInfo:
+        p, t = self.params, self.tokenizer.data
+        return ModelInfo(
+            model_name=self.path.stem, architecture="llama", vocab_size=self.tokenizer.vocab_size,
+            num_layers=p.n_layer, num_attention_heads=p.n_head, num_key_value_heads=p.n_head_kv,
+            hidden_size=p.n_embd, max_context_length=self.n_ctx, max_trained_context=p.n_ctx_train,
+            bos_token_id=t.bos_id, eos_token_id=t.eos_id, eot_token_id=t.eot_id,
+            rope_freq_base=p.rope_freq_base, rope_freq_scale=p.rope_freq_scale,
+            chat_template=self.chat_template, attention_api_version=1,
+            attention=AttentionSupport(available=True, reason=None, dtypes=["float32", "float16"]),
+        )
+
+    def model_info(self) -> ModelInfo:
+        return self._info
+
+    def tokenize(self, text: str, add_special_tokens: bool) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self.tokenizer.token_bytes(token_id)
+
+    def prefill(self, input_ids: Sequence[int], want_attention: bool) -> ForwardResult:
+        ids = list(input_ids)
+        common = 0
+        for a, b in zip(self._sequence, ids, strict=False):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(ids) - 1)  # the last position must run: its logits are the answer
+        self.model.truncate(common)
+        logits, attention = self.model.forward(ids[common:], want_attention)
+        self._sequence = ids
+        return ForwardResult(logits, attention)
+
+    def decode(self, token_id: int, want_attention: bool) -> ForwardResult:
+        logits, attention = self.model.forward([token_id], want_attention)
+        self._sequence.append(token_id)
+        return ForwardResult(logits, attention)

@@ -1,0 +1,144 @@
+"""Reading a llama-family GGUF: hyperparameters, dequantized weights, tokenizer data, template.
+
+Weights are dequantized once at load (with the `gguf` package's own dequantizers) into float32
+arrays shaped `[out_features, in_features]`. GGUF stores llama's Q and K projections with the
+rows permuted for llama.cpp's RoPE (rotating adjacent pairs); the forward pass uses that same
+rotation, so no permutation is undone here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from halo_client.errors import HaloError
+
+SUPPORTED_ARCHITECTURES = ("llama",)
+
+
+class ModelFileError(HaloError):
+    """A model file that cannot be run by the reference backend."""
+
+
+@dataclass(frozen=True)
+class LlamaParams:
+    name: str
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    n_ff: int
+    n_vocab: int
+    n_ctx_train: int
+    rope_freq_base: float
+    rope_freq_scale: float
+    rope_dim: int
+    rms_eps: float
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+@dataclass
+class TokenizerData:
+    model: str
+    pre: str
+    tokens: list[str]
+    token_types: list[int]
+    merges: list[str]
+    bos_id: int | None
+    eos_id: int | None
+    eot_id: int | None
+    add_bos: bool
+
+
+@dataclass
+class GGUFModel:
+    params: LlamaParams
+    weights: dict[str, npt.NDArray[np.float32]]
+    tokenizer: TokenizerData
+    chat_template: str | None
+
+
+def _field(reader: Any, key: str, default: Any = None) -> Any:
+    field = reader.fields.get(key)
+    if field is None:
+        return default
+    return field.contents()
+
+
+def load_gguf(path: str | Path, progress: Callable[[str], None] | None = None) -> GGUFModel:
+    from gguf import GGUFReader  # imported here: only the reference backend needs it
+    from gguf.quants import dequantize
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"no model file at {path}")
+    try:
+        reader = GGUFReader(path)
+    except Exception as exc:
+        raise ModelFileError(f"{path} is not a readable GGUF file: {exc}") from exc
+    arch = _field(reader, "general.architecture", "?")
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise ModelFileError(
+            f"{path.name} is a {arch!r} model; the reference backend runs {', '.join(SUPPORTED_ARCHITECTURES)} "
+            "(llama-family: Llama, SmolLM, TinyLlama-style GGUFs). Use KoboldCPP for other architectures."
+        )
+    n_embd = int(_field(reader, f"{arch}.embedding_length"))
+    n_head = int(_field(reader, f"{arch}.attention.head_count"))
+    tokens = list(_field(reader, "tokenizer.ggml.tokens", []))
+    scale_linear = _field(reader, f"{arch}.rope.scaling.factor") or _field(reader, f"{arch}.rope.scale_linear")
+    params = LlamaParams(
+        name=str(_field(reader, "general.name", path.stem)),
+        n_layer=int(_field(reader, f"{arch}.block_count")),
+        n_embd=n_embd,
+        n_head=n_head,
+        n_head_kv=int(_field(reader, f"{arch}.attention.head_count_kv", n_head)),
+        n_ff=int(_field(reader, f"{arch}.feed_forward_length")),
+        n_vocab=int(_field(reader, f"{arch}.vocab_size", len(tokens))),
+        n_ctx_train=int(_field(reader, f"{arch}.context_length", 2048)),
+        rope_freq_base=float(_field(reader, f"{arch}.rope.freq_base", 10000.0)),
+        rope_freq_scale=1.0 / float(scale_linear) if scale_linear else 1.0,
+        rope_dim=int(_field(reader, f"{arch}.rope.dimension_count", n_embd // n_head)),
+        rms_eps=float(_field(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
+    )
+    weights: dict[str, npt.NDArray[np.float32]] = {}
+    for i, tensor in enumerate(reader.tensors):
+        array = dequantize(tensor.data, tensor.tensor_type)
+        shape = tuple(int(n) for n in reversed(tensor.shape.tolist()))
+        weights[tensor.name] = np.ascontiguousarray(array.reshape(shape), dtype=np.float32)
+        if progress is not None and (i % 20 == 0 or i + 1 == len(reader.tensors)):
+            progress(f"loading {path.name}: {i + 1}/{len(reader.tensors)} tensors")
+    if "token_embd.weight" not in weights:
+        raise ModelFileError(f"{path.name} has no token_embd.weight: not a llama-family model file")
+    eos = _field(reader, "tokenizer.ggml.eos_token_id")
+    eot = _field(reader, "tokenizer.ggml.eot_token_id")
+    if eot is None:
+        # ChatML models end turns with <|im_end|>; llama.cpp treats it as end-of-generation too
+        for candidate in ("<|im_end|>", "<|eot_id|>", "<|end|>"):
+            if candidate in tokens:
+                eot = tokens.index(candidate)
+                break
+    tokenizer = TokenizerData(
+        model=str(_field(reader, "tokenizer.ggml.model", "gpt2")),
+        pre=str(_field(reader, "tokenizer.ggml.pre", "default")),
+        tokens=tokens,
+        token_types=[int(t) for t in _field(reader, "tokenizer.ggml.token_type", [1] * len(tokens))],
+        merges=list(_field(reader, "tokenizer.ggml.merges", [])),
+        bos_id=_maybe_int(_field(reader, "tokenizer.ggml.bos_token_id")),
+        eos_id=_maybe_int(eos),
+        eot_id=_maybe_int(eot),
+        add_bos=bool(_field(reader, "tokenizer.ggml.add_bos_token", False)),
+    )
+    template = _field(reader, "tokenizer.chat_template")
+    return GGUFModel(params, weights, tokenizer, str(template) if template else None)
+
+
+def _maybe_int(value: Any) -> int | None:
+    return None if value is None else int(value)

