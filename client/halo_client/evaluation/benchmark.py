@@ -19,10 +19,12 @@ from halo_client.evaluation.report import markdown_table, svg_line_plot
 from halo_client.evaluation.runner import Dialog, ModelSession, brightness_scorer, evaluate, play, policies
 from halo_client.serving.backend import ModelBackend
 
-#: the tuning split's search space: the original defaults are one point of it
+#: the tuning split's search space: the original defaults (decay 0.003, min_distance 20,
+#: logarithmic) are one point of it
 GRID = [
-    TrackerSettings(decay=decay, min_distance=m, distance_mode=mode)
-    for decay, m, mode in itertools.product((0.0, 0.003, 0.02), (0, 20), ("logarithmic", "none"))
+    *(TrackerSettings(decay=decay, min_distance=m) for decay, m in itertools.product((0.0, 0.003, 0.02), (0, 20))),
+    TrackerSettings(distance_mode="none"),
+    TrackerSettings(min_distance=5, distance_mode="linear"),
 ]
 
 
@@ -35,17 +37,19 @@ class BenchmarkConfig:
     reply_tokens: int = 40
     budgets: tuple[float, ...] = (0.25, 0.5, 0.75)
     cache_dir: Path | None = None
+    grid: tuple[TrackerSettings, ...] = tuple(GRID)
 
 
-def tune(dialogs: Sequence[Dialog], session: ModelSession, progress: Callable[[str], None]) -> TrackerSettings:
+def tune(dialogs: Sequence[Dialog], session: ModelSession, progress: Callable[[str], None],
+         grid: Sequence[TrackerSettings] = GRID, budgets: Sequence[float] = (0.25, 0.5, 0.75)) -> TrackerSettings:
     """The grid point with the lowest mean NLL gap on the tuning dialogs."""
     if not dialogs:
         return TrackerSettings()
     best, best_gap = TrackerSettings(), float("inf")
-    for i, settings in enumerate(GRID):
-        rows = [r for d in dialogs for r in evaluate(d, session, {"b": brightness_scorer(settings)})]
+    for i, settings in enumerate(grid):
+        rows = [r for d in dialogs for r in evaluate(d, session, {"b": brightness_scorer(settings)}, budgets)]
         gap = float(np.mean([r["nll_gap"] for r in rows]))
-        progress(f"tuning {i + 1}/{len(GRID)}: decay {settings.decay}, min_distance {settings.min_distance}, "
+        progress(f"tuning {i + 1}/{len(grid)}: decay {settings.decay}, min_distance {settings.min_distance}, "
                  f"{settings.distance_mode}: NLL gap {gap:.3f}")
         if gap < best_gap:
             best, best_gap = settings, gap
@@ -85,7 +89,8 @@ def run(backend: ModelBackend, config: BenchmarkConfig, out_dir: Path,
         dialogs.append(play(conv, session, reply_tokens=config.reply_tokens, cache_dir=config.cache_dir))
         progress(f"conversation {i + 1}/{len(convs)} ({conv.split}): {dialogs[-1].tokens} tokens, "
                  f"{len(dialogs[-1].units)} sentences [{time.perf_counter() - started:.0f} s]")
-    tuned = tune([d for d in dialogs if d.conversation.split == "tune"], session, progress)
+    tuned = tune([d for d in dialogs if d.conversation.split == "tune"], session, progress, config.grid,
+                 config.budgets)
     rows: list[dict[str, Any]] = []
     report = [d for d in dialogs if d.conversation.split == "report"]
     for i, dialog in enumerate(report):

@@ -35,6 +35,9 @@ class Fact:
     statement: str  # the user's sentence that plants it
     question: str
     answer: str  # the gold string a correct answer contains
+    #: how the reply starts before the answer: scoring the answer right after it measures what
+    #: the model recalls rather than how it likes to phrase a reply (a 135M model rambles)
+    lead: str = ""
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,7 @@ def _fact(rng: random.Random, kind: str) -> Fact:
             f"I should mention that my {relation} is called {name}.",
             f"You might need this later: my {relation} goes by {name}.",
         ))
-        return Fact(kind, statement, f"What is my {relation}'s name?", name)
+        return Fact(kind, statement, f"What is my {relation}'s name?", name, f"Your {relation}'s name is")
     if kind == "number":
         thing = rng.choice(("locker code", "flat number", "bike lock combination", "gym member number"))
         number = str(rng.randint(1000, 9899))
@@ -74,7 +77,7 @@ def _fact(rng: random.Random, kind: str) -> Fact:
             f"Please remember that my {thing} is {number}.",
             f"Note for later: the {thing} I use is {number}.",
         ))
-        return Fact(kind, statement, f"What is my {thing}?", number)
+        return Fact(kind, statement, f"What is my {thing}?", number, f"Your {thing} is")
     if kind == "place":
         city = rng.choice(CITIES)
         statement = rng.choice((
@@ -82,7 +85,7 @@ def _fact(rng: random.Random, kind: str) -> Fact:
             f"My childhood was spent in {city}.",
             f"Before moving here I lived in {city} for many years.",
         ))
-        return Fact(kind, statement, "In which city did I grow up?", city)
+        return Fact(kind, statement, "In which city did I grow up?", city, "You grew up in")
     if kind == "preference":
         fruit = rng.choice(FRUITS)
         statement = rng.choice((
@@ -90,18 +93,19 @@ def _fact(rng: random.Random, kind: str) -> Fact:
             f"Of all fruits, I like {fruit} best.",
             f"If I could eat one fruit forever, it would be {fruit}.",
         ))
-        return Fact(kind, statement, "What is my favourite fruit?", fruit)
+        return Fact(kind, statement, "What is my favourite fruit?", fruit, "Your favourite fruit is the")
     if kind == "pet":
         pet = rng.choice(PETS)
         name = rng.choice(NAMES)
         statement = f"We have a {pet} at home named {name}."
-        return Fact(kind, statement, "What kind of animal is our pet?", pet)
+        return Fact(kind, statement, "What kind of animal is our pet?", pet, "Your pet is a")
     items = rng.sample(ITEMS, 3)
     statement = rng.choice((
         f"For the hiking trip I packed a {items[0]}, a {items[1]} and a {items[2]}.",
         f"My bag for the trip holds a {items[0]}, a {items[1]} and a {items[2]}.",
     ))
-    return Fact("list", statement, "What was the first thing I packed for the trip?", items[0])
+    return Fact("list", statement, "What was the first thing I packed for the trip?", items[0],
+                "The first thing you packed was a")
 
 
 def _small_talk(rng: random.Random) -> str:

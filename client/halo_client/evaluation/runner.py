@@ -274,7 +274,8 @@ class Judge:
                         + session.tokens(parts.suffix, True))
             prompt = session.tokens(session.template.generation_prefix(
                 [*history, {"role": "user", "content": fact.question}]), True)
-            answer = session.tokens(fact.answer, False)
+            prompt += session.tokens(fact.lead, False)
+            answer = session.tokens(f" {fact.answer}" if fact.lead else fact.answer, False)
             self.questions.append((fact, [t for t, _ in question + prompt], [t for t, _ in answer]))
 
     def context_ids(self, keep: npt.NDArray[np.bool_] | None) -> list[int]:
