@@ -349,7 +349,7 @@ def eval_pruning(model_path: str | None, backend: str, conversations: int, min_t
         else:
             from halo_client.reference import load_backend
 
-            model = load_backend(model_path)
+            model = load_backend(model_path, n_ctx=8192)  # conversations run up to ~4,000 tokens plus questions
         config = BenchmarkConfig(conversations=conversations, seed=seed, min_tokens=min_tokens,
                                  max_tokens=max_tokens, reply_tokens=reply_tokens, cache_dir=cache_dir)
         table = run(model, config, out_dir, progress=lambda line: click.echo(line, err=True))
