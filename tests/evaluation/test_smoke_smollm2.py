@@ -18,7 +18,8 @@ def test_smoke_run_on_smollm2(tmp_path: Path) -> None:
     lines: list[str] = []
     table = run(backend, config, tmp_path, progress=lines.append)
     policies = {t["policy"] for t in table}
-    assert policies == {"brightness", "brightness (tuned)", "recency", "streaming", "h2o", "tova", "random", "gold"}
+    assert policies == {"brightness", "brightness (first design)", "brightness (tuned)", "recency", "streaming",
+                        "h2o", "tova", "random", "gold"}
     for t in table:
         assert abs(t["nll_gap"]) < 20 and t["kl"] >= -1e-9 and 0 <= t["recall"] <= 1
     assert any("tuning" in line for line in lines)

@@ -23,8 +23,8 @@ from halo_client.serving.backend import ModelBackend
 #: logarithmic) are one point of it
 GRID = [
     *(TrackerSettings(decay=decay, min_distance=m) for decay, m in itertools.product((0.0, 0.003, 0.02), (0, 20))),
-    TrackerSettings(distance_mode="none"),
-    TrackerSettings(min_distance=5, distance_mode="linear"),
+    TrackerSettings(min_distance=20, decay=0.003, distance_mode="none"),
+    TrackerSettings(min_distance=5, decay=0.003, distance_mode="linear"),
 ]
 
 

@@ -43,6 +43,8 @@ from halo_client.evaluation.policies import (
 from halo_client.serving.backend import ModelBackend
 
 Tokens = list[tuple[int, bytes]]
+#: the first design's defaults, kept as a policy so the benchmark shows what changing them did
+FIRST_DESIGN = TrackerSettings(min_distance=20, decay=0.003)
 
 
 @dataclass(frozen=True)
@@ -232,6 +234,8 @@ def _random_scorer(seed: int) -> Scorer:
 
 def policies(tuned: TrackerSettings | None = None, random_seeds: Sequence[int] = (0, 1, 2)) -> dict[str, Scorer]:
     out: dict[str, Scorer] = {"brightness": brightness_scorer(TrackerSettings())}
+    if TrackerSettings() != FIRST_DESIGN:
+        out["brightness (first design)"] = brightness_scorer(FIRST_DESIGN)
     if tuned is not None:
         out["brightness (tuned)"] = brightness_scorer(tuned)
     out.update({
