@@ -88,6 +88,29 @@ def test_scripted_chat_reads_one_message_per_line(mock_url: str) -> None:
     assert result.stdout.count("model>") == 2
 
 
+def test_chat_session_is_saved_and_resumed(mock_url: str, tmp_path: Path) -> None:
+    session = tmp_path / "chat.json"
+    first = run("--url", mock_url, "chat", "--temperature", "0", "--session", str(session),
+                "--max-context-tokens", "400", stdin="hello\n")
+    assert first.returncode == 0, first.stderr
+    saved = session.read_bytes()
+    second = run("--url", mock_url, "chat", "--temperature", "0", "--session", str(session), stdin="again\n/stats\n")
+    assert second.returncode == 0, second.stderr
+    assert "turns            5" in second.stdout  # system, hello, reply, again, reply
+    assert session.read_bytes() != saved
+
+
+def test_chat_commands_prune_and_restore(mock_url: str, tmp_path: Path) -> None:
+    target = tmp_path / "s.json"
+    script = f"one. two. three.\nfour. five.\n/prune\n/restore\n/restore 99\n/save\n/save {target}\n/quit\n"
+    result = run("--url", mock_url, "chat", "--temperature", "0", "--max-context-tokens", "150", stdin=script)
+    assert result.returncode == 0, result.stderr
+    assert "pruned sentence" in result.stderr
+    assert "restored:" in result.stderr
+    assert "/restore takes 0.." in result.stderr or "nothing is pruned" in result.stderr
+    assert "/save FILE" in result.stderr and target.exists()
+
+
 def test_env_url_is_used(mock_url: str) -> None:
     env = {**os.environ, "HALO_URL": mock_url}
     result = subprocess.run([*CLI, "info"], capture_output=True, text=True, timeout=60, env=env)

@@ -250,7 +250,8 @@ CHAT_HELP = ("/prune  prune to the budget now   /restore [N]  put back pruned un
 @click.option("--system", default="You are a helpful assistant.", show_default=True,
               help="The system prompt (ignored when --session loads an existing chat).")
 @click.option("--session", "session_path", type=click.Path(dir_okay=False), default=None,
-              help="Load the chat from FILE if it exists, and save it there after every reply.")
+              help="Load the chat from FILE if it exists (with the tracker and pruner settings it was saved "
+                   "with), and save it there after every reply.")
 @tracker_options
 @pass_settings  # type: ignore[arg-type]
 @_fail_cleanly

@@ -75,8 +75,11 @@ class Chat:
                 if Path(session_path).exists():  # noqa: ASYNC240 - one stat, once per chat
                     raise
             else:
-                return cls(client, info, state=session.state, tracker=session.tracker,
-                           pruner=kw.pop("pruner", None) or session.pruner, meta=session.meta, **kw)
+                # a resumed chat keeps the tracker and pruner settings it was saved with
+                kw.pop("tracker", None)
+                kw.pop("pruner", None)
+                return cls(client, info, state=session.state, tracker=session.tracker, pruner=session.pruner,
+                           meta=session.meta, **kw)
         chat = cls(client, info, **kw)
         if system:
             await chat.add_message("system", system)
