@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 
 from halo_client.reference import ReferenceBackend, default_model
+from halo_client.reference.tiny_model import write_tiny_llama
 
 try:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-except ImportError as exc:  # pragma: no cover - CI installs them
+except ImportError as exc:  # pragma: no cover - CI installs them; a missing one fails, it is not skipped
     raise ImportError(
         "the agreement test needs torch, transformers and accelerate: pip install -e '.[agreement]' "
         "(torch==2.13.0 installs a local CPU build)") from exc
@@ -57,8 +58,9 @@ def hf_last(model: Any, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
 def test_attention_and_logits_agree(models: tuple[ReferenceBackend, Any, Any], prompt: int) -> None:
     ours, theirs, _ = models
     ids = ours.tokenize(PROMPTS[prompt], True)
+    prompt_tokens = len(ids)
     if prompt == len(PROMPTS) - 1:
-        assert len(ids) > 600
+        assert prompt_tokens > 600
     result = ours.prefill(ids, True)
     worst_logits = worst_attention = 0.0
     for step in range(3):  # the prompt, then generated tokens through the KV cache
@@ -70,13 +72,53 @@ def test_attention_and_logits_agree(models: tuple[ReferenceBackend, Any, Any], p
         ids = [*ids, token]
         if step < 2:
             result = ours.decode(token, True)
-    print(f"prompt {prompt} ({len(ids)} tokens): max |logits diff| {worst_logits:.2e}, "
+    print(f"prompt {prompt} ({prompt_tokens} tokens, then 2 generated): max |logits diff| {worst_logits:.2e}, "
           f"max |attention diff| {worst_attention:.2e}")
     assert worst_logits <= 1e-3
     assert worst_attention <= 1e-4
 
 
-@pytest.mark.parametrize("text", ["Hello world! 3.14", "emoji 😀👍🏽 and CJK 世界你好", "  leading spaces\n\ttabs"])
+TEXTS = ["Hello world! 3.14", "emoji 😀👍🏽 and CJK 世界你好", "  leading spaces\n\ttabs", "12345678 don't I'LL",
+         "naïve café — “quotes” \u00a0nbsp\r\n\n\n   end   ", "🧑‍🚀👩🏽‍💻 \U0001d54f \U0001f9ea"]
+
+
+@pytest.mark.parametrize("text", TEXTS + PROMPTS)
 def test_tokenizer_agrees(models: tuple[ReferenceBackend, Any, Any], text: str) -> None:
     ours, _, tokenizer = models
+    plain = ours.tokenize(text, False)
+    assert plain == tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
+    assert b"".join(ours.token_bytes(t) for t in plain) == text.encode("utf-8")
+    special = ours.tokenize(text, True)  # SmolLM2 adds no BOS; <|im_start|> etc. become special tokens
+    assert special == tokenizer.encode(text, add_special_tokens=True)
+    assert b"".join(ours.token_bytes(t) for t in special) == text.encode("utf-8")
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def tiny_pair(request: pytest.FixtureRequest,
+              tmp_path_factory: pytest.TempPathFactory) -> tuple[ReferenceBackend, Any, Any]:
+    """The tiny random F32 model (GQA 4/2) with either tokenizer, in both implementations."""
+    path = write_tiny_llama(tmp_path_factory.mktemp("tiny") / f"tiny-{request.param}.gguf", tokenizer=request.param)
+    theirs = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                  attn_implementation="eager", dtype=torch.float32)
+    theirs.eval()
+    return (ReferenceBackend(path, n_ctx=512), theirs,
+            AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name))
+
+
+def test_tiny_model_agrees(tiny_pair: tuple[ReferenceBackend, Any, Any]) -> None:
+    ours, theirs, _ = tiny_pair
+    ids = [int(i) for i in np.random.default_rng(1).integers(3, ours.model_info().vocab_size, 300)]
+    result = ours.prefill(ids, True)
+    logits, attention = hf_last(theirs, ids)
+    assert result.attention is not None
+    assert float(np.abs(logits - result.logits).max()) <= 1e-4
+    assert float(np.abs(attention - result.attention).max()) <= 1e-5
+
+
+@pytest.mark.parametrize("text", ["the cat sat on it, café 😀", "hello\nworld in the cat", "the  cat\t", "ünï 世界"])
+def test_tiny_tokenizers_agree(tiny_pair: tuple[ReferenceBackend, Any, Any], text: str) -> None:
+    # (texts on which llama.cpp and transformers agree: for SentencePiece, llama.cpp also puts
+    # its space prefix before a leading space and after every special token; transformers does not)
+    ours, _, tokenizer = tiny_pair
     assert ours.tokenize(text, False) == tokenizer.encode(text, add_special_tokens=False)
+    assert ours.tokenize(text, True) == tokenizer.encode(text, add_special_tokens=True)

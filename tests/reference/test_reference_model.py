@@ -94,3 +94,103 @@ def test_context_limit(tiny: ReferenceBackend) -> None:
     tiny.prefill([5] * 500, False)
     with pytest.raises(ValueError, match="context"):
         tiny.prefill([5] * 600, False)
+
+
+def test_prefill_computes_only_the_new_suffix(tiny: ReferenceBackend) -> None:
+    ids = tiny.tokenize(TEXT, False)
+    computed: list[int] = []
+    forward = tiny.model.forward
+
+    def counting(tokens: list[int], want_attention: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        computed.append(len(tokens))
+        return forward(tokens, want_attention)
+
+    tiny.model.forward = counting  # type: ignore[method-assign]
+    tiny.prefill(ids[:10], False)
+    tiny.prefill(ids, True)  # extends: only the new tokens
+    tiny.decode(7, True)
+    tiny.prefill([*ids, 7, 8, 9], True)  # extends what decode appended
+    tiny.prefill(ids[:4] + ids[6:], True)  # diverges at 4
+    tiny.prefill(ids[:4] + ids[6:], True)  # the same again: the last position only
+    tiny.prefill(ids[:3], True)  # a prefix of what is cached: the last position only
+    assert computed == [10, len(ids) - 10, 1, 2, len(ids) - 6, 1, 1]
+
+
+def test_a_failed_prefill_leaves_a_usable_cache(tiny: ReferenceBackend) -> None:
+    ids = tiny.tokenize(TEXT, False)
+    tiny.prefill(ids, False)
+    with pytest.raises(ValueError, match="context"):
+        tiny.prefill(ids[:5] + [9] * 600, True)
+    got = tiny.prefill([*ids[:8], 9, 9], True)
+    logits, attention = naive_attention(tiny, [*ids[:8], 9, 9])
+    assert got.attention is not None
+    np.testing.assert_allclose(got.logits, logits, atol=1e-4)
+    np.testing.assert_allclose(got.attention, attention, atol=1e-5)
+    with pytest.raises(ValueError, match="at least one token"):
+        tiny.prefill([], False)
+
+
+def test_construction_helpers(tiny_path: Path) -> None:
+    backend = ReferenceBackend.from_path(tiny_path, n_ctx=0)  # 0: the trained context
+    info = backend.model_info()
+    assert info.max_context_length == info.max_trained_context == 512
+    shape = (info.architecture, info.num_layers, info.num_attention_heads, info.num_key_value_heads)
+    assert shape == ("llama", 2, 4, 2)
+    assert info.chat_template is not None and "<|im_start|>" in info.chat_template
+    assert (info.bos_token_id, info.eos_token_id, info.eot_token_id) == (0, 2, 2)
+    assert info.attention.available
+
+
+def test_rope_frequency_factors_match_linear_scaling(tmp_path: Path) -> None:
+    """Llama 3's rope_freqs divide every frequency, as a linear RoPE scale multiplies positions."""
+    ids = list(range(5, 60))
+    plain = ReferenceBackend(write_tiny_llama(tmp_path / "plain.gguf"), n_ctx=64).prefill(ids, True)
+    factors = ReferenceBackend(write_tiny_llama(tmp_path / "f.gguf", rope_freq_factors=[4.0] * 4), n_ctx=64)
+    linear = ReferenceBackend(write_tiny_llama(tmp_path / "l.gguf", rope_linear_factor=4.0), n_ctx=64)
+    assert linear.model_info().rope_freq_scale == 0.25
+    a, b = factors.prefill(ids, True), linear.prefill(ids, True)
+    assert a.attention is not None and b.attention is not None and plain.attention is not None
+    np.testing.assert_allclose(a.logits, b.logits, atol=1e-5)
+    np.testing.assert_allclose(a.attention, b.attention, atol=1e-6)
+    assert not np.allclose(a.logits, plain.logits, atol=1e-3)  # and the factors are not ignored
+
+
+def test_unsupported_rope_scaling_is_refused(tmp_path: Path) -> None:
+    path = write_tiny_llama(tmp_path / "yarn.gguf", rope_linear_factor=4.0, rope_scaling_type="yarn")
+    with pytest.raises(ModelFileError, match=r"'yarn' RoPE scaling.*plain and linear"):
+        ReferenceBackend(path)
+
+
+SPM_CASES = [
+    # text, ids with add_special_tokens (BOS first, as the file says), exact as llama.cpp tokenizes
+    ("the cat", [1, 271, 274]),
+    ("the cat sat on it, café 😀", [1, 271, 274, 275, 272, 259, 276, 279, 260, 47, 273, 264, 105, 198, 172, 259,
+                                    243, 162, 155, 131]),
+    (" the  cat in", [1, 259, 271, 259, 274, 280]),  # the space prefix comes on top of a leading space
+    ("<s>the<|im_start|>the</s>", [1, 1, 271, 281, 271, 2]),  # after a special token: the space prefix again
+    ("", [1]),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), SPM_CASES)
+def test_sentencepiece_tokenizer(tmp_path_factory: pytest.TempPathFactory, text: str, expected: list[int]) -> None:
+    backend = ReferenceBackend(write_tiny_llama(tmp_path_factory.mktemp("spm") / "spm.gguf", tokenizer="llama"),
+                               n_ctx=64)
+    assert backend.tokenize(text, True) == expected
+    plain = backend.tokenize(text, False)
+    if "<s>" not in text:
+        assert plain == expected[1:]
+        pieces = b"".join(backend.token_bytes(t) for t in plain)
+        assert pieces == (" " + text).encode() if text else pieces == b""  # the prefix space is a real byte
+    else:  # control tokens are text without add_special_tokens; user-defined ones are always parsed
+        assert 1 not in plain and 2 not in plain and 281 in plain
+    assert backend.token_bytes(1) == b"<s>"
+    assert backend.token_bytes(3 + 0xF0) == b"\xf0"  # <0xF0>: a byte token stands for that byte
+
+
+def test_unsupported_tokenizer_is_refused(tmp_path: Path) -> None:
+    path = write_tiny_llama(tmp_path / "t.gguf")
+    length = (4).to_bytes(8, "little")  # GGUF strings: u64 length, then the bytes
+    path.write_bytes(path.read_bytes().replace(length + b"gpt2", length + b"bert", 1))
+    with pytest.raises(ModelFileError, match=r"'bert'.*gpt2.*llama"):
+        ReferenceBackend(path)

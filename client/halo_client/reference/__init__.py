@@ -1,8 +1,11 @@
 """The reference backend: llama-family GGUF models in numpy, with exact attention.
 
-    from halo_client.reference import load_backend
-    backend = load_backend()            # SmolLM2-135M-Instruct, fetched and cached on first use
-    backend = load_backend("model.gguf")
+    from halo_client.reference import ReferenceBackend, load_backend
+    backend = ReferenceBackend.load_default(n_ctx=4096)   # SmolLM2-135M-Instruct, fetched once, then cached
+    backend = ReferenceBackend.from_path("model.gguf")    # any llama-family GGUF
+    backend = load_backend()                              # the same, with progress on stderr (the CLI's way)
+
+`halo_client.reference.tiny_model.write_tiny_llama` writes a tiny random llama GGUF for tests.
 """
 
 from __future__ import annotations

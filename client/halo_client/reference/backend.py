@@ -14,7 +14,11 @@ from halo_client.serving.backend import ForwardResult
 
 class ReferenceBackend:
     """Implements `ModelBackend`. A request that extends the cached sequence computes only the
-    new tokens; one that diverges recomputes from the first differing position."""
+    new tokens; one that diverges recomputes from the first differing position.
+
+    `n_ctx` is the server's context (capped at the model's trained context; 0 = that). The KV
+    cache for it is allocated up front: 2 x layers x kv_heads x n_ctx x head_dim float32.
+    """
 
     def __init__(self, path: str | Path, *, n_ctx: int = 4096,
                  progress: Callable[[str], None] | None = None) -> None:
@@ -27,6 +31,21 @@ class ReferenceBackend:
         self.chat_template = model.chat_template
         self._sequence: list[int] = []
         self._info = self._make_info()
+
+    @classmethod
+    def from_path(cls, path: str | Path, *, n_ctx: int = 4096,
+                  progress: Callable[[str], None] | None = None) -> ReferenceBackend:
+        """The backend for any llama-family GGUF (`ModelFileError` for anything else)."""
+        return cls(path, n_ctx=n_ctx, progress=progress)
+
+    @classmethod
+    def load_default(cls, *, n_ctx: int = 4096,
+                     progress: Callable[[str], None] | None = None) -> ReferenceBackend:
+        """SmolLM2-135M-Instruct, fetched and verified on first use, from the cache afterwards."""
+        from halo_client.reference.model_store import default_model
+
+        path = default_model(progress) if progress is not None else default_model()
+        return cls(path, n_ctx=n_ctx, progress=progress)
 
     def _make_info(self) -> ModelInfo:
         p, t = self.params, self.tokenizer.data
@@ -51,16 +70,24 @@ class ReferenceBackend:
 
     def prefill(self, input_ids: Sequence[int], want_attention: bool) -> ForwardResult:
         ids = list(input_ids)
+        if not ids:
+            raise ValueError("prefill needs at least one token")
         common = 0
         for a, b in zip(self._sequence, ids, strict=False):
             if a != b:
                 break
             common += 1
-        common = min(common, len(ids) - 1)  # the last position must run: its logits are the answer
+        common = min(common, len(ids) - 1, self.model.length)  # the last position must run: its logits are the answer
         self.model.truncate(common)
+        self._sequence = ids[:common]  # what the cache holds, should the forward pass fail
         logits, attention = self.model.forward(ids[common:], want_attention)
         self._sequence = ids
         return ForwardResult(logits, attention)
+
+    def reset(self) -> None:
+        """Forget the cached sequence (the next prefill computes every position)."""
+        self.model.truncate(0)
+        self._sequence = []
 
     def decode(self, token_id: int, want_attention: bool) -> ForwardResult:
         logits, attention = self.model.forward([token_id], want_attention)

