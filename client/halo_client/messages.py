@@ -32,7 +32,6 @@ ErrorCode = Literal[
 ]
 FinishReason = Literal["length", "eos", "stop_token", "aborted"]
 AttentionDType = Literal["float32", "float16"]
-_ALL_DTYPES: tuple[AttentionDType, ...] = ("float32", "float16")
 
 def _piece_from_wire(value: object) -> object:
     # JSON carries base64 text; Python callers hand over the bytes themselves.
@@ -65,8 +64,8 @@ class _Message(BaseModel):
 
 class AttentionSupport(_Message):
     available: bool
-    reason: str | None = None
-    dtypes: list[AttentionDType] = Field(default_factory=lambda: list(_ALL_DTYPES))
+    reason: str | None
+    dtypes: list[AttentionDType]
 
 
 class ModelInfo(_Message):
