@@ -61,6 +61,20 @@ def test_a_crash_mid_write_keeps_the_previous_file(tmp_path: Path, monkeypatch: 
         (lambda d: d["pieces"].__setitem__(0, "!!"), "damaged"),
         (lambda d: d["tracker"].update(decay="lots"), "damaged"),
         (lambda d: d["turns"].append([9, "user", 0, 10**6, True]), "turns"),
+        (lambda d: d["turns"].pop(), "turns do not tile"),
+        (lambda d: d["turns"][-1].__setitem__(4, False), "never ended"),
+        (lambda d: d["columns"]["role"].__setitem__(0, 2), "roles disagree"),
+        (lambda d: d["columns"]["turn"].__setitem__(0, 1), "turns disagree"),
+        (lambda d: d["columns"]["deleted_reason"].__setitem__(0, 9), "unknown reason"),
+        (lambda d: d["columns"]["deleted"].__setitem__(0, True), "audit trail"),
+        (lambda d: d["columns"]["token_id"].__setitem__(0, -3), "negative token id"),
+        (lambda d: d["columns"]["sentence"].__setitem__(-1, 10**6), "next ids"),
+        (lambda d: d.update(meta=[[1, 2]]), "meta"),
+        (lambda d: d["columns"]["brightness"].__setitem__(0, [1.0]), "damaged|not a list"),
+        (lambda d: d["columns"]["pinned"].__setitem__(slice(None), [[False]] * len(d["columns"]["pinned"])),
+         "not a list"),
+        (lambda d: d.update(initial_brightness=float("nan")), "initial brightness"),
+        (lambda d: d.pop("columns"), "damaged"),
     ],
 )
 def test_bad_files_load_nothing(tmp_path: Path, mutate: object, words: str) -> None:
@@ -78,3 +92,20 @@ def test_truncated_file(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(SessionError, match="not valid JSON"):
         load(path)
+
+
+def test_a_streaming_reply_is_not_saved(tmp_path: Path) -> None:
+    state = build([("system", "S."), ("user", "Q.")], reply="Half a rep")
+    with pytest.raises(SessionError, match="streaming"):
+        save(Session(state, TrackerSettings(), PrunerSettings(), {}), tmp_path / "s.json")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_damaged_file_leaves_a_loaded_session_alone(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    save(session(), path)
+    good = load(path)
+    path.write_text("{}")
+    with pytest.raises(SessionError, match="nothing was loaded"):
+        load(path)
+    assert good.state.input_ids() == session().state.input_ids()

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from halo_client.conversation import tracker as tracker_module
 from halo_client.conversation.tracker import AttentionTracker, TrackerSettings, distance_weights
 
 settings_strategy = st.builds(
@@ -59,13 +60,15 @@ def naive_update(s: TrackerSettings, scores: list[float], frame: np.ndarray) -> 
 
 def random_frame(rng: np.random.Generator, layers: int, heads: int, ctx: int) -> np.ndarray:
     raw = rng.random((layers, heads, ctx)) ** 4
-    return (raw / raw.sum(-1, keepdims=True)).astype(np.float32)
+    frame: np.ndarray = (raw / raw.sum(-1, keepdims=True)).astype(np.float32)
+    return frame
 
 
 @settings(max_examples=200, deadline=None)
-@given(settings_strategy, st.integers(1, 4), st.integers(1, 4), st.integers(1, 60), st.integers(0, 2**32 - 1))
+@given(settings_strategy, st.integers(1, 4), st.integers(1, 4), st.integers(1, 60), st.integers(0, 2**32 - 1),
+       st.sampled_from([np.float32, np.float16]))
 def test_vectorized_update_equals_the_naive_loop(s: TrackerSettings, layers: int, heads: int, ctx: int,
-                                                 seed: int) -> None:
+                                                 seed: int, dtype: type[np.floating]) -> None:
     rng = np.random.default_rng(seed)
     tracker = AttentionTracker(s)
     n = ctx + 5
@@ -73,7 +76,7 @@ def test_vectorized_update_equals_the_naive_loop(s: TrackerSettings, layers: int
     positions = np.sort(rng.choice(n, ctx, replace=False)).astype(np.int64)
     expected = brightness.astype(np.float64).tolist()
     for _ in range(3):
-        frame = random_frame(rng, layers, heads, ctx)
+        frame = random_frame(rng, layers, heads, ctx).astype(dtype)
         naive = naive_update(s, [expected[p] for p in positions], frame)
         for p, v in zip(positions, naive, strict=True):
             expected[p] = v
@@ -120,3 +123,52 @@ def test_float16_frames_give_the_same_scores() -> None:
 def test_shape_mismatch_is_refused() -> None:
     with pytest.raises(ValueError, match="positions"):
         AttentionTracker().update(np.ones(5, np.float32), np.arange(4), np.ones((1, 1, 5), np.float32) / 5)
+    with pytest.raises(ValueError, match=r"\[layers, heads, ctx\]"):
+        AttentionTracker().aggregate(np.ones((2, 5), np.float16))
+
+
+AGGREGATIONS = ["mean", "max", "last_layer", "weighted_layers"]
+
+
+def numpy_widened(frame: np.ndarray, aggregation: str) -> np.ndarray:
+    """The aggregation on a float32 copy of the frame: what the float16 bit tricks must equal."""
+    tracker = AttentionTracker(TrackerSettings(aggregation=aggregation))
+    return tracker.aggregate(frame.astype(np.float32))
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_float16_widening_is_exact_for_subnormals_and_extremes(aggregation: str) -> None:
+    rng = np.random.default_rng(1)
+    frame = (rng.random((3, 5, 300)) ** 12).astype(np.float16)  # many half subnormals (< 6.1e-5)
+    frame[0, 0, :4] = [0.0, 1.0, 6e-8, 65504.0]  # zero, one, the smallest subnormal, the largest half
+    assert (frame[(frame > 0) & (frame < 6.1e-5)]).size > 100
+    # the bit arithmetic is what runs here (the exact path would pass this test trivially)
+    assert tracker_module._half_head_sums(frame, range(3)) is not None
+    assert tracker_module._half_max(frame) is not None
+    got = AttentionTracker(TrackerSettings(aggregation=aggregation)).aggregate(frame)
+    np.testing.assert_allclose(got, numpy_widened(frame, aggregation), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+@pytest.mark.parametrize("bad", [-0.25, np.inf, np.nan, -0.0])
+def test_float16_values_no_probability_has_take_the_exact_path(aggregation: str, bad: float) -> None:
+    frame = np.full((2, 3, 8), 0.125, np.float16)
+    frame[-1, 1, 3] = bad
+    got = AttentionTracker(TrackerSettings(aggregation=aggregation)).aggregate(frame)
+    np.testing.assert_allclose(got, numpy_widened(frame, aggregation), rtol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_float16_without_the_fast_path(aggregation: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(2)
+    frame = random_frame(rng, 4, 6, 50).astype(np.float16)
+    expected = numpy_widened(frame, aggregation)
+    tracker = AttentionTracker(TrackerSettings(aggregation=aggregation))
+    strided = np.empty((4, 6, 100), np.float16)[:, :, ::2]  # not C-contiguous: no bit view
+    strided[...] = frame
+    np.testing.assert_allclose(tracker.aggregate(strided), expected, rtol=1e-6)
+    big_endian = frame.astype(">f2")
+    np.testing.assert_allclose(tracker.aggregate(big_endian), expected, rtol=1e-6)
+    # denormals-are-zero switched on by some library: the bit trick would lose subnormals
+    monkeypatch.setattr(tracker_module, "_DENORMAL_PROBE", np.zeros(2, np.float32))
+    np.testing.assert_allclose(tracker.aggregate(frame), expected, rtol=1e-6)

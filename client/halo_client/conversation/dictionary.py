@@ -1,9 +1,12 @@
 """`ConversationState`: every token of a conversation, tokenized once, kept column-wise.
 
 A token's position is its row: rows are only ever appended, so positions are unique and never
-reused, also after pruning (pruning only sets `deleted`). Columns are numpy arrays grown
-geometrically, so 100,000 tokens cost a few megabytes and every bulk question (which tokens
-are active, which sentence has the dimmest token) is one vectorized expression.
+reused, also after pruning (pruning only sets `deleted`). The one exception is a reply whose
+generation failed: `discard_reply` rolls it back as if it had never been asked for, and its
+positions (never committed, never saved, never pruned or restored) go to the next reply.
+Columns are numpy arrays grown geometrically, so 100,000 tokens cost a few megabytes and every
+bulk question (which tokens are active, which sentence has the dimmest token) is one
+vectorized expression.
 """
 
 from __future__ import annotations
@@ -278,6 +281,11 @@ class ConversationState:
         ids: list[int] = self._cols["token_id"][: self._n][self.active_mask()].tolist()
         return ids
 
+    def frame_columns(self, max_length: int) -> FrameColumns:
+        """Column -> position map for a request built from `input_ids()` now (call it right
+        after building the request; generated tokens are added to it as they stream)."""
+        return FrameColumns(self.active_positions(), max_length)
+
     def pin(self, sentence: int, pinned: bool = True) -> None:
         """Pin (or unpin) a sentence: pinned content is never pruned."""
         mask = self._col("sentence") == sentence
@@ -300,8 +308,15 @@ class FrameColumns:
         self._generated = 0
 
     def add_generated(self, position: int) -> None:
+        if self.n_input + self._generated >= len(self._positions):
+            raise ConversationError(f"more generated tokens than the {len(self._positions) - self.n_input} "
+                                    "asked for")
         self._positions[self.n_input + self._generated] = position
         self._generated += 1
+
+    def columns_to_positions(self, ctx: int) -> npt.NDArray[np.int64]:
+        """The design's name for `for_frame`."""
+        return self.for_frame(ctx)
 
     def for_frame(self, ctx: int) -> npt.NDArray[np.int64]:
         """Positions of columns 0..ctx-1 of a frame (ctx = n_input + the token's index)."""

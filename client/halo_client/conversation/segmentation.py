@@ -1,11 +1,23 @@
 """Sentence and line boundaries on token pieces.
 
-A sentence ends after `.`, `!` or `?` followed by whitespace or the end of the text, and at
-every newline. A period does not end a sentence inside a number ("3.14"), after a common
-abbreviation ("e.g.", "Dr."), as part of an ellipsis ("wait... then"), or inside a URL (no
-whitespace follows it there). Boundaries are found on the decoded text and mapped back to
-tokens by byte offset: a token belongs to the sentence holding its first byte, so a piece like
-". " stays with the sentence its period ends. Runs once per message, never per frame.
+A sentence ends after `.`, `!` or `?` (and any closing quotes or brackets right after them)
+followed by whitespace or the end of the text, after a CJK full stop, exclamation or question
+mark (U+3002, U+FF01, U+FF1F; no space needed), and at every newline (a newline right after a
+sentence's end goes with that sentence, never alone). A period does not end a sentence:
+
+- inside a number ("3.14") or a URL ("example.com/a.b"): no whitespace follows it there;
+- in an ellipsis ("wait... then");
+- after a title or Latin abbreviation that never ends a sentence on its own ("Dr.", "Mr.",
+  "e.g.", "i.e.", "vs.", "cf.") or an initial ("J. R. R. Tolkien");
+- after an abbreviation that only continues a sentence before a number ("No. 5", "p. 12",
+  "Fig. 3"; "the answer is no. Next" does end);
+- after an abbreviation that may as well end one ("etc.", "Inc.", "a.m.", "Jan."), when the
+  next word starts in lower case or with a digit ("etc. and", "Jan. 5"), but not before a
+  capital ("apples etc. Then").
+
+Boundaries are found on the decoded text and mapped back to tokens by byte offset: a token
+belongs to the sentence holding its first byte, so a piece like ". " stays with the sentence
+its period ends. Runs once per message, never per frame.
 """
 
 from __future__ import annotations
@@ -17,27 +29,58 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-ABBREVIATIONS: Final = frozenset({
-    "e.g", "i.e", "etc", "vs", "cf", "approx", "dr", "mr", "mrs", "ms", "prof", "sr", "jr", "st",
-    "no", "fig", "vol", "ch", "p", "pp", "al", "inc", "ltd", "co", "mt", "jan", "feb", "mar",
-    "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "u.s", "a.m", "p.m",
+#: never end a sentence after these (lower case, without the final period)
+CONTINUING: Final = frozenset({
+    "dr", "mr", "mrs", "ms", "prof", "sr", "jr", "st", "mt", "gen", "gov", "sen", "rep", "rev",
+    "e.g", "i.e", "vs", "cf", "approx", "viz", "ca",
 })
-_END: Final = re.compile(r"[.!?]+(?=\s|$)")
+#: continue a sentence only before a number
+BEFORE_NUMBER: Final = frozenset({"no", "nr", "nos", "p", "pp", "vol", "ch", "fig", "figs", "art", "sec", "eq", "ref"})
+#: continue a sentence only before a lower-case word or a number
+MAY_END: Final = frozenset({
+    "etc", "al", "inc", "ltd", "co", "corp", "a.m", "p.m", "u.s", "u.k", "jan", "feb", "mar", "apr",
+    "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec",
+})
+ABBREVIATIONS: Final = CONTINUING | BEFORE_NUMBER | MAY_END
+_END: Final = re.compile(r"[.!?]+[\"'\u201d\u2019)\]]*(?=\s|$)|[\u3002\uff01\uff1f]+")
 _WORD_BEFORE: Final = re.compile(r"([A-Za-z][A-Za-z.]*)$")
+_NEXT: Final = re.compile(r"\s*(\S)")
+_LINE_BREAK: Final = re.compile(r"[^\S\n]*\n")
+
+
+def _continues(text: str, match: re.Match[str]) -> bool:
+    """Whether the single period of `match` is an abbreviation's, inside a sentence."""
+    # a window, not the whole text before: one period must not cost a scan of the message
+    word_match = _WORD_BEFORE.search(text, max(0, match.start() - 32), match.start())
+    if word_match is None:
+        return False
+    word = word_match.group(1)
+    key = word.lower().rstrip(".")
+    following = _NEXT.match(text, match.end())
+    nxt = following.group(1) if following else ""
+    if key in CONTINUING:
+        return True
+    if len(word) == 1 and word.isupper():  # an initial: "J. R. R. Tolkien"
+        return nxt.isupper()
+    if key in BEFORE_NUMBER:
+        return nxt.isdigit()
+    if key in MAY_END:
+        return nxt.islower() or nxt.isdigit()
+    return False
 
 
 def _sentence_ends(text: str) -> list[int]:
     """Character offsets just after each sentence end (newlines included)."""
     ends = []
     for match in _END.finditer(text):
-        punct = match.group()
+        punct = match.group().rstrip("\"'\u201d\u2019)]")
         if punct.startswith("..") and punct.rstrip("!?") == punct:
             continue  # an ellipsis trails off; the sentence goes on
-        if punct == ".":
-            word = _WORD_BEFORE.search(text, 0, match.start())
-            if word and word.group(1).lower().rstrip(".") in ABBREVIATIONS:
-                continue
-        ends.append(match.end())
+        if punct == "." and _continues(text, match):
+            continue
+        # a line break right after the end closes the same sentence: no whitespace-only one
+        line_break = _LINE_BREAK.match(text, match.end())
+        ends.append(line_break.end() if line_break else match.end())
     ends.extend(m.end() for m in re.finditer("\n", text))
     return sorted(set(ends))
 

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
 
-from halo_client.conversation.dictionary import _COLUMNS, ROLES, ConversationState, Turn
+from halo_client.conversation.dictionary import _COLUMNS, REASONS, ROLES, ConversationState, Turn
 from halo_client.conversation.pruner import PrunerSettings
 from halo_client.conversation.tracker import TrackerSettings
 from halo_client.errors import HaloError
@@ -42,6 +44,9 @@ class Session:
 
 def to_json(session: Session) -> dict[str, Any]:
     state = session.state
+    if state.turns and not state.turns[-1].complete:
+        # a streaming reply's starting brightness and frame columns live outside the state
+        raise SessionError("a reply is still streaming: save the session once it has ended")
     n = len(state)
     columns = {name: state.column(name).tolist() for name in _COLUMNS}
     # NaN is not JSON: store the audit score as null where it has none
@@ -74,6 +79,22 @@ def save(session: Session, path: str | os.PathLike[str]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_directory(target.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename itself durable (POSIX); where directories cannot be opened (Windows),
+    the rename is as durable as the platform makes it."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def from_json(data: Any, source: str = "session") -> Session:
@@ -98,16 +119,27 @@ def from_json(data: Any, source: str = "session") -> Session:
             if name == "deleted_score":
                 values = [np.nan if v is None else v for v in values]
             arrays[name] = np.asarray(values, dtype=dtype)
+            if arrays[name].shape != (n,):
+                raise bad(f"column {name} is not a list of {n} numbers")
         turns = [Turn(int(t), r, int(a), int(b), bool(c)) for t, r, a, b, c in data["turns"]]
         if any(t.role not in ROLES or not 0 <= t.start <= t.end <= n for t in turns):
             raise bad("its turns do not fit its tokens")
+        _check_consistent(arrays, turns, n, bad)
         tracker = TrackerSettings.model_validate(data["tracker"])
         pruner = PrunerSettings.model_validate(data["pruner"])
         next_sentence, next_line = (int(v) for v in data["next_ids"])
-        state = ConversationState(initial_brightness=float(data["initial_brightness"]), capacity=max(n, 16))
+        if n and (int(arrays["sentence"].max()) >= next_sentence or int(arrays["line"].max()) >= next_line):
+            raise bad("its sentence or line ids run past its next ids")
+        meta = data.get("meta", {})
+        if not isinstance(meta, dict):
+            raise bad("its meta is not an object")
+        initial_brightness = float(data["initial_brightness"])
+        if not math.isfinite(initial_brightness):
+            raise bad("its initial brightness is not a finite number")
+        state = ConversationState(initial_brightness=initial_brightness, capacity=max(n, 16))
     except SessionError:
         raise
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:  # pydantic's errors are ValueErrors
         raise bad(f"it is damaged ({type(exc).__name__}: {exc})") from exc
     # everything checked: only now build the state
     state._n = n
@@ -116,7 +148,38 @@ def from_json(data: Any, source: str = "session") -> Session:
     state.pieces = pieces
     state.turns = turns
     state._next_sentence, state._next_line = next_sentence, next_line
-    return Session(state, tracker, pruner, dict(data.get("meta") or {}))
+    return Session(state, tracker, pruner, dict(meta))
+
+
+def _check_consistent(arrays: dict[str, np.ndarray[Any, Any]], turns: list[Turn], n: int,
+                      bad: Callable[[str], SessionError]) -> None:
+    """Values a saved conversation can have: anything else would corrupt it once loaded."""
+    # turns tile the tokens in order, each a whole message; only the last may be open
+    if [t.turn_id for t in turns] != list(range(len(turns))):
+        raise bad("its turns are out of order")
+    bounds = [0] + [x for t in turns for x in (t.start, t.end)] + [n]
+    if any(a != b for a, b in zip(bounds[::2], bounds[1::2], strict=True)):
+        raise bad("its turns do not tile its tokens")
+    if any(not t.complete for t in turns):
+        raise bad("it holds a reply that never ended")
+    expected_turn = np.repeat(np.arange(len(turns)), [t.end - t.start for t in turns])
+    if not np.array_equal(arrays["turn"], expected_turn):
+        raise bad("its tokens' turns disagree with its turns")
+    roles = np.repeat([ROLES.index(t.role) for t in turns], [t.end - t.start for t in turns])
+    if not np.array_equal(arrays["role"], roles.astype(arrays["role"].dtype)):
+        raise bad("its tokens' roles disagree with its turns")
+    if not n:
+        return
+    if arrays["token_id"].min() < 0:
+        raise bad("it has a negative token id")
+    if not np.isfinite(arrays["brightness"]).all():
+        raise bad("it has a brightness that is not a finite number")
+    reasons = arrays["deleted_reason"]
+    if reasons.min() < 0 or reasons.max() >= len(REASONS):
+        raise bad("it has an unknown reason for a deletion")
+    deleted = arrays["deleted"]
+    if not np.array_equal(deleted, reasons > 0) or not np.array_equal(deleted, arrays["deleted_turn"] >= 0):
+        raise bad("its audit trail disagrees with its deleted tokens")
 
 
 def load(path: str | os.PathLike[str]) -> Session:
