@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -47,7 +49,7 @@ def test_prune_properties(messages: list[tuple[str, str]], budget: int, granular
     rng = np.random.default_rng(seed)
     state.brightness[:] = rng.random(len(state)).astype(np.float32)
     before_ids = state.input_ids()
-    pruner = Pruner(PrunerSettings(granularity=granularity, reduce=reduce))  # type: ignore[arg-type]
+    pruner = Pruner(PrunerSettings(granularity=granularity, reduce=reduce))
     protected = pruner.protected_mask(state)
     result = pruner.prune(state, budget if budget else 1)
     budget = budget or 1
@@ -55,9 +57,13 @@ def test_prune_properties(messages: list[tuple[str, str]], budget: int, granular
     # never below protected content; within budget unless only protected content is left
     assert active[protected & ~state.column("template")].all()
     if result.over_budget:
+        # only protected content is left: nothing that could go is still there
         assert state.active_count > budget
-        if granularity != "turn":
-            assert (active <= protected).all() or state.active_count > budget
+        if granularity == "turn":
+            kept_turns = set(state.column("turn")[active].tolist())
+            assert kept_turns <= set(state.column("turn")[protected & ~state.column("template")].tolist())
+        else:
+            assert not (active & ~protected).any()
     else:
         assert state.active_count <= budget
     # input_ids never holds a deleted token, and keeps position order
@@ -128,9 +134,55 @@ def test_reply_in_progress_is_protected_and_frame_columns_map() -> None:
     assert cols.for_frame(len(request) + 1)[-1] == len(state) - 1
     with pytest.raises(ConversationError):
         cols.for_frame(len(request) + 2)
+    full = FrameColumns(request, max_length=1)
+    full.add_generated(len(state) - 1)
+    with pytest.raises(ConversationError, match="more generated tokens than the 1"):
+        full.add_generated(len(state))  # a server that sends more than max_length
     state.brightness[:] = 0.0
     Pruner().prune(state, 1)
     assert "Fresh reply." in state.text(state.active_positions())
+
+
+def test_restoring_a_sentence_brings_back_its_template_whatever_took_it() -> None:
+    # hypothesis found it (test_dictionary): a sentence prune empties a message and takes its
+    # template; one sentence comes back with the template; a turn prune takes the message again,
+    # template included, as "pruned"; restoring the other sentence must bring the template too
+    state = build([("system", "Be brief."), ("user", "One. Two."), ("user", "Now.")])
+    first = Pruner(PrunerSettings(granularity="sentence")).prune(state, 1)
+    one, two = (e for e in first.events if e.kind == "sentence")
+    Pruner.restore(state, one)
+    Pruner(PrunerSettings(granularity="turn")).prune(state, 1)
+    # the chat's /restore lists what is pruned from the audit trail: sentences, no bare template
+    assert [u.text.strip() for u in Pruner().pruned_units(state)] == ["One.", "Two."]
+    state.add_message("user", toks("Later."), toks("<|im_start|>user\n", True), toks("<|im_end|>\n", True))
+    back = Pruner.restore(state, two)
+    check_chatml(state.input_ids())
+    kept = state.text(state.active_positions())
+    assert "Two." in kept and "One." not in kept
+    assert back.restored and back.tokens_freed == -(len(two.positions) + len(toks("<|im_start|>user\n", True))
+                                                     + len(toks("<|im_end|>\n", True)))
+    units = Pruner().pruned_units(state)
+    assert [u.text.strip() for u in units] == ["One."]
+    Pruner.restore(state, units[0])
+    assert state.input_ids() == build([("system", "Be brief."), ("user", "One. Two."), ("user", "Now."),
+                                       ("user", "Later.")]).input_ids()
+
+
+def test_restore_refuses_an_event_that_does_not_fit_and_changes_nothing() -> None:
+    state = build([("system", "S."), ("user", "Old one. Old two."), ("user", "Now.")])
+    state.brightness[state.turns[1].start : state.turns[1].end] = 0.0  # "Old one." goes first
+    [event] = Pruner().prune(state, state.active_count - 1).events
+    deleted = state.column("deleted").copy()
+    for bad, words in [(replace(event, turn=9), "no turn 9"), (replace(event, turn=0), "not in turn 0"),
+                       (replace(event, positions=(10**6,)), "not in turn"),
+                       (replace(event, positions=()), "not pruned"),
+                       (replace(event, positions=(*event.positions, state.turns[1].start)), "not pruned")]:
+        with pytest.raises(ConversationError, match=words):
+            Pruner.restore(state, bad)
+        np.testing.assert_array_equal(state.column("deleted"), deleted)
+    Pruner.restore(state, event)
+    with pytest.raises(ConversationError, match="not pruned"):
+        Pruner.restore(state, event)  # twice
 
 
 def test_discard_reply_restores_the_conversation() -> None:
@@ -142,3 +194,56 @@ def test_discard_reply_restores_the_conversation() -> None:
     assert state.input_ids() == ids and len(state) == n and state.turns[-1].complete
     with pytest.raises(ConversationError):
         state.add_generated(*toks("x")[0])
+
+
+def naive_prune(state: ConversationState, budget: int, granularity: str, reduce: str) -> None:
+    """The pruner as the issue states it, one unit at a time in Python loops: while over budget,
+    remove the unprotected unit with the lowest max (or mean) brightness (the older one on a
+    tie); a message whose content is all gone loses its template too."""
+    pruner = Pruner()
+    protected = pruner.protected_mask(state)
+    turn, template = state.column("turn"), state.column("template")
+    if granularity == "turn":
+        keep = set(turn[protected & ~template].tolist())
+        candidate = np.array([t not in keep for t in turn.tolist()])
+    else:
+        candidate = ~protected
+    key = state.column(granularity)
+    deleted = state._cols["deleted"]
+    while state.active_count > budget:
+        units: dict[int, list[int]] = {}
+        for p in range(len(state)):
+            if candidate[p] and not deleted[p]:
+                units.setdefault(int(key[p]), []).append(p)
+        if not units:
+            return
+        def score(ps: list[int]) -> float:
+            values = [float(state.brightness[p]) for p in ps]
+            return max(values) if reduce == "max" else sum(values) / len(values)
+        unit = min(units, key=lambda u: (score(units[u]), u))
+        for p in units[unit]:
+            deleted[p] = True
+        for t in state.turns:
+            span = range(t.start, t.end)
+            content = [p for p in span if not template[p]]
+            if t.complete and content and all(deleted[p] for p in content):
+                for p in span:
+                    deleted[p] = True
+
+
+@settings(max_examples=120, deadline=None)
+@given(conversations, st.integers(1, 300), st.sampled_from(["sentence", "line", "turn"]),
+       st.sampled_from(["max", "mean"]), st.integers(0, 2**32 - 1), st.booleans())
+def test_prune_equals_the_naive_loop(messages: list[tuple[str, str]], budget: int, granularity: str,
+                                     reduce: str, seed: int, reply: bool) -> None:
+    in_progress = "Fresh. Reply." if reply else None
+    fast, slow = build(messages, in_progress), build(messages, in_progress)
+    rng = np.random.default_rng(seed)
+    values = rng.integers(0, 4, len(fast)).astype(np.float32)  # small integers: many ties
+    fast.brightness[:] = values
+    slow.brightness[:] = values
+    result = Pruner(PrunerSettings(granularity=granularity, reduce=reduce)).prune(fast, budget)
+    naive_prune(slow, budget, granularity, reduce)
+    np.testing.assert_array_equal(fast.column("deleted"), slow.column("deleted"))
+    assert result.active_after == slow.active_count
+    assert sum(e.tokens_freed for e in result.events) == result.active_before - result.active_after

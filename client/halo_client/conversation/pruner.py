@@ -12,6 +12,7 @@ Pruning is a soft delete with an audit trail (turn, score, reason); `restore` un
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -19,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
-from halo_client.conversation.dictionary import REASONS, ROLES, ConversationError, ConversationState
+from halo_client.conversation.dictionary import NOT_DELETED, REASONS, ROLES, ConversationError, ConversationState
 
 Granularity = Literal["sentence", "line", "turn"]
 Reduce = Literal["max", "mean"]
@@ -64,6 +65,23 @@ class PruneResult:
                     "all that is left is protected (system prompt, current message, template, pinned); "
                     "raise --max-context-tokens, unpin, or shorten the system prompt")
         return f"pruned {len(self.events)} units, {self.active_before} -> {self.active_after} tokens"
+
+
+def _droppable_messages(state: ConversationState, protected: npt.NDArray[np.bool_]) -> tuple[
+        Callable[[npt.NDArray[np.bool_]], npt.NDArray[np.int64]], npt.NDArray[np.bool_]]:
+    """Per turn, whether its template goes once its content is gone: a complete message with
+    content, none of it protected, whose template is still there. Also returns the per-turn
+    counter of a token mask it uses."""
+    n_turns = len(state.turns)
+    turn, template = state.column("turn"), state.column("template")
+
+    def per_turn(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
+        return np.bincount(turn[mask], minlength=n_turns)
+
+    complete = np.fromiter((t.complete for t in state.turns), bool, n_turns)
+    droppable = (complete & (per_turn(~template) > 0) & (per_turn(~template & protected) == 0)
+                 & (per_turn(template & state.active_mask()) > 0))
+    return per_turn, droppable
 
 
 class Pruner:
@@ -130,8 +148,15 @@ class Pruner:
         else:
             unit_scores = np.add.reduceat(scores, starts) / sizes
         ranking = np.lexsort((units[starts], unit_scores))  # dimmest first, older first on ties
+        # Removing units one at a time, dimmest first, until within budget is the same as
+        # taking the shortest prefix of this ranking that frees enough: a unit's score does
+        # not change when another goes. A unit frees its tokens, and the last unit of a
+        # message to go also frees that message's template (see `_drop_empty_messages`).
+        freed_per_rank = sizes[ranking].astype(np.int64)
+        if kind != "turn":
+            freed_per_rank += self._template_freed(state, protected, turn_col[positions[starts]], ranking)
         excess = state.active_count - budget
-        freed = np.cumsum(sizes[ranking])
+        freed = np.cumsum(freed_per_rank)
         take = int(np.searchsorted(freed, excess)) + 1  # units needed to get within budget
         current_turn_id = len(state.turns) - 1
         for u in ranking[:take]:
@@ -139,10 +164,29 @@ class Pruner:
             unit_positions = positions[a:b]
             result.events.append(self._delete(state, kind, int(units[a]), unit_positions,
                                               float(unit_scores[u]), current_turn_id))
-        result.events.extend(self._drop_empty_messages(state, current_turn_id, extra))
+        result.events.extend(self._drop_empty_messages(state, current_turn_id, protected))
         result.active_after = state.active_count
         result.over_budget = result.active_after > budget
         return result
+
+    @staticmethod
+    def _template_freed(state: ConversationState, protected: npt.NDArray[np.bool_],
+                        unit_turns: npt.NDArray[np.int32], ranking: npt.NDArray[np.intp]) -> npt.NDArray[np.int64]:
+        """Per rank: the template tokens freed because the unit at that rank empties its message
+        (the message's last unit to go: every active content token of a droppable message is a
+        candidate, as droppable messages hold no protected content)."""
+        extra = np.zeros(ranking.size, np.int64)
+        n_turns = len(state.turns)
+        if not n_turns or not ranking.size:
+            return extra
+        per_turn, droppable = _droppable_messages(state, protected)
+        rank_of_unit = np.empty(ranking.size, np.int64)
+        rank_of_unit[ranking] = np.arange(ranking.size)
+        last_rank = np.full(n_turns, -1, np.int64)
+        np.maximum.at(last_rank, unit_turns, rank_of_unit)
+        turns = np.flatnonzero(droppable & (last_rank >= 0))
+        np.add.at(extra, last_rank[turns], per_turn(state.column("template") & state.active_mask())[turns])
+        return extra
 
     def _delete(self, state: ConversationState, kind: Granularity, unit: int,
                 positions: npt.NDArray[np.int64], score: float, turn_now: int) -> PruneEvent:
@@ -155,22 +199,15 @@ class Pruner:
                           tuple(int(p) for p in positions), score, int(positions.size),
                           state.text(positions))
 
-    def _drop_empty_messages(self, state: ConversationState, turn_now: int,
-                             extra: tuple[int, ...]) -> list[PruneEvent]:
-        n_turns = len(state.turns)
-        if not n_turns:
+    @staticmethod
+    def _drop_empty_messages(state: ConversationState, turn_now: int,
+                             protected: npt.NDArray[np.bool_]) -> list[PruneEvent]:
+        """Take the template of every droppable message whose content is now all gone."""
+        if not state.turns:
             return []
-        turn = state.column("turn")
+        per_turn, droppable = _droppable_messages(state, protected)
         template, deleted = state.column("template"), state.column("deleted")
-        protected = self.protected_mask(state, extra)
-        content = ~template
-
-        def per_turn(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
-            return np.bincount(turn[mask], minlength=n_turns)
-
-        complete = np.fromiter((t.complete for t in state.turns), bool, n_turns)
-        empty = (complete & (per_turn(content) > 0) & (per_turn(content & ~deleted) == 0)
-                 & (per_turn(template & ~deleted) > 0) & (per_turn(content & protected) == 0))
+        empty = droppable & (per_turn(~template & ~deleted) == 0)
         events = []
         for t in np.flatnonzero(empty).tolist():
             span = state.turns[t]
@@ -186,25 +223,40 @@ class Pruner:
 
     @staticmethod
     def restore(state: ConversationState, event: PruneEvent) -> PruneEvent:
-        """Put a pruned unit back (and its message's template, if the prune took it)."""
+        """Put a pruned unit back, and its message's template with it.
+
+        A message's template is there whenever any of its content is: it comes back with the
+        unit whatever took it, the unit's own prune emptying the message ("empty message") or
+        a later prune of the whole turn, so the conversation stays valid ChatML after any
+        sequence of prunes and restores. An event that does not fit this conversation, or whose
+        tokens are not all pruned, raises `ConversationError` and changes nothing."""
         positions = np.asarray(event.positions, np.int64)
+        if not 0 <= event.turn < len(state.turns):
+            raise ConversationError(f"{event.kind} {event.unit}: this conversation has no turn {event.turn}")
+        turn = state.turns[event.turn]
+        if positions.ndim != 1 or not ((positions >= turn.start) & (positions < turn.end)).all():
+            raise ConversationError(f"{event.kind} {event.unit}: its tokens are not in turn {event.turn}")
         if positions.size == 0 or not state.column("deleted")[positions].all():
             raise ConversationError(f"{event.kind} {event.unit} is not pruned: nothing to restore")
-        turn = state.turns[event.turn]
-        span = np.arange(turn.start, turn.end)
         c = state._cols
-        empty = span[(c["deleted_reason"][span] == REASONS.index("empty message"))]
-        for ps in (positions, empty):
-            c["deleted"][ps] = False
-            c["deleted_turn"][ps] = -1
-            c["deleted_score"][ps] = np.nan
-            c["deleted_reason"][ps] = 0
+        span = np.arange(turn.start, turn.end)
+        template = span[c["template"][span] & c["deleted"][span]]
+        back = np.union1d(positions, template)
+        c["deleted"][back] = False
+        c["deleted_turn"][back] = NOT_DELETED
+        c["deleted_score"][back] = np.nan
+        c["deleted_reason"][back] = 0
         return PruneEvent(event.kind, event.unit, event.turn, event.positions, event.score,
-                          -event.tokens_freed, event.text, restored=True)
+                          -int(back.size), event.text, restored=True)
 
     def pruned_units(self, state: ConversationState) -> list[PruneEvent]:
         """Every unit now pruned, reconstructed from the audit trail (e.g. after loading)."""
         deleted = state.column("deleted") & (state.column("deleted_reason") == REASONS.index("pruned"))
+        # a template comes back with its message's content (`restore`): it is a unit of its own
+        # only in a message without content
+        template, turn = state.column("template"), state.column("turn")
+        has_content = np.bincount(turn[~template], minlength=len(state.turns)) > 0
+        deleted &= ~(template & has_content[turn])
         key = self.settings.granularity
         ids = state.column(key)
         events: list[PruneEvent] = []
