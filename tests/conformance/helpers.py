@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 from urllib.parse import urlsplit
 
 import websockets
@@ -11,6 +12,7 @@ import websockets
 from halo_client.client import DoneEvent, KoboldClient, TokenEvent
 from tests import raw_ws
 from tests.conformance.conftest import Target
+from tests.streaming import collect_stream
 
 TEXT = ("The lighthouse keeper, Marta Okafor, counted 37 ships in March. She wrote every name "
         "in a blue notebook. 😀 Later, in 世界 terms, it was a quiet year. What did she count?")
@@ -29,14 +31,9 @@ async def prompt_ids(target: Target, text: str = TEXT) -> list[int]:
         return (await c.tokenize(text)).token_ids
 
 
-async def collect(target: Target, ids: list[int], **params: object) -> tuple[list[TokenEvent], DoneEvent]:
-    async with client(target) as c, c.generate_stream(ids, **params) as stream:
-        tokens: list[TokenEvent] = []
-        async for event in stream:
-            if isinstance(event, DoneEvent):
-                return tokens, event
-            tokens.append(event)
-    raise AssertionError("stream ended without done")
+async def collect(target: Target, ids: list[int], **params: Any) -> tuple[list[TokenEvent], DoneEvent]:
+    async with client(target) as c:
+        return await collect_stream(c, ids, **params)
 
 
 def ws_url(target: Target) -> str:

@@ -194,3 +194,20 @@ def test_unsupported_tokenizer_is_refused(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes().replace(length + b"gpt2", length + b"bert", 1))
     with pytest.raises(ModelFileError, match=r"'bert'.*gpt2.*llama"):
         ReferenceBackend(path)
+
+
+def test_f16_kv_cache_mode_rounds_what_llama_cpp_rounds(tiny_path: Path) -> None:
+    """kv_cache="f16" stores K and V as float16 values; the attention moves a little, and stays a distribution."""
+    exact = ReferenceBackend(tiny_path, n_ctx=512)
+    f16 = ReferenceBackend(tiny_path, n_ctx=512, kv_cache="f16")
+    ids = exact.tokenize(TEXT, False)
+    a, b = exact.prefill(ids, True), f16.prefill(ids, True)
+    assert a.attention is not None and b.attention is not None
+    cached = f16.model.k_cache[:, :, : len(ids)]
+    np.testing.assert_array_equal(cached, cached.astype(np.float16).astype(np.float32))
+    assert not np.array_equal(exact.model.k_cache[:, :, : len(ids)], cached)
+    difference = np.abs(a.attention - b.attention).max()
+    assert 0 < difference < 5e-2
+    np.testing.assert_allclose(b.attention.sum(-1), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="kv_cache"):
+        ReferenceBackend(tiny_path, n_ctx=512, kv_cache="q8")  # type: ignore[arg-type]

@@ -15,9 +15,10 @@ from pathlib import Path
 
 from halo_client.reference.backend import ReferenceBackend
 from halo_client.reference.gguf_model import ModelFileError
+from halo_client.reference.llama import KVCacheType
 from halo_client.reference.model_store import ModelFetchError, default_model
 
-__all__ = ["ModelFetchError", "ModelFileError", "ReferenceBackend", "default_model", "load_backend"]
+__all__ = ["KVCacheType", "ModelFetchError", "ModelFileError", "ReferenceBackend", "default_model", "load_backend"]
 
 
 def _progress(line: str) -> None:
@@ -25,10 +26,11 @@ def _progress(line: str) -> None:
     sys.stderr.flush()
 
 
-def load_backend(path: str | Path | None = None, *, n_ctx: int = 4096, quiet: bool = False) -> ReferenceBackend:
+def load_backend(path: str | Path | None = None, *, n_ctx: int = 4096, quiet: bool = False,
+                 kv_cache: KVCacheType = "f32") -> ReferenceBackend:
     """The reference backend for `path`, or for the default model when `path` is None."""
     model = Path(path) if path is not None else default_model()
-    backend = ReferenceBackend(model, n_ctx=n_ctx, progress=None if quiet else _progress)
+    backend = ReferenceBackend(model, n_ctx=n_ctx, progress=None if quiet else _progress, kv_cache=kv_cache)
     if not quiet:
         sys.stderr.write("\n")
     return backend

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from halo_client.messages import AttentionSupport, ModelInfo
 from halo_client.reference.gguf_model import load_gguf
-from halo_client.reference.llama import LlamaModel
+from halo_client.reference.llama import KVCacheType, LlamaModel
 from halo_client.reference.tokenizer import GGUFTokenizer
 from halo_client.serving.backend import ForwardResult
 
@@ -18,16 +18,17 @@ class ReferenceBackend:
 
     `n_ctx` is the server's context (capped at the model's trained context; 0 = that). The KV
     cache for it is allocated up front: 2 x layers x kv_heads x n_ctx x head_dim float32.
+    `kv_cache="f16"` reproduces the rounding of llama.cpp's default F16 KV cache (see `KVCacheType`).
     """
 
     def __init__(self, path: str | Path, *, n_ctx: int = 4096,
-                 progress: Callable[[str], None] | None = None) -> None:
+                 progress: Callable[[str], None] | None = None, kv_cache: KVCacheType = "f32") -> None:
         model = load_gguf(path, progress)
         self.path = Path(path)
         self.params = model.params
         self.n_ctx = min(n_ctx, model.params.n_ctx_train) if n_ctx > 0 else model.params.n_ctx_train
         self.tokenizer = GGUFTokenizer(model.tokenizer)
-        self.model = LlamaModel(model, self.n_ctx)
+        self.model = LlamaModel(model, self.n_ctx, kv_cache)
         self.chat_template = model.chat_template
         self._sequence: list[int] = []
         self._info = self._make_info()

@@ -10,6 +10,8 @@ post-softmax, so it is the exact reference for what a server should export.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import numpy.typing as npt
 
@@ -20,8 +22,23 @@ F32 = npt.NDArray[np.float32]
 QUERY_BLOCK = 512
 
 
+#: "f32": exact attention. "f16": the arithmetic of llama.cpp's default F16 KV cache without flash
+#: attention: K and V are stored as float16, and its F16 matmuls round their other operand (the
+#: query, and the attention weights multiplied into V) to float16 as well. Used as the oracle for a
+#: C++ server, it separates what the cache type explains from what a capture bug would.
+KVCacheType = Literal["f32", "f16"]
+
+
+def _round_f16(x: F32) -> F32:
+    out: F32 = x.astype(np.float16).astype(np.float32)
+    return out
+
+
 class LlamaModel:
-    def __init__(self, model: GGUFModel, n_ctx: int) -> None:
+    def __init__(self, model: GGUFModel, n_ctx: int, kv_cache: KVCacheType = "f32") -> None:
+        if kv_cache not in ("f32", "f16"):
+            raise ValueError(f"kv_cache must be 'f32' or 'f16', not {kv_cache!r}")
+        self.kv_f16 = kv_cache == "f16"
         p = self.params = model.params
         w = model.weights
         self.n_ctx = n_ctx
@@ -90,6 +107,8 @@ class LlamaModel:
             k = qkv[:, nh * hd : (nh + nkv) * hd].reshape(t, nkv, hd)
             v = qkv[:, (nh + nkv) * hd :].reshape(t, nkv, hd)
             q, k = self._rope(q, pos), self._rope(k, pos)
+            if self.kv_f16:
+                q, k, v = _round_f16(q), _round_f16(k), _round_f16(v)
             self.k_cache[li, :, start : start + t] = k.transpose(1, 0, 2)
             self.v_cache[li, :, start : start + t] = v.transpose(1, 0, 2)
             keys = self.k_cache[li, :, : start + t]  # [nkv, ctx, hd]
@@ -106,7 +125,8 @@ class LlamaModel:
                 scores -= scores.max(axis=-1, keepdims=True)
                 np.exp(scores, out=scores)
                 scores /= scores.sum(axis=-1, keepdims=True)
-                out[:, :, a:b] = np.matmul(scores, values[:, None])
+                weights = _round_f16(scores) if self.kv_f16 else scores
+                out[:, :, a:b] = np.matmul(weights, values[:, None])
                 if attention is not None and b == t:
                     attention[li] = scores[:, :, -1, :].reshape(nh, start + t)
             attn = out.reshape(nh, t, hd).transpose(1, 0, 2).reshape(t, nh * hd)
