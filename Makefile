@@ -20,9 +20,10 @@ install: $(STAMP)  ## create .venv and install halo-weave with its test and lint
 test: $(STAMP)  ## the whole test suite
 	$(BIN)/python -m pytest
 
-lint: $(STAMP)  ## ruff and mypy --strict on the package
+lint: $(STAMP)  ## ruff and mypy --strict on the package, hadolint on docker/Dockerfile
 	$(BIN)/ruff check client tests bench
 	$(BIN)/mypy
+	$(BIN)/hadolint docker/Dockerfile
 
 mock: $(STAMP)  ## run the mock server on $(PORT)
 	$(BIN)/halo-client mock-server --port $(PORT)
@@ -43,3 +44,42 @@ bench-quality: $(STAMP)  ## the pruning-quality benchmark on SmolLM2 (about 30 m
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+# ---------------------------------------------------------------------------------------------
+# The KoboldCPP patch (kobold_patch/): attention export in KoboldCPP v1.76 itself.
+#   make patch-and-build [BACKEND=cuda|cpu] [KOBOLDCPP_SRC=DIR] [CUDA_ARCH=sm_90] [CUBLAS_ROOT=DIR]
+#   make serve MODEL=PATH.gguf [KOBOLD_ARGS="--contextsize 8192 ..."]
+#   make kobold-bench MODEL=PATH.gguf [UNPATCHED_DIR=DIR of a built unpatched v1.76]
+KOBOLDCPP_TAG ?= v1.76
+KOBOLDCPP_GIT ?= https://github.com/LostRuins/koboldcpp.git
+KOBOLDCPP_DIR ?= build/koboldcpp-$(KOBOLDCPP_TAG)
+KOBOLDCPP_SRC ?=
+BACKEND       ?= cuda
+CUDA_ARCH     ?=
+CUDA_PATH     ?=
+CUBLAS_ROOT   ?=
+JOBS          ?=
+MODEL         ?=
+KOBOLD_ARGS   ?=
+UNPATCHED_DIR ?=
+BENCH_ARGS    ?=
+
+.PHONY: patch-and-build kobold-patch serve kobold-bench kobold-clean
+
+kobold-patch:  ## get KoboldCPP $(KOBOLDCPP_TAG) into $(KOBOLDCPP_DIR) and apply the patch (idempotent)
+	KOBOLDCPP_SRC="$(KOBOLDCPP_SRC)" KOBOLDCPP_TAG="$(KOBOLDCPP_TAG)" KOBOLDCPP_GIT="$(KOBOLDCPP_GIT)" \
+		kobold_patch/apply.sh "$(KOBOLDCPP_DIR)"
+
+patch-and-build: kobold-patch  ## ... and build it (BACKEND=cuda, default, or cpu)
+	BACKEND="$(BACKEND)" CUDA_ARCH="$(CUDA_ARCH)" CUDA_PATH="$(CUDA_PATH)" CUBLAS_ROOT="$(CUBLAS_ROOT)" JOBS="$(JOBS)" \
+		kobold_patch/build.sh "$(KOBOLDCPP_DIR)"
+
+serve:  ## run the patched server on 127.0.0.1:$(PORT) with attention export: make serve MODEL=PATH.gguf
+	BACKEND="$(BACKEND)" kobold_patch/serve.sh "$(KOBOLDCPP_DIR)" "$(MODEL)" $(PORT) $(KOBOLD_ARGS)
+
+kobold-bench: $(STAMP)  ## tokens/s ratios of the patched server (needs MODEL; UNPATCHED_DIR for the third ratio)
+	$(BIN)/python bench/bench_kobold.py --kobold-dir "$(KOBOLDCPP_DIR)" --model "$(MODEL)" \
+		$(if $(UNPATCHED_DIR),--unpatched-dir "$(UNPATCHED_DIR)") $(BENCH_ARGS)
+
+kobold-clean:  ## remove $(KOBOLDCPP_DIR)
+	rm -rf "$(KOBOLDCPP_DIR)"

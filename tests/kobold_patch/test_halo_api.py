@@ -1,0 +1,396 @@
+"""The patch's koboldcpp.py side (halo_api.py, taken out of the patch) over real sockets.
+
+KoboldCPP itself cannot be built in CI, so its ctypes backend is replaced by a toy one here;
+everything else is the patch's own code running in `http.server`, as inside koboldcpp.py:
+the REST endpoints and their errors, the stdlib WebSocket (RFC 6455: fragmentation, ping/pong,
+the close handshake, 1002/1003/1007/1009), auth, Origin, BUSY, abort and disconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import http.server
+import json
+import queue
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import websockets
+
+from halo_client.client import DoneEvent, KoboldClient, TokenEvent
+from halo_client.errors import ServerBusy, ServerError
+from halo_client.messages import ModelInfo, TokenizeResponse
+from tests import raw_ws
+from tests.kobold_patch.patchfile import load_halo_api
+from tests.streaming import collect_stream
+
+PASSWORD = "pw"
+ALLOWED = "https://allowed.example"
+LAYERS, HEADS = 2, 3
+BOS, EOS = 256, 257
+
+
+@pytest.fixture(scope="module")
+def halo(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
+    return load_halo_api(tmp_path_factory.mktemp("halo_api"))
+
+
+class FakeBackend:
+    """A toy model with KoboldBackend's interface: byte tokens, uniform attention."""
+
+    def __init__(self, halo: ModuleType) -> None:
+        self.halo = halo
+        self.events: queue.Queue[tuple[Any, bytes | None]] = queue.Queue(maxsize=4)
+        self.aborted = threading.Event()
+        self.token_delay = 0.0
+        self.aborts = 0
+
+    def model_info(self) -> dict[str, Any]:
+        return {"model_name": "fake", "architecture": "llama", "vocab_size": 258, "num_layers": LAYERS,
+                "num_attention_heads": HEADS, "num_key_value_heads": 1, "hidden_size": 8,
+                "max_context_length": 512, "max_trained_context": 512, "bos_token_id": BOS, "eos_token_id": EOS,
+                "eot_token_id": None, "rope_freq_base": 10000.0, "rope_freq_scale": 1.0, "chat_template": None,
+                "attention_api_version": 1, "attention": {"available": True, "reason": None,
+                                                          "dtypes": ["float32", "float16"]}}
+
+    def tokenize(self, text: str, add_special: bool) -> list[int]:
+        return ([BOS] if add_special else []) + list(text.encode())
+
+    def pieces(self) -> list[bytes]:
+        return [bytes([i]) for i in range(256)] + [b"<s>", b"</s>"]
+
+    def start(self, req: dict[str, Any]) -> threading.Thread:
+        self.aborted.clear()
+        thread = threading.Thread(target=self._run, args=(req,), daemon=True)
+        thread.start()
+        return thread
+
+    def _put(self, item: tuple[Any, bytes | None]) -> bool:
+        while not self.aborted.is_set():
+            try:
+                self.events.put(item, timeout=0.01)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, req: dict[str, Any]) -> None:
+        ids = req["input_ids"]
+        finish, count = 0, 0
+        for i in range(req["max_length"]):
+            if self.aborted.is_set():
+                finish = 3
+                break
+            time.sleep(self.token_delay)
+            token = 97 + (sum(ids) + i) % 26
+            while token in req["banned_token_ids"]:
+                token = 97 + (token - 96) % 26
+            frame = None
+            if req["return_attention"]:
+                ctx = len(ids) + i
+                dtype = "<f4" if req["attention_dtype"] == "float32" else "<f2"
+                values = np.full((LAYERS, HEADS, ctx), 1.0 / ctx, dtype=dtype)
+                header = struct.pack("<4sHHIHHIIII", b"HWAF", 1, 32, i, 1 if dtype == "<f4" else 2, 0,
+                                     LAYERS, HEADS, ctx, 0)
+                frame = header + values.tobytes()
+            event = SimpleNamespace(kind=1, index=i, token_id=token, frame_bytes=len(frame or b""))
+            if not self._put((event, frame)):
+                finish = 3
+                break
+            count += 1
+            if token in req["stop_token_ids"]:
+                finish = 2
+                break
+        self.events.put((SimpleNamespace(kind=2, finish_reason=finish, token_count=count, prompt_tokens=len(ids),
+                                          prompt_ms=1.0, generation_ms=10.0), None))
+
+    def next_event(self, timeout_ms: int) -> tuple[Any, memoryview | None] | None:
+        try:
+            event, frame = self.events.get(timeout=timeout_ms / 1000)
+        except queue.Empty:
+            return None
+        return event, (memoryview(frame) if frame is not None else None)
+
+    def last_error(self) -> str:
+        return ""
+
+    def abort(self) -> None:
+        self.aborts += 1
+        self.aborted.set()
+
+    def generation_finished(self) -> bool:
+        return self.finished
+
+    finished = True  # KoboldCPP's has_finished(): False while one of its own generations runs
+
+
+class Running:
+    def __init__(self, halo: ModuleType) -> None:
+        self.backend = FakeBackend(halo)
+        self.kcpp = SimpleNamespace(password=PASSWORD, args=SimpleNamespace(allowed_origin=[ALLOWED]),
+                                    modelbusy=threading.Lock(), maxctx=512, friendlymodelname="koboldcpp/fake")
+        server = halo.HaloServer(self.kcpp, backend=self.backend)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.serve(self, "GET")
+
+            def do_POST(self) -> None:
+                server.serve(self, "POST")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def client(self, **kw: Any) -> KoboldClient:
+        kw.setdefault("password", PASSWORD)
+        return KoboldClient(self.url, timeout=10, **kw)
+
+
+@pytest.fixture
+def srv(halo: ModuleType) -> Iterator[Running]:
+    running = Running(halo)
+    yield running
+    running.httpd.shutdown()
+    running.httpd.server_close()
+
+
+AUTH = {"Authorization": f"Bearer {PASSWORD}"}
+
+
+# ------------------------------------------------------------------------------------ REST
+
+async def test_rest_endpoints(srv: Running) -> None:
+    async with httpx.AsyncClient(base_url=srv.url, headers=AUTH) as http:
+        info = ModelInfo.model_validate((await http.get("/api/v1/model/info")).json())
+        assert info.num_layers == LAYERS and info.attention.available
+        r = TokenizeResponse.model_validate((await http.post("/api/v1/tokenize", json={"text": "hé"})).json())
+        assert r.token_ids == [BOS, 104, 0xC3, 0xA9]
+        assert b"".join(t.piece for t in r.tokens[1:]) == "hé".encode()
+        text = (await http.post("/api/v1/detokenize", json={"token_ids": [104, 0xC3]})).json()["text"]
+        assert text == "h\ufffd"
+
+
+@pytest.mark.parametrize(("path", "body", "status", "code"), [
+    ("/api/v1/tokenize", b"{not json", 400, "INVALID_REQUEST"),
+    ("/api/v1/tokenize", b'{"text": 42}', 400, "INVALID_REQUEST"),
+    ("/api/v1/tokenize", b'{"text": "x", "add_special_tokens": 1}', 400, "INVALID_REQUEST"),
+    ("/api/v1/tokenize", b'{"text": "x", "extra": 1}', 400, "INVALID_REQUEST"),
+    ("/api/v1/detokenize", b'{"token_ids": [-3]}', 400, "INVALID_TOKEN"),
+    ("/api/v1/detokenize", b'{"token_ids": [300]}', 400, "INVALID_TOKEN"),
+    ("/api/v1/detokenize", b'{"token_ids": [true]}', 400, "INVALID_REQUEST"),
+    ("/api/v1/tokenize", b'{"text": "' + b"a" * (5 << 20) + b'"}', 413, "PAYLOAD_TOO_LARGE"),
+])
+async def test_rest_errors(srv: Running, path: str, body: bytes, status: int, code: str) -> None:
+    async with httpx.AsyncClient(base_url=srv.url, headers=AUTH) as http:
+        r = await http.post(path, content=body)
+    assert r.status_code == status and r.json()["error"]["code"] == code
+
+
+async def test_password_and_origin(srv: Running) -> None:
+    async with httpx.AsyncClient(base_url=srv.url) as http:
+        for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": f"Basic {PASSWORD}"}):
+            r = await http.get("/api/v1/model/info", headers=headers)
+            assert r.status_code == 401 and r.json()["error"]["code"] == "UNAUTHORIZED"
+    ws_url = f"ws://127.0.0.1:{srv.port}/api/v1/generate/stream"
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        async with websockets.connect(ws_url):
+            pass
+    assert refused.value.response.status_code == 401
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        async with websockets.connect(ws_url, additional_headers=AUTH, origin="https://evil.example"):  # type: ignore[arg-type]
+            pass
+    assert refused.value.response.status_code == 403
+    assert json.loads(refused.value.response.body)["error"]["code"] == "ORIGIN_NOT_ALLOWED"
+    for origin in (ALLOWED, f"http://127.0.0.1:{srv.port}"):
+        async with websockets.connect(ws_url, additional_headers=AUTH, origin=origin) as ws:  # type: ignore[arg-type]
+            await ws.send(json.dumps({"input_ids": [1, 2], "max_length": 1}))
+            assert json.loads([m async for m in ws][-1])["type"] == "done"
+
+
+# ------------------------------------------------------------------------------- the stream
+
+async def collect(srv: Running, ids: list[int], **params: Any) -> tuple[list[TokenEvent], DoneEvent]:
+    async with srv.client() as c:
+        return await collect_stream(c, ids, **params)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+async def test_tokens_and_frames(srv: Running, dtype: str) -> None:
+    tokens, done = await collect(srv, [1, 2, 3], max_length=5, return_attention=True, attention_dtype=dtype)
+    assert done.finish_reason == "length" and done.token_count == 5 and done.prompt_tokens == 3
+    for i, t in enumerate(tokens):
+        assert t.index == i and t.attention is not None and t.attention.dtype == dtype
+        assert t.attention.values.shape == (LAYERS, HEADS, 3 + i)
+        np.testing.assert_allclose(t.attention.values.astype(np.float32).sum(-1), 1.0, atol=1e-2)
+    stop = tokens[2].token_id
+    tokens, done = await collect(srv, [1, 2, 3], max_length=5, stop_token_ids=[stop])
+    assert done.finish_reason == "stop_token" and tokens[-1].token_id == stop and tokens[-1].attention is None
+
+
+@pytest.mark.parametrize(("message", "code"), [
+    ("{not json", "INVALID_REQUEST"),
+    ("[1]", "INVALID_REQUEST"),
+    (json.dumps({"max_length": 4}), "INVALID_REQUEST"),
+    (json.dumps({"input_ids": []}), "INVALID_REQUEST"),
+    (json.dumps({"input_ids": [1], "max_length": "4"}), "INVALID_REQUEST"),
+    (json.dumps({"input_ids": [1], "max_length": 0}), "INVALID_REQUEST"),
+    (json.dumps({"input_ids": [1], "max_lenght": 4}), "INVALID_REQUEST"),
+    (json.dumps({"input_ids": [1], "top_p": 1.5}), "INVALID_REQUEST"),
+    (json.dumps({"input_ids": [1], "attention_dtype": "int8"}), "INVALID_REQUEST"),
+    (json.dumps({"input_ids": [1], "return_attention": 1}), "INVALID_REQUEST"),
+    (json.dumps({"input_ids": [1, 2**31]}), "INVALID_REQUEST"),
+    (json.dumps({"input_ids": [1, 300]}), "INVALID_TOKEN"),
+    (json.dumps({"input_ids": [1, -1]}), "INVALID_TOKEN"),
+    (json.dumps({"input_ids": [1], "banned_token_ids": [999]}), "INVALID_TOKEN"),
+    (json.dumps({"input_ids": [1], "max_length": 10**9}), "CONTEXT_OVERFLOW"),
+    (json.dumps({"input_ids": [1] * 500, "max_length": 13}), "CONTEXT_OVERFLOW"),
+])
+async def test_bad_requests(srv: Running, message: str, code: str) -> None:
+    async with websockets.connect(f"ws://127.0.0.1:{srv.port}/api/v1/generate/stream",
+                                  additional_headers=AUTH) as ws:  # type: ignore[arg-type]
+        await ws.send(message)
+        received = [m async for m in ws]
+        assert ws.close_code == 1000
+    body = json.loads(received[-1])
+    assert body["type"] == "error" and body["code"] == code, body
+
+
+def raw(srv: Running, *frames: bytes) -> list[tuple[int, bytes]]:
+    with raw_ws.open_stream(srv.port, headers=f"Authorization: Bearer {PASSWORD}\r\n") as sock:
+        for f in frames:
+            sock.sendall(f)
+        return raw_ws.read_frames(sock)
+
+
+def test_fragmented_request_with_a_ping_between_fragments(srv: Running) -> None:
+    message = json.dumps({"input_ids": [1, 2], "max_length": 2}).encode()
+    frames = raw(srv, raw_ws.frame(0x1, message[:3], fin=False), raw_ws.frame(0x9, b"hi"),
+                 raw_ws.frame(0x0, message[3:10], fin=False), raw_ws.frame(0x0, message[10:]))
+    assert (0xA, b"hi") in frames
+    texts = [json.loads(p) for op, p in frames if op == 0x1]
+    assert [t["type"] for t in texts] == ["token", "token", "done"]
+    assert raw_ws.close_code(frames) == 1000
+
+
+@pytest.mark.parametrize(("frame", "code"), [
+    (raw_ws.frame(0x1, b'{"input_ids": [1]}', masked=False), 1002),
+    (raw_ws.frame(0x1, b"[" * 100, claimed_length=(4 << 20) + 1), 1009),
+    (raw_ws.frame(0x2, b"\x00\x01"), 1003),
+    (raw_ws.frame(0x1, b"\xff\xfe"), 1007),
+    (raw_ws.frame(0x0, b"orphan"), 1002),
+    (raw_ws.frame(0x9, b"x" * 126), 1002),
+    (raw_ws.frame(0x3, b""), 1002),
+    (bytes([0xC1, 0x80]) + b"mask", 1002),  # RSV1 without an extension
+])
+def test_protocol_violations_close_with_their_code(srv: Running, frame: bytes, code: int) -> None:
+    assert raw_ws.close_code(raw(srv, frame)) == code
+
+
+def test_close_handshake_echoes_the_clients_code(srv: Running) -> None:
+    frames = raw(srv, raw_ws.frame(0x8, struct.pack("!H", 1001) + b"bye"))
+    assert raw_ws.close_code(frames) == 1001
+
+
+def test_unmasking_of_a_large_message(halo: ModuleType) -> None:
+    import io
+
+    payload = bytes(range(256)) * 4099 + b"tail"
+    reader = halo.FrameReader(io.BytesIO(raw_ws.frame(0x2, payload)))
+    assert reader.next_message() == ("binary", payload)
+
+
+async def test_abort_message_ends_with_aborted(srv: Running) -> None:
+    srv.backend.token_delay = 0.02
+    async with websockets.connect(f"ws://127.0.0.1:{srv.port}/api/v1/generate/stream",
+                                  additional_headers=AUTH) as ws:  # type: ignore[arg-type]
+        await ws.send(json.dumps({"input_ids": [1], "max_length": 400}))
+        await ws.recv()
+        await ws.send(json.dumps({"type": "abort"}))
+        messages = [json.loads(m) async for m in ws]
+    assert messages[-1]["type"] == "done" and messages[-1]["finish_reason"] == "aborted"
+    assert messages[-1]["token_count"] < 400
+
+
+async def test_disconnect_aborts_and_busy_while_streaming(srv: Running) -> None:
+    srv.backend.token_delay = 0.02
+    async with srv.client() as c, c.generate_stream([1, 2], max_length=400) as stream:
+        await stream.__anext__()
+        with pytest.raises(ServerBusy):
+            await collect(srv, [1], max_length=1)
+    started = time.monotonic()
+    while not srv.backend.aborts:
+        assert time.monotonic() - started < 2, "the generation was not aborted after the client left"
+        await asyncio.sleep(0.01)
+    srv.backend.token_delay = 0.0
+    tokens, done = await collect(srv, [1], max_length=2)  # the model is free again
+    assert done.token_count == 2 and len(tokens) == 2
+
+
+async def test_kobold_generation_holding_the_lock(srv: Running) -> None:
+    """KoboldCPP's own endpoints hold `modelbusy` while generating (BUSY), and 50 ms after (wait)."""
+    lock = srv.kcpp.modelbusy
+    lock.acquire()
+    srv.backend.finished = False  # one of KoboldCPP's own generations runs
+    started = time.monotonic()
+    with pytest.raises(ServerBusy):
+        await collect(srv, [1], max_length=1)
+    assert time.monotonic() - started < 0.4, "BUSY must be answered at once while a generation runs"
+    srv.backend.finished = True  # it has ended; KoboldCPP sleeps 50 ms before releasing the lock
+    threading.Timer(0.05, lock.release).start()
+    tokens, done = await collect(srv, [1], max_length=2)
+    assert done.token_count == 2 and len(tokens) == 2
+    assert not lock.locked()
+
+
+async def test_attention_unavailable(srv: Running) -> None:
+    srv.backend.model_info = lambda: {**FakeBackend.model_info(srv.backend),  # type: ignore[method-assign]
+                                      "attention": {"available": False, "reason": "flash attention is on",
+                                                    "dtypes": ["float32", "float16"]}}
+    with pytest.raises(ServerError) as err:
+        await collect(srv, [1], max_length=1, return_attention=True)
+    assert err.value.code == "ATTENTION_UNAVAILABLE" and "flash attention" in str(err.value)
+
+
+def test_seed_mapping(halo: ModuleType) -> None:
+    assert halo.kobold_seed(-1) == -1
+    assert halo.kobold_seed(11) == 11
+    for seed in (0, 2**31 - 1, 2**31, 2**32 - 1):
+        mapped = halo.kobold_seed(seed)
+        assert 1 <= mapped < 2**31 - 1
+
+
+def test_accept_key_of_rfc6455(halo: ModuleType) -> None:
+    assert halo.accept_key("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    assert base64.b64decode(halo.accept_key("x" * 24))
+
+
+def test_struct_layouts_match_attention_export_h(halo: ModuleType) -> None:
+    import ctypes
+
+    assert ctypes.sizeof(halo.EventOut) == 48
+    assert halo.EventOut.frame_bytes.offset == 24
+    assert ctypes.sizeof(halo.ModelInfoOut) == 72
+    assert halo.ModelInfoOut.arch.offset == 48
+
+
+def test_module_file_is_the_patch_text(tmp_path: Path) -> None:
+    from tests.kobold_patch.patchfile import new_file_text
+
+    text = new_file_text("halo_api.py")
+    assert text.startswith('"""Halo Weave API for KoboldCPP') and "def serve(" in text
