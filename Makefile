@@ -58,6 +58,7 @@ BACKEND       ?= cuda
 CUDA_ARCH     ?=
 CUDA_PATH     ?=
 CUBLAS_ROOT   ?=
+PORTABLE      ?=
 JOBS          ?=
 MODEL         ?=
 KOBOLD_ARGS   ?=
@@ -71,7 +72,7 @@ kobold-patch:  ## get KoboldCPP $(KOBOLDCPP_TAG) into $(KOBOLDCPP_DIR) and apply
 		kobold_patch/apply.sh "$(KOBOLDCPP_DIR)"
 
 patch-and-build: kobold-patch  ## ... and build it (BACKEND=cuda, default, or cpu)
-	BACKEND="$(BACKEND)" CUDA_ARCH="$(CUDA_ARCH)" CUDA_PATH="$(CUDA_PATH)" CUBLAS_ROOT="$(CUBLAS_ROOT)" JOBS="$(JOBS)" \
+	BACKEND="$(BACKEND)" CUDA_ARCH="$(CUDA_ARCH)" CUDA_PATH="$(CUDA_PATH)" CUBLAS_ROOT="$(CUBLAS_ROOT)" JOBS="$(JOBS)" PORTABLE="$(PORTABLE)" \
 		kobold_patch/build.sh "$(KOBOLDCPP_DIR)"
 
 serve:  ## run the patched server on 127.0.0.1:$(PORT) with attention export: make serve MODEL=PATH.gguf

@@ -26,6 +26,7 @@ command -v git >/dev/null || die "git is needed (apt-get install git)"
 
 if [ ! -d "$DIR" ]; then
     mkdir -p "$(dirname "$DIR")"
+    rm -rf "$DIR.tmp"  # what an interrupted earlier run left
     if [ -n "${KOBOLDCPP_SRC:-}" ]; then
         [ -f "$KOBOLDCPP_SRC/koboldcpp.py" ] || die "KOBOLDCPP_SRC=$KOBOLDCPP_SRC is not a KoboldCPP tree (no koboldcpp.py)"
         say "copying KoboldCPP from $KOBOLDCPP_SRC to $DIR (build outputs and .git left behind)"

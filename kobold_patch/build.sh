@@ -10,6 +10,8 @@
 #   CUDA_PATH    CUDA toolkit root (default: from nvcc on PATH, else /usr/local/cuda)
 #   CUBLAS_ROOT  a cuBLAS that is not in the toolkit, with include/ and lib/ (e.g. the PyPI wheel
 #                nvidia-cublas: .../site-packages/nvidia/cu13)
+#   PORTABLE     1: CPU code for any x86-64 with AVX2 instead of this machine's CPU (-march=native);
+#                for a library that runs elsewhere (the Docker image). CUDA_ARCH=all/all-major imply it
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -20,6 +22,8 @@ die() { printf '\033[1;31m[halo-weave] error:\033[0m %s\n' "$*" >&2; exit 1; }
 DIR="$(cd "$1" && pwd)"
 BACKEND="${BACKEND:-cuda}"
 JOBS="${JOBS:-$(nproc 2>/dev/null || echo 2)}"
+portable_args=()
+[ "${PORTABLE:-}" = 1 ] && portable_args=("LLAMA_PORTABLE=1")
 grep -q "halo_attn_graph_hook" "$DIR/src/llama.cpp" 2>/dev/null || die "$DIR is not patched: run kobold_patch/apply.sh $1 first (make patch-and-build does both)"
 command -v make >/dev/null || die "make is needed (apt-get install build-essential)"
 command -v g++ >/dev/null || die "a C++ compiler is needed (apt-get install build-essential)"
@@ -27,7 +31,7 @@ command -v g++ >/dev/null || die "a C++ compiler is needed (apt-get install buil
 case "$BACKEND" in
 cpu)
     say "building the CPU server (koboldcpp_default.so) with $JOBS jobs in $DIR"
-    make -C "$DIR" koboldcpp_default -j"$JOBS" || die "the CPU build failed (see above); it needs g++ >= 9 and make (apt-get install build-essential)"
+    make -C "$DIR" koboldcpp_default "${portable_args[@]}" -j"$JOBS" || die "the CPU build failed (see above); it needs g++ >= 9 and make (apt-get install build-essential)"
     say "built $DIR/koboldcpp_default.so"
     ;;
 cuda)
@@ -90,8 +94,8 @@ cuda)
     export CPATH="$cpath${CPATH:+:$CPATH}"
     export LIBRARY_PATH="$libpath${LIBRARY_PATH:+:$LIBRARY_PATH}"
     export PATH="$CUDA_PATH/bin:$PATH"
-    arch_args=()
-    [ "$arch" = native ] || arch_args=("CUDA_DOCKER_ARCH=$arch")
+    arch_args=("${portable_args[@]}")
+    [ "$arch" = native ] || arch_args+=("CUDA_DOCKER_ARCH=$arch")
     [ "$arch" = all ] && arch_args=("LLAMA_PORTABLE=1")
     [ "$arch" = all-major ] && arch_args=("LLAMA_PORTABLE=1" "LLAMA_COLAB=1")
     say "building the CUDA server (koboldcpp_cublas.so): CUDA $cuda_major at $CUDA_PATH, arch $arch, $JOBS jobs; the .cu files take a while"
