@@ -13,6 +13,7 @@ import base64
 import http.server
 import json
 import queue
+import socket
 import struct
 import threading
 import time
@@ -327,12 +328,8 @@ async def test_abort_message_ends_with_aborted(srv: Running) -> None:
     assert messages[-1]["token_count"] < 400
 
 
-async def test_disconnect_aborts_and_busy_while_streaming(srv: Running) -> None:
-    srv.backend.token_delay = 0.02
-    async with srv.client() as c, c.generate_stream([1, 2], max_length=400) as stream:
-        await stream.__anext__()
-        with pytest.raises(ServerBusy):
-            await collect(srv, [1], max_length=1)
+async def aborted_then_free(srv: Running) -> None:
+    """The generation is aborted within 2 s, and the next request runs."""
     started = time.monotonic()
     while not srv.backend.aborts:
         assert time.monotonic() - started < 2, "the generation was not aborted after the client left"
@@ -340,6 +337,30 @@ async def test_disconnect_aborts_and_busy_while_streaming(srv: Running) -> None:
     srv.backend.token_delay = 0.0
     tokens, done = await collect(srv, [1], max_length=2)  # the model is free again
     assert done.token_count == 2 and len(tokens) == 2
+
+
+async def test_disconnect_aborts_and_busy_while_streaming(srv: Running) -> None:
+    srv.backend.token_delay = 0.02
+    async with srv.client() as c, c.generate_stream([1, 2], max_length=400) as stream:
+        await stream.__anext__()
+        with pytest.raises(ServerBusy):
+            await collect(srv, [1], max_length=1)
+    await aborted_then_free(srv)
+
+
+@pytest.mark.parametrize("how", ["reset", "half-close"])
+async def test_abrupt_disconnect_aborts_the_generation(srv: Running, how: str) -> None:
+    """The client vanishes mid-stream without a close frame: a TCP reset, or FIN after a partial frame."""
+    srv.backend.token_delay = 0.02
+    sock = raw_ws.open_stream(srv.port, headers=f"Authorization: Bearer {PASSWORD}\r\n")
+    sock.sendall(raw_ws.frame(0x1, json.dumps({"input_ids": [1, 2], "max_length": 400}).encode()))
+    sock.recv(64)  # the stream has begun
+    if how == "reset":
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    else:
+        sock.sendall(raw_ws.frame(0x1, b"x" * 100)[:20])  # a frame cut short
+    sock.close()
+    await aborted_then_free(srv)
 
 
 async def test_kobold_generation_holding_the_lock(srv: Running) -> None:
