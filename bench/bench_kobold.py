@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,17 +40,12 @@ from typing import Any
 
 import numpy as np
 
+from bench_transport import free_port  # bench/ is on sys.path when this runs as a script
 from halo_client.client import DoneEvent, KoboldClient, TokenEvent
 from halo_client.conversation.tracker import AttentionTracker
 
 FILLER = ("The lighthouse keeper counted the ships that passed in the night and wrote each name in a blue "
           "notebook, with the hour, the weather and the colour of the sails. ")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager

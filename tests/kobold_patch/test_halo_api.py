@@ -29,6 +29,7 @@ import websockets
 
 from halo_client.client import DoneEvent, KoboldClient, TokenEvent
 from halo_client.errors import ServerBusy, ServerError
+from halo_client.frame import encode_frame
 from halo_client.messages import ModelInfo, TokenizeResponse
 from tests import raw_ws
 from tests.kobold_patch.patchfile import load_halo_api
@@ -98,11 +99,7 @@ class FakeBackend:
             frame = None
             if req["return_attention"]:
                 ctx = len(ids) + i
-                dtype = "<f4" if req["attention_dtype"] == "float32" else "<f2"
-                values = np.full((LAYERS, HEADS, ctx), 1.0 / ctx, dtype=dtype)
-                header = struct.pack("<4sHHIHHIIII", b"HWAF", 1, 32, i, 1 if dtype == "<f4" else 2, 0,
-                                     LAYERS, HEADS, ctx, 0)
-                frame = header + values.tobytes()
+                frame = encode_frame(i, np.full((LAYERS, HEADS, ctx), 1.0 / ctx), req["attention_dtype"])
             event = SimpleNamespace(kind=1, index=i, token_id=token, frame_bytes=len(frame or b""))
             if not self._put((event, frame)):
                 finish = 3

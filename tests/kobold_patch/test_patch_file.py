@@ -48,7 +48,8 @@ def test_hunk_line_counts_add_up() -> None:
             assert old == 0 and new == 0, f"{path}: a hunk's line counts do not match its header"
 
 
-@pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")
+@pytest.mark.skipif(shutil.which("git") is None,
+                    reason="needs git (apt-get install git); CI clones the repo with git, so this runs there")
 def test_git_reads_the_patch() -> None:
     out = subprocess.run(["git", "apply", "--numstat", str(PATCH)], capture_output=True, text=True, check=True)
     assert {line.split("\t")[2] for line in out.stdout.splitlines()} == EXPECTED
