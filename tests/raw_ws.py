@@ -4,17 +4,19 @@ library refuses to send (unmasked frames, lying length fields) and reading the s
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import socket
 import struct
 
 
 def open_stream(port: int, path: str = "/api/v1/generate/stream", headers: str = "",
-                host: str = "127.0.0.1") -> socket.socket:
+                host: str = "127.0.0.1", host_header: str | None = None) -> socket.socket:
+    """A socket past the 101; a refused upgrade raises ConnectionError with the server's answer."""
     sock = socket.create_connection((host, port), timeout=10)
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall(
-        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+        f"GET {path} HTTP/1.1\r\nHost: {host_header or f'{host}:{port}'}\r\nUpgrade: websocket\r\n"
         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
         f"{headers}\r\n".encode()
     )
@@ -25,6 +27,11 @@ def open_stream(port: int, path: str = "/api/v1/generate/stream", headers: str =
             raise ConnectionError("closed during handshake")
         head += chunk
     if not head.startswith(b"HTTP/1.1 101"):
+        sock.settimeout(2)
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                head += chunk
+        sock.close()
         raise ConnectionError(head.decode(errors="replace"))
     return sock
 

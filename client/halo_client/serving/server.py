@@ -18,7 +18,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
-from urllib.parse import urlsplit
 
 import h11
 import numpy as np
@@ -42,6 +41,7 @@ from halo_client.messages import (
     TokenMessage,
     TokenPiece,
 )
+from halo_client.serving.access import AccessPolicy
 from halo_client.serving.backend import ModelBackend
 from halo_client.serving.faults import FaultPlan
 from halo_client.serving.generation import (
@@ -69,6 +69,7 @@ STATUS: Final[dict[str, int]] = {
     "ATTENTION_UNAVAILABLE": 400,
     "UNAUTHORIZED": 401,
     "ORIGIN_NOT_ALLOWED": 403,
+    "HOST_NOT_ALLOWED": 403,
     "NOT_FOUND": 404,
     "PAYLOAD_TOO_LARGE": 413,
     "INTERNAL": 500,
@@ -114,13 +115,14 @@ class ContractServer:
         port: int = 5001,
         password: str | None = None,
         allowed_origins: tuple[str, ...] = (),
+        allowed_hosts: tuple[str, ...] = (),
         faults: FaultPlan | None = None,
     ) -> None:
         self.backend = backend
         self.host = host
         self.port = port
         self.password = password
-        self.allowed_origins = {o.rstrip("/").lower() for o in allowed_origins}
+        self.access = AccessPolicy(allowed_hosts=allowed_hosts, allowed_origins=allowed_origins, bind_host=host)
         self.faults = faults
         self.stats = ServerStats()
         self._info: ModelInfo | None = None
@@ -283,16 +285,10 @@ class ContractServer:
         return scheme.lower() == "bearer" and hmac.compare_digest(
             token.strip().encode(), self.password.encode())
 
-    def _origin_allowed(self, request: h11.Request) -> bool:
-        origin = self._header(request, b"origin")
-        if origin is None:
-            return True  # not a browser: browsers always send Origin on a WebSocket upgrade
-        origin = origin.rstrip("/").lower()
-        if origin in self.allowed_origins:
-            return True
-        host = (self._header(request, b"host") or "").lower()
-        parts = urlsplit(origin)
-        return parts.scheme in ("http", "https") and parts.netloc == host and bool(host)
+    def _host_refused(self, request: h11.Request) -> str | None:
+        """H0: the refusal message for a Host a DNS-rebinding page would send, else None."""
+        host = self._header(request, b"host")
+        return None if self.access.host_allowed(host) else self.access.host_refusal(host or "")
 
     async def _route(self, request: h11.Request, body: bytes, conn: h11.Connection,
                      writer: asyncio.StreamWriter) -> None:
@@ -309,6 +305,10 @@ class ContractServer:
             return
         if path not in routes and path != STREAM_PATH:
             await self._respond(writer, conn, "NOT_FOUND", f"no endpoint {path}; see api_spec/")
+            return
+        refused = self._host_refused(request) if path != "/api/v1/model" else None  # KoboldCPP's own: unchanged
+        if refused:
+            await self._respond(writer, conn, "HOST_NOT_ALLOWED", refused)
             return
         if not self._authorized(request):
             await self._respond(writer, conn, "UNAUTHORIZED", _NEEDS_PASSWORD)
@@ -365,13 +365,16 @@ class ContractServer:
         if path != STREAM_PATH:
             await self._respond(writer, conn, "NOT_FOUND", f"no WebSocket at {path}; use {STREAM_PATH}")
             return
+        refused = self._host_refused(request)
+        if refused:
+            await self._respond(writer, conn, "HOST_NOT_ALLOWED", refused)
+            return
         if not self._authorized(request):
             await self._respond(writer, conn, "UNAUTHORIZED", _NEEDS_PASSWORD)
             return
-        if not self._origin_allowed(request):
-            await self._respond(writer, conn, "ORIGIN_NOT_ALLOWED",
-                                f"Origin {self._header(request, b'origin')} may not open this stream; "
-                                "start the server with --allowed-origin to allow it")
+        origin = self._header(request, b"origin")
+        if not self.access.origin_allowed(origin, self._header(request, b"host")):
+            await self._respond(writer, conn, "ORIGIN_NOT_ALLOWED", self.access.origin_refusal(origin or ""))
             return
         protocol = ServerProtocol(max_size=MAX_CLIENT_MESSAGE)
         head = b"%s %s HTTP/1.1\r\n" % (request.method, request.target)
@@ -403,8 +406,8 @@ def _validate(model: type[_M], body: bytes | str) -> _M:
         return model.model_validate(obj)
     except pydantic.ValidationError as exc:
         errors = exc.errors()
-        # A negative id is a token outside the vocabulary, like one past its end.
-        if all(e["loc"] and e["loc"][0] in _ID_FIELDS and e["type"] == "greater_than_equal"
+        # A negative id, or one past 2**31, is a token outside the vocabulary, like one past its end.
+        if all(len(e["loc"]) == 2 and e["loc"][0] in _ID_FIELDS and e["type"] in ("greater_than_equal", "less_than")
                for e in errors):
             raise RequestRejected("INVALID_TOKEN", _validation_message(exc)) from exc
         raise RequestRejected("INVALID_REQUEST", _validation_message(exc)) from exc

@@ -23,9 +23,11 @@ class MockKoboldServer(ContractServer):
         port: int = 0,
         password: str | None = None,
         allowed_origins: tuple[str, ...] = (),
+        allowed_hosts: tuple[str, ...] = (),
         faults: FaultPlan | None = None,
         backend: MockBackend | None = None,
     ) -> None:
         self.mock = backend or MockBackend()
         super().__init__(self.mock, host=host, port=port, password=password,
-                         allowed_origins=allowed_origins, faults=faults or FaultPlan())
+                         allowed_origins=allowed_origins, allowed_hosts=allowed_hosts,
+                         faults=faults or FaultPlan())
