@@ -19,8 +19,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from halo_client.conversation.dictionary import ConversationState
 from halo_client.conversation.pruner import Pruner
+from halo_client.conversation.state import ConversationState
 from halo_client.conversation.tracker import AttentionTracker, TrackerSettings
 from halo_client.frame import decode_frame, encode_frame
 
@@ -67,12 +67,16 @@ def main() -> None:
     pruner = Pruner()
 
     def decide() -> None:
-        snapshot = state._cols["deleted"].copy()
+        before = state.column("deleted").copy()
         pruner.prune(state, len(state) - 2000)
-        state._cols["deleted"][:] = snapshot
+        state.undelete(np.flatnonzero(state.column("deleted") & ~before))
 
-    restore_only = best_of(lambda: state._cols["deleted"].copy(), 10)
-    decision = best_of(decide, 10) - restore_only
+    def restore_only() -> None:
+        before = state.column("deleted").copy()
+        state.undelete(np.flatnonzero(state.column("deleted") & ~before))
+
+    restore_only_s = best_of(restore_only, 10)
+    decision = best_of(decide, 10) - restore_only_s
     print(f"{f'prune decision, {len(state):,} tokens':40} {decision * 1e3:6.2f}ms {5.0:6.2f}ms "
           f"{decision / 5e-3:6.2f}")
 

@@ -1,4 +1,4 @@
-"""The dictionary and the pruner: properties that must hold for any conversation."""
+"""The conversation state and the pruner: properties that must hold for any conversation."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from halo_client.conversation.dictionary import ConversationError, ConversationState, FrameColumns
 from halo_client.conversation.pruner import Pruner, PrunerSettings
+from halo_client.conversation.state import ConversationError, ConversationState, FrameColumns
 from halo_client.testing import check_chatml
 from halo_client.testing import toy_tokenizer as tok
 
@@ -144,7 +144,7 @@ def test_reply_in_progress_is_protected_and_frame_columns_map() -> None:
 
 
 def test_restoring_a_sentence_brings_back_its_template_whatever_took_it() -> None:
-    # hypothesis found it (test_dictionary): a sentence prune empties a message and takes its
+    # hypothesis found it (test_state): a sentence prune empties a message and takes its
     # template; one sentence comes back with the template; a turn prune takes the message again,
     # template included, as "pruned"; restoring the other sentence must bring the template too
     state = build([("system", "Be brief."), ("user", "One. Two."), ("user", "Now.")])
@@ -209,11 +209,17 @@ def naive_prune(state: ConversationState, budget: int, granularity: str, reduce:
     else:
         candidate = ~protected
     key = state.column(granularity)
-    deleted = state._cols["deleted"]
+
+    def deleted_at(p: int) -> bool:
+        return bool(state.column("deleted")[p])
+
+    def delete(p: int) -> None:
+        state.mark_deleted(np.array([p]), turn=0, score=0.0, reason="pruned")
+
     while state.active_count > budget:
         units: dict[int, list[int]] = {}
         for p in range(len(state)):
-            if candidate[p] and not deleted[p]:
+            if candidate[p] and not deleted_at(p):
                 units.setdefault(int(key[p]), []).append(p)
         if not units:
             return
@@ -222,13 +228,13 @@ def naive_prune(state: ConversationState, budget: int, granularity: str, reduce:
             return max(values) if reduce == "max" else sum(values) / len(values)
         unit = min(units, key=lambda u: (score(units[u]), u))
         for p in units[unit]:
-            deleted[p] = True
+            delete(p)
         for t in state.turns:
             span = range(t.start, t.end)
             content = [p for p in span if not template[p]]
-            if t.complete and content and all(deleted[p] for p in content):
+            if t.complete and content and all(deleted_at(p) for p in content):
                 for p in span:
-                    deleted[p] = True
+                    delete(p)
 
 
 @settings(max_examples=120, deadline=None)

@@ -72,7 +72,7 @@ def test_a_crash_mid_write_keeps_the_previous_file(tmp_path: Path, monkeypatch: 
         (lambda d: d.update(meta=[[1, 2]]), "meta"),
         (lambda d: d["columns"]["brightness"].__setitem__(0, [1.0]), "damaged|not a list"),
         (lambda d: d["columns"]["pinned"].__setitem__(slice(None), [[False]] * len(d["columns"]["pinned"])),
-         "not a list"),
+         "not a list|shape"),
         (lambda d: d.update(initial_brightness=float("nan")), "initial brightness"),
         (lambda d: d.pop("columns"), "damaged"),
     ],

@@ -1,9 +1,9 @@
-"""The core: the token dictionary, the brightness tracker, the pruner, sessions and the chat."""
+"""The core: the conversation state, the brightness tracker, the pruner, sessions and the chat."""
 
 from halo_client.conversation.chat import Chat, ContextBudgetExceeded, Reply
-from halo_client.conversation.dictionary import ConversationError, ConversationState, FrameColumns, TokenRow
 from halo_client.conversation.pruner import PruneEvent, Pruner, PruneResult, PrunerSettings
 from halo_client.conversation.session import Session, SessionError, load, save
+from halo_client.conversation.state import ConversationError, ConversationState, FrameColumns, TokenRow
 from halo_client.conversation.template import ChatTemplate, TemplateError
 from halo_client.conversation.tracker import AttentionTracker, TrackerSettings, distance_weights
 

@@ -2,7 +2,7 @@
 
 Order of one turn: the user's message is tokenized once and added; the conversation is pruned
 to fit (the budget, and the server's context minus the reply); the reply streams, each token
-joining the dictionary and each frame updating brightness; the reply is closed with the
+joining the state and each frame updating brightness; the reply is closed with the
 template's suffix and the conversation is pruned again. If the stream fails, the reply and
 its brightness updates are undone: the conversation is exactly as before the request.
 """
@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from halo_client.client import DoneEvent, KoboldClient, TokenEvent
-from halo_client.conversation.dictionary import ConversationState, FrameColumns, Role
 from halo_client.conversation.pruner import Pruner, PruneResult, PrunerSettings
 from halo_client.conversation.session import Session, load, save
+from halo_client.conversation.state import ConversationState, FrameColumns, Role
 from halo_client.conversation.template import ChatTemplate, strip_added_bos
 from halo_client.conversation.tracker import AttentionTracker, TrackerSettings
 from halo_client.errors import HaloError

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
-from halo_client.conversation.dictionary import NOT_DELETED, REASONS, ROLES, ConversationError, ConversationState
+from halo_client.conversation.state import REASONS, ROLES, ConversationError, ConversationState
 
 Granularity = Literal["sentence", "line", "turn"]
 Reduce = Literal["max", "mean"]
@@ -190,11 +190,7 @@ class Pruner:
 
     def _delete(self, state: ConversationState, kind: Granularity, unit: int,
                 positions: npt.NDArray[np.int64], score: float, turn_now: int) -> PruneEvent:
-        c = state._cols  # the pruner is the dictionary's one other writer
-        c["deleted"][positions] = True
-        c["deleted_turn"][positions] = turn_now
-        c["deleted_score"][positions] = score
-        c["deleted_reason"][positions] = REASONS.index("pruned")
+        state.mark_deleted(positions, turn=turn_now, score=score, reason="pruned")
         return PruneEvent(kind, unit, int(state.column("turn")[positions[0]]),
                           tuple(int(p) for p in positions), score, int(positions.size),
                           state.text(positions))
@@ -212,11 +208,7 @@ class Pruner:
         for t in np.flatnonzero(empty).tolist():
             span = state.turns[t]
             left = np.flatnonzero(~deleted[span.start : span.end] & template[span.start : span.end]) + span.start
-            c = state._cols
-            c["deleted"][left] = True
-            c["deleted_turn"][left] = turn_now
-            c["deleted_score"][left] = np.nan
-            c["deleted_reason"][left] = REASONS.index("empty message")
+            state.mark_deleted(left, turn=turn_now, score=np.nan, reason="empty message")
             events.append(PruneEvent("turn", t, t, tuple(int(p) for p in left), float("nan"),
                                      int(left.size), state.text(left)))
         return events
@@ -238,14 +230,10 @@ class Pruner:
             raise ConversationError(f"{event.kind} {event.unit}: its tokens are not in turn {event.turn}")
         if positions.size == 0 or not state.column("deleted")[positions].all():
             raise ConversationError(f"{event.kind} {event.unit} is not pruned: nothing to restore")
-        c = state._cols
         span = np.arange(turn.start, turn.end)
-        template = span[c["template"][span] & c["deleted"][span]]
+        template = span[state.column("template")[span] & state.column("deleted")[span]]
         back = np.union1d(positions, template)
-        c["deleted"][back] = False
-        c["deleted_turn"][back] = NOT_DELETED
-        c["deleted_score"][back] = np.nan
-        c["deleted_reason"][back] = 0
+        state.undelete(back)
         return PruneEvent(event.kind, event.unit, event.turn, event.positions, event.score,
                           -int(back.size), event.text, restored=True)
 

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 import os
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
 
-from halo_client.conversation.dictionary import _COLUMNS, REASONS, ROLES, ConversationState, Turn
 from halo_client.conversation.pruner import PrunerSettings
+from halo_client.conversation.state import COLUMNS, ConversationError, ConversationState, Turn
 from halo_client.conversation.tracker import TrackerSettings
 from halo_client.errors import HaloError
 
@@ -48,7 +46,7 @@ def to_json(session: Session) -> dict[str, Any]:
         # a streaming reply's starting brightness and frame columns live outside the state
         raise SessionError("a reply is still streaming: save the session once it has ended")
     n = len(state)
-    columns = {name: state.column(name).tolist() for name in _COLUMNS}
+    columns = {name: state.column(name).tolist() for name in COLUMNS}
     # NaN is not JSON: store the audit score as null where it has none
     columns["deleted_score"] = [None if np.isnan(v) else v for v in state.column("deleted_score").tolist()]
     return {
@@ -58,7 +56,7 @@ def to_json(session: Session) -> dict[str, Any]:
         "pruner": session.pruner.model_dump(),
         "meta": session.meta,
         "initial_brightness": state.initial_brightness,
-        "next_ids": [state._next_sentence, state._next_line],
+        "next_ids": list(state.next_ids),
         "turns": [[t.turn_id, t.role, t.start, t.end, t.complete] for t in state.turns],
         "count": n,
         "pieces": [base64.b64encode(p).decode("ascii") for p in state.pieces],
@@ -109,77 +107,32 @@ def from_json(data: Any, source: str = "session") -> Session:
         n = int(data["count"])
         pieces = [base64.b64decode(p, validate=True) for p in data["pieces"]]
         columns = data["columns"]
-        if len(pieces) != n or set(columns) != set(_COLUMNS):
+        if len(pieces) != n or set(columns) != set(COLUMNS):
             raise bad("its token table is incomplete")
         arrays: dict[str, np.ndarray[Any, Any]] = {}
-        for name, (dtype, _fill) in _COLUMNS.items():
+        for name, (dtype, _fill) in COLUMNS.items():
             values = columns[name]
             if len(values) != n:
                 raise bad(f"column {name} has {len(values)} rows, expected {n}")
             if name == "deleted_score":
                 values = [np.nan if v is None else v for v in values]
             arrays[name] = np.asarray(values, dtype=dtype)
-            if arrays[name].shape != (n,):
-                raise bad(f"column {name} is not a list of {n} numbers")
         turns = [Turn(int(t), r, int(a), int(b), bool(c)) for t, r, a, b, c in data["turns"]]
-        if any(t.role not in ROLES or not 0 <= t.start <= t.end <= n for t in turns):
-            raise bad("its turns do not fit its tokens")
-        _check_consistent(arrays, turns, n, bad)
         tracker = TrackerSettings.model_validate(data["tracker"])
         pruner = PrunerSettings.model_validate(data["pruner"])
         next_sentence, next_line = (int(v) for v in data["next_ids"])
-        if n and (int(arrays["sentence"].max()) >= next_sentence or int(arrays["line"].max()) >= next_line):
-            raise bad("its sentence or line ids run past its next ids")
         meta = data.get("meta", {})
         if not isinstance(meta, dict):
             raise bad("its meta is not an object")
         initial_brightness = float(data["initial_brightness"])
-        if not math.isfinite(initial_brightness):
-            raise bad("its initial brightness is not a finite number")
-        state = ConversationState(initial_brightness=initial_brightness, capacity=max(n, 16))
+        state = ConversationState.from_arrays(arrays, pieces, turns, (next_sentence, next_line), initial_brightness)
     except SessionError:
         raise
+    except ConversationError as exc:
+        raise bad(str(exc)) from exc
     except (KeyError, TypeError, ValueError, OverflowError) as exc:  # pydantic's errors are ValueErrors
         raise bad(f"it is damaged ({type(exc).__name__}: {exc})") from exc
-    # everything checked: only now build the state
-    state._n = n
-    for name, array in arrays.items():
-        state._cols[name][:n] = array
-    state.pieces = pieces
-    state.turns = turns
-    state._next_sentence, state._next_line = next_sentence, next_line
     return Session(state, tracker, pruner, dict(meta))
-
-
-def _check_consistent(arrays: dict[str, np.ndarray[Any, Any]], turns: list[Turn], n: int,
-                      bad: Callable[[str], SessionError]) -> None:
-    """Values a saved conversation can have: anything else would corrupt it once loaded."""
-    # turns tile the tokens in order, each a whole message; only the last may be open
-    if [t.turn_id for t in turns] != list(range(len(turns))):
-        raise bad("its turns are out of order")
-    bounds = [0] + [x for t in turns for x in (t.start, t.end)] + [n]
-    if any(a != b for a, b in zip(bounds[::2], bounds[1::2], strict=True)):
-        raise bad("its turns do not tile its tokens")
-    if any(not t.complete for t in turns):
-        raise bad("it holds a reply that never ended")
-    expected_turn = np.repeat(np.arange(len(turns)), [t.end - t.start for t in turns])
-    if not np.array_equal(arrays["turn"], expected_turn):
-        raise bad("its tokens' turns disagree with its turns")
-    roles = np.repeat([ROLES.index(t.role) for t in turns], [t.end - t.start for t in turns])
-    if not np.array_equal(arrays["role"], roles.astype(arrays["role"].dtype)):
-        raise bad("its tokens' roles disagree with its turns")
-    if not n:
-        return
-    if arrays["token_id"].min() < 0:
-        raise bad("it has a negative token id")
-    if not np.isfinite(arrays["brightness"]).all():
-        raise bad("it has a brightness that is not a finite number")
-    reasons = arrays["deleted_reason"]
-    if reasons.min() < 0 or reasons.max() >= len(REASONS):
-        raise bad("it has an unknown reason for a deletion")
-    deleted = arrays["deleted"]
-    if not np.array_equal(deleted, reasons > 0) or not np.array_equal(deleted, arrays["deleted_turn"] >= 0):
-        raise bad("its audit trail disagrees with its deleted tokens")
 
 
 def load(path: str | os.PathLike[str]) -> Session:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from halo_client.conversation.dictionary import ConversationState, FrameColumns
+from halo_client.conversation.state import ConversationState, FrameColumns
 from halo_client.conversation.template import ChatTemplate, strip_added_bos
 from halo_client.conversation.tracker import AttentionTracker, TrackerSettings
 from halo_client.evaluation.conversations import Conversation, Fact

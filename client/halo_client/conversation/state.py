@@ -1,5 +1,10 @@
 """`ConversationState`: every token of a conversation, tokenized once, kept column-wise.
 
+This module owns the state's invariants: it is the only writer of the columns. The pruner
+marks and unmarks deletions through `mark_deleted` / `undelete`, sessions rebuild a state
+through `from_arrays` (which checks everything a saved state must satisfy), and the tracker
+writes brightness in place through the `brightness` view.
+
 A token's position is its row: rows are only ever appended, so positions are unique and never
 reused, also after pruning (pruning only sets `deleted`). The one exception is a reply whose
 generation failed: `discard_reply` rolls it back as if it had never been asked for, and its
@@ -11,7 +16,7 @@ vectorized expression.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -24,10 +29,12 @@ from halo_client.errors import HaloError
 Role = Literal["system", "user", "assistant"]
 ROLES: Final[tuple[Role, ...]] = ("system", "user", "assistant")
 #: why a token is deleted
+DeleteReason = Literal["pruned", "empty message"]
 REASONS: Final = ("", "pruned", "empty message")
 NOT_DELETED: Final = -1
 
-_COLUMNS: Final[dict[str, tuple[type, object]]] = {
+#: name -> (dtype, value of a new row)
+COLUMNS: Final[dict[str, tuple[type, object]]] = {
     "token_id": (np.int32, 0),
     "role": (np.int8, 0),
     "turn": (np.int32, 0),
@@ -81,7 +88,7 @@ class ConversationState:
         self.initial_brightness = initial_brightness
         self._n = 0
         self._cols: dict[str, npt.NDArray[Any]] = {
-            name: np.full(capacity, fill, dtype) for name, (dtype, fill) in _COLUMNS.items()
+            name: np.full(capacity, fill, dtype) for name, (dtype, fill) in COLUMNS.items()
         }
         self.pieces: list[bytes] = []
         self.turns: list[Turn] = []
@@ -115,7 +122,7 @@ class ConversationState:
             return
         while capacity < need:
             capacity *= 2
-        for name, (dtype, fill) in _COLUMNS.items():
+        for name, (dtype, fill) in COLUMNS.items():
             grown: npt.NDArray[Any] = np.full(capacity, fill, dtype)
             grown[: self._n] = self._cols[name][: self._n]
             self._cols[name] = grown
@@ -254,7 +261,7 @@ class ConversationState:
         turn = self._open_reply()
         self._n = turn.start
         del self.pieces[turn.start :]
-        for name, (_dtype, fill) in _COLUMNS.items():
+        for name, (_dtype, fill) in COLUMNS.items():
             self._cols[name][turn.start : turn.start + (turn.end - turn.start)] = fill
         self.turns.pop()
         self._start = None
@@ -293,6 +300,56 @@ class ConversationState:
             raise ConversationError(f"no sentence {sentence}")
         self._cols["pinned"][: self._n][mask] = pinned
 
+    # ------------------------------------------------------------------ deleting
+
+    def mark_deleted(self, positions: npt.NDArray[np.int64], *, turn: int, score: float,
+                     reason: DeleteReason) -> None:
+        """Soft-delete `positions` with their audit trail: the turn it happened in, the unit's
+        score (NaN when it has none) and why."""
+        c = self._cols
+        c["deleted"][positions] = True
+        c["deleted_turn"][positions] = turn
+        c["deleted_score"][positions] = score
+        c["deleted_reason"][positions] = REASONS.index(reason)
+
+    def undelete(self, positions: npt.NDArray[np.int64]) -> None:
+        """Make `positions` active again and clear their audit trail."""
+        c = self._cols
+        c["deleted"][positions] = False
+        c["deleted_turn"][positions] = NOT_DELETED
+        c["deleted_score"][positions] = np.nan
+        c["deleted_reason"][positions] = 0
+
+    # ------------------------------------------------------------------ saved states
+
+    @property
+    def next_ids(self) -> tuple[int, int]:
+        """The sentence and line ids the next content will start at (saved with the state)."""
+        return self._next_sentence, self._next_line
+
+    @classmethod
+    def from_arrays(cls, columns: Mapping[str, npt.NDArray[Any]], pieces: list[bytes], turns: list[Turn],
+                    next_ids: tuple[int, int], initial_brightness: float = 1.0) -> ConversationState:
+        """A state from saved columns, after checking every invariant a conversation keeps;
+        anything else raises `ConversationError` and builds nothing."""
+        n = len(pieces)
+        if set(columns) != set(COLUMNS):
+            raise ConversationError(f"the columns are {sorted(columns)}, expected {sorted(COLUMNS)}")
+        arrays: dict[str, npt.NDArray[Any]] = {name: np.asarray(columns[name], dtype)
+                                               for name, (dtype, _fill) in COLUMNS.items()}
+        for name, array in arrays.items():
+            if array.shape != (n,):
+                raise ConversationError(f"column {name} has shape {array.shape}, expected ({n},)")
+        _check_consistent(arrays, turns, n, next_ids, initial_brightness)
+        state = cls(initial_brightness=initial_brightness, capacity=max(n, 16))
+        state._n = n
+        for name, array in arrays.items():
+            state._cols[name][:n] = array
+        state.pieces = list(pieces)
+        state.turns = [Turn(t.turn_id, t.role, t.start, t.end, t.complete) for t in turns]
+        state._next_sentence, state._next_line = next_ids
+        return state
+
     def text(self, positions: npt.NDArray[np.int64] | Sequence[int]) -> str:
         return b"".join(self.pieces[int(p)] for p in positions).decode("utf-8", errors="replace")
 
@@ -314,13 +371,47 @@ class FrameColumns:
         self._positions[self.n_input + self._generated] = position
         self._generated += 1
 
-    def columns_to_positions(self, ctx: int) -> npt.NDArray[np.int64]:
-        """The design's name for `for_frame`."""
-        return self.for_frame(ctx)
-
     def for_frame(self, ctx: int) -> npt.NDArray[np.int64]:
         """Positions of columns 0..ctx-1 of a frame (ctx = n_input + the token's index)."""
         if not self.n_input <= ctx <= self.n_input + self._generated:
             raise ConversationError(f"frame ctx {ctx} does not fit a request of {self.n_input} "
                                     f"tokens with {self._generated} generated")
         return self._positions[:ctx]
+
+
+def _check_consistent(arrays: Mapping[str, npt.NDArray[Any]], turns: list[Turn], n: int,
+                      next_ids: tuple[int, int], initial_brightness: float) -> None:
+    """Values a saved conversation can have: anything else would corrupt it once loaded."""
+    bad: Callable[[str], ConversationError] = ConversationError
+    if any(t.role not in ROLES or not 0 <= t.start <= t.end <= n for t in turns):
+        raise bad("its turns do not fit its tokens")
+    # turns tile the tokens in order, each a whole message; only the last may be open
+    if [t.turn_id for t in turns] != list(range(len(turns))):
+        raise bad("its turns are out of order")
+    bounds = [0] + [x for t in turns for x in (t.start, t.end)] + [n]
+    if any(a != b for a, b in zip(bounds[::2], bounds[1::2], strict=True)):
+        raise bad("its turns do not tile its tokens")
+    if any(not t.complete for t in turns):
+        raise bad("it holds a reply that never ended")
+    expected_turn = np.repeat(np.arange(len(turns)), [t.end - t.start for t in turns])
+    if not np.array_equal(arrays["turn"], expected_turn):
+        raise bad("its tokens' turns disagree with its turns")
+    roles = np.repeat([ROLES.index(t.role) for t in turns], [t.end - t.start for t in turns])
+    if not np.array_equal(arrays["role"], roles.astype(arrays["role"].dtype)):
+        raise bad("its tokens' roles disagree with its turns")
+    if not np.isfinite(initial_brightness) or initial_brightness < 0:
+        raise bad("its initial brightness is not a finite number >= 0")
+    if not n:
+        return
+    if arrays["token_id"].min() < 0:
+        raise bad("it has a negative token id")
+    if not np.isfinite(arrays["brightness"]).all():
+        raise bad("it has a brightness that is not a finite number")
+    reasons = arrays["deleted_reason"]
+    if reasons.min() < 0 or reasons.max() >= len(REASONS):
+        raise bad("it has an unknown reason for a deletion")
+    deleted = arrays["deleted"]
+    if not np.array_equal(deleted, reasons > 0) or not np.array_equal(deleted, arrays["deleted_turn"] >= 0):
+        raise bad("its audit trail disagrees with its deleted tokens")
+    if int(arrays["sentence"].max()) >= next_ids[0] or int(arrays["line"].max()) >= next_ids[1]:
+        raise bad("its sentence or line ids run past its next ids")

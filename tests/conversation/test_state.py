@@ -1,4 +1,4 @@
-"""The token dictionary under any sequence of chat operations: positions, input_ids, frames."""
+"""The conversation state under any sequence of chat operations: positions, input_ids, frames."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from halo_client.conversation.dictionary import ConversationError, ConversationState
 from halo_client.conversation.pruner import PruneEvent, Pruner, PrunerSettings
+from halo_client.conversation.state import COLUMNS, ConversationError, ConversationState
 from halo_client.conversation.tracker import AttentionTracker
 from halo_client.testing import check_chatml
 from tests.conversation.test_pruner import SENTENCES, toks
@@ -30,7 +30,7 @@ operations = st.lists(
 
 @settings(max_examples=120, deadline=None)
 @given(operations, st.integers(0, 2**32 - 1))
-def test_any_chat_keeps_the_dictionary_consistent(ops: list[tuple[str, str, object]], seed: int) -> None:
+def test_any_chat_keeps_the_state_consistent(ops: list[tuple[str, str, object]], seed: int) -> None:
     rng = np.random.default_rng(seed)
     state = ConversationState()
     state.add_message("system", toks("Be brief."), toks("<|im_start|>system\n", True), toks("<|im_end|>\n", True))
@@ -50,7 +50,7 @@ def test_any_chat_keeps_the_dictionary_consistent(ops: list[tuple[str, str, obje
                 ctx = len(request) + i
                 frame = rng.random((2, 2, ctx)).astype(np.float32)
                 frame /= frame.sum(-1, keepdims=True)
-                positions = columns.columns_to_positions(ctx)
+                positions = columns.for_frame(ctx)
                 # column j is the token the server saw at j: the request, then the reply so far
                 assert state.column("token_id")[positions].tolist() == request + [
                     t for t, _ in toks(str(extra))[:i]]
@@ -104,7 +104,7 @@ def test_a_hundred_thousand_tokens_take_a_few_megabytes() -> None:
     result = Pruner().prune(state, 50_000)
     assert len(ids) == 102_000 and state.active_count <= 50_000 and result.events
     # columns: 12 numpy arrays, a few bytes a token (the pieces list aside)
-    assert sum(a.nbytes for a in state._cols.values()) < 40 * 131_072
+    assert sum(state.column(name).nbytes for name in COLUMNS) < 40 * 102_000
     row = state.row(123)
     with pytest.raises(AttributeError):
         row.brightness = 3.0  # type: ignore[misc]
