@@ -176,7 +176,7 @@ def report_prunes(result: PruneResult) -> None:
 
 async def _print_reply(chat: Chat) -> Reply:
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    hidden = {chat.info.eos_token_id, chat.info.eot_token_id}
+    hidden = chat.info.end_token_ids
 
     def show(event: TokenEvent) -> None:
         if event.token_id not in hidden:  # the stopping token's text is template, not reply

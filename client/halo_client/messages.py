@@ -88,6 +88,11 @@ class ModelInfo(_Message):
     attention_api_version: Literal[1]
     attention: AttentionSupport
 
+    @property
+    def end_token_ids(self) -> frozenset[int]:
+        """The tokens that end a generation (`eos`): the model's EOS and EOT, where it has them."""
+        return frozenset(t for t in (self.eos_token_id, self.eot_token_id) if t is not None)
+
 
 class TokenizeRequest(_Message):
     text: str

@@ -20,12 +20,10 @@ from halo_client.client import DoneEvent, KoboldClient, TokenEvent
 from halo_client.conversation.pruner import Pruner, PruneResult, PrunerSettings
 from halo_client.conversation.session import Session, load, save
 from halo_client.conversation.state import ConversationState, FrameColumns, Role
-from halo_client.conversation.template import ChatTemplate, strip_added_bos
 from halo_client.conversation.tracker import AttentionTracker, TrackerSettings
+from halo_client.conversation.turns import Part, Tokens, TurnBuilder
 from halo_client.errors import HaloError
 from halo_client.messages import ModelInfo
-
-Tokens = list[tuple[int, bytes]]
 
 
 class ContextBudgetExceeded(HaloError):
@@ -57,12 +55,11 @@ class Chat:
         self.tracker = AttentionTracker(tracker)
         self.pruner = Pruner(pruner)
         self.state = state or ConversationState(initial_brightness=self.tracker.settings.initial_brightness)
-        self.template = ChatTemplate(info.chat_template)
+        self.turns = TurnBuilder(info)
+        self.turns.rebuild_history(self.state)
         self.max_length = max_length
         self.sampler = sampler or {}
         self.meta = meta or {}
-        self.history: list[dict[str, str]] = []  # the rendered-message history the template sees
-        self._rebuild_history()
 
     @classmethod
     async def open(cls, client: KoboldClient, *, system: str | None = None, session_path: str | None = None,
@@ -85,31 +82,17 @@ class Chat:
             await chat.add_message("system", system)
         return chat
 
-    def _rebuild_history(self) -> None:
-        self.history = []
-        for t in self.state.turns:
-            if t.complete:
-                span = range(t.start, t.end)
-                content = [p for p in span if not self.state.column("template")[p]]
-                self.history.append({"role": t.role, "content": self.state.text(content)})
-
     # ------------------------------------------------------------------ tokens
 
-    async def _tokens(self, text: str, *, special: bool, first: bool = False) -> Tokens:
-        if not text:
+    async def _tokens(self, part: Part) -> Tokens:
+        if not part.text:
             return []
-        result = await self.client.tokenize(text, add_special_tokens=special)
-        tokens = [(t.token_id, t.piece) for t in result.tokens]
-        return strip_added_bos(text, tokens, self.info.bos_token_id) if special and not first else tokens
+        result = await self.client.tokenize(part.text, add_special_tokens=part.special)
+        return [(t.token_id, t.piece) for t in result.tokens]
 
     async def add_message(self, role: Role, text: str) -> int:
-        parts = self.template.message_parts(self.history, role)
-        prefix = await self._tokens(parts.prefix, special=True, first=not self.state.turns)
-        content = await self._tokens(text, special=False)
-        suffix = await self._tokens(parts.suffix, special=True)
-        turn = self.state.add_message(role, content, prefix, suffix)
-        self.history.append({"role": role, "content": text})
-        return turn
+        plan = self.turns.plan_message(role, text)
+        return self.turns.add_message(self.state, plan, [await self._tokens(p) for p in plan.parts])
 
     # ------------------------------------------------------------------ pruning
 
@@ -135,12 +118,12 @@ class Chat:
     # ------------------------------------------------------------------ replies
 
     async def reply(self, on_token: Callable[[TokenEvent], Awaitable[None] | None] | None = None) -> Reply:
-        prefix_text = self.template.generation_prefix(self.history)
-        prefix = await self._tokens(prefix_text, special=True)
-        before = self._fit_for_request(len(prefix))
+        prefix = self.turns.plan_reply()
+        prefix_tokens = self.turns.reply_prefix(prefix, await self._tokens(prefix))
+        before = self._fit_for_request(len(prefix_tokens))
         brightness_before = self.state.brightness.copy()
         turns_before = len(self.state.turns)
-        self.state.begin_reply(prefix)
+        self.turns.begin_reply(self.state, prefix_tokens)
         request_positions = self.state.active_positions()
         columns = FrameColumns(request_positions, self.max_length)
         input_ids = self.state.input_ids()
@@ -173,16 +156,8 @@ class Chat:
                 self.state.discard_reply()
             self.state.brightness[: len(brightness_before)] = brightness_before
             raise
-        ends = {t for t in (self.info.eos_token_id, self.info.eot_token_id) if t is not None}
-        stopped = bool(tokens) and tokens[-1].token_id in ends
-        parts = self.template.message_parts(self.history, "assistant")
-        suffix = await self._tokens(parts.suffix, special=True)
-        if stopped and suffix and suffix[0][0] == tokens[-1].token_id:
-            suffix = suffix[1:]  # the model wrote the template's end marker itself
-        self.state.end_reply(suffix, stop_is_template=stopped)
-        content = tokens[:-1] if stopped else tokens
-        reply_text = b"".join(t.piece for t in content).decode("utf-8", "replace")
-        self.history.append({"role": "assistant", "content": reply_text})
+        suffix = self.turns.plan_reply_suffix()
+        self.turns.end_reply(self.state, [t.token_id for t in tokens], suffix, await self._tokens(suffix))
         after = self.pruner.prune(self.state)
         return Reply(tokens, done, before, after, input_ids, positions)
 

@@ -74,14 +74,5 @@ class ChatTemplate:
         return prompted[len(plain):]
 
 
-def strip_added_bos(text: str, tokens: list[tuple[int, bytes]], bos_id: int | None) -> list[tuple[int, bytes]]:
-    """Drop the BOS a tokenizer put before a template part: only the conversation's start has
-    one. A BOS that is the part's own text (SmolLM2's BOS is `<|im_start|>`) stays."""
-    if tokens and bos_id is not None and tokens[0][0] == bos_id and not text.startswith(
-            tokens[0][1].decode("utf-8", "replace")):
-        return tokens[1:]
-    return tokens
-
-
 def _raise(message: Any) -> None:
     raise TemplateError(f"the chat template refused: {message}")

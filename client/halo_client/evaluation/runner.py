@@ -26,9 +26,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from halo_client.conversation.state import ConversationState, FrameColumns
-from halo_client.conversation.template import ChatTemplate, strip_added_bos
+from halo_client.conversation.state import ConversationState, FrameColumns, Role
+from halo_client.conversation.template import ChatTemplate
 from halo_client.conversation.tracker import AttentionTracker, TrackerSettings
+from halo_client.conversation.turns import Part, Tokens, TurnBuilder
 from halo_client.evaluation.conversations import Conversation, Fact
 from halo_client.evaluation.policies import (
     AttentionLog,
@@ -42,7 +43,6 @@ from halo_client.evaluation.policies import (
 )
 from halo_client.serving.backend import ModelBackend
 
-Tokens = list[tuple[int, bytes]]
 #: the first design's defaults, kept as a policy so the benchmark shows what changing them did
 FIRST_DESIGN = TrackerSettings(min_distance=20, decay=0.003)
 
@@ -73,24 +73,26 @@ class Dialog:
 
 
 class ModelSession:
-    """Tokenization through the model's template, in process (no server)."""
+    """Drives the turn protocol (`TurnBuilder`) in process: tokenization by the backend itself,
+    no server, the same template parts and BOS rule as a live chat."""
 
     def __init__(self, backend: ModelBackend) -> None:
         self.backend = backend
         self.info = backend.model_info()
         self.template = ChatTemplate(self.info.chat_template)
-        self.stops = {t for t in (self.info.eos_token_id, self.info.eot_token_id) if t is not None}
+        self.stops = self.info.end_token_ids
 
-    def tokens(self, text: str, special: bool) -> Tokens:
-        ids = self.backend.tokenize(text, special) if text else []
-        tokens = [(t, self.backend.token_bytes(t)) for t in ids]
-        return strip_added_bos(text, tokens, self.info.bos_token_id) if special else tokens
+    def builder(self) -> TurnBuilder:
+        """A turn builder for a new conversation."""
+        return TurnBuilder(self.info, self.template)
 
-    def add_message(self, state: ConversationState, history: list[dict[str, str]], role: str, text: str) -> None:
-        parts = self.template.message_parts(history, role)
-        state.add_message(role, self.tokens(text, False), self.tokens(parts.prefix, True),  # type: ignore[arg-type]
-                          self.tokens(parts.suffix, True))
-        history.append({"role": role, "content": text})
+    def tokens(self, part: Part) -> Tokens:
+        ids = self.backend.tokenize(part.text, part.special) if part.text else []
+        return [(t, self.backend.token_bytes(t)) for t in ids]
+
+    def add_message(self, state: ConversationState, turns: TurnBuilder, role: Role, text: str) -> None:
+        plan = turns.plan_message(role, text)
+        turns.add_message(state, plan, [self.tokens(p) for p in plan.parts])
 
 
 def play(conversation: Conversation, session: ModelSession, *, reply_tokens: int = 40,
@@ -98,15 +100,15 @@ def play(conversation: Conversation, session: ModelSession, *, reply_tokens: int
     """Have the model write every reply of `conversation`, keeping each token's attention."""
     cached = _load_cached(conversation, session, reply_tokens, cache_dir)
     state = ConversationState()
-    history: list[dict[str, str]] = []
+    turns = session.builder()
     dialog = Dialog(conversation, state)
     replies: list[list[int]] = []
-    session.add_message(state, history, "system", conversation.system)
+    session.add_message(state, turns, "system", conversation.system)
     backend = session.backend
     for reply_index, turn in enumerate(conversation.turns):
-        session.add_message(state, history, "user", turn.text)
-        prefix = session.tokens(session.template.generation_prefix(history), True)
-        state.begin_reply(prefix)
+        session.add_message(state, turns, "user", turn.text)
+        prefix = turns.plan_reply()
+        turns.begin_reply(state, turns.reply_prefix(prefix, session.tokens(prefix)))
         columns = FrameColumns(state.active_positions(), reply_tokens)
         result = backend.prefill(state.input_ids(), True)
         script = cached[reply_index] if cached is not None else None
@@ -122,14 +124,8 @@ def play(conversation: Conversation, session: ModelSession, *, reply_tokens: int
             if token in session.stops or i + 1 == reply_tokens or (script is not None and i + 1 == len(script)):
                 break
             result = backend.decode(token, True)
-        stopped = generated[-1] in session.stops
-        parts = session.template.message_parts(history, "assistant")
-        suffix = session.tokens(parts.suffix, True)
-        if stopped and suffix and suffix[0][0] == generated[-1]:
-            suffix = suffix[1:]
-        state.end_reply(suffix, stop_is_template=stopped)
-        text = b"".join(backend.token_bytes(t) for t in (generated[:-1] if stopped else generated))
-        history.append({"role": "assistant", "content": text.decode("utf-8", "replace")})
+        suffix = turns.plan_reply_suffix()
+        turns.end_reply(state, generated, suffix, session.tokens(suffix))
         replies.append(generated)
     if cached is None and cache_dir is not None:
         _save_cached(conversation, session, reply_tokens, cache_dir, replies)
@@ -270,16 +266,19 @@ class Judge:
         state = dialog.state
         self.template_mask = state.column("template").copy()
         self.system_mask = state.column("role") == 0
-        history = [{"role": "system", "content": dialog.conversation.system}]
+        system = {"role": "system", "content": dialog.conversation.system}
         self.questions: list[tuple[Fact, list[int], list[int]]] = []
         for fact in dialog.conversation.facts:
-            parts = session.template.message_parts(history, "user")
-            question = (session.tokens(parts.prefix, True) + session.tokens(fact.question, False)
-                        + session.tokens(parts.suffix, True))
-            prompt = session.tokens(session.template.generation_prefix(
-                [*history, {"role": "user", "content": fact.question}]), True)
-            prompt += session.tokens(fact.lead, False)
-            answer = session.tokens(f" {fact.answer}" if fact.lead else fact.answer, False)
+            # each question follows the whole (pruned) chat, so it is a message of a later turn
+            turns = session.builder()
+            turns.history = [system]
+            plan = turns.plan_message("user", fact.question)
+            question = [t for part in turns.message_tokens(plan, [session.tokens(p) for p in plan.parts], first=False)
+                        for t in part]
+            turns.history.append({"role": "user", "content": fact.question})
+            opener = turns.plan_reply()
+            prompt = turns.reply_prefix(opener, session.tokens(opener)) + session.tokens(Part(fact.lead, False))
+            answer = session.tokens(Part(f" {fact.answer}" if fact.lead else fact.answer, False))
             self.questions.append((fact, [t for t, _ in question + prompt], [t for t, _ in answer]))
 
     def context_ids(self, keep: npt.NDArray[np.bool_] | None) -> list[int]:

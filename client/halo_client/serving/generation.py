@@ -93,7 +93,7 @@ def generate(
     want = request.return_attention
     sampler = Sampler(request)
     history = list(request.input_ids)
-    eos = {t for t in (info.eos_token_id, info.eot_token_id) if t is not None}
+    eos = info.end_token_ids
     stops = set(request.stop_token_ids)
     started = time.perf_counter()
     result = backend.prefill(request.input_ids, want)
