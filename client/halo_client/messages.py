@@ -8,7 +8,7 @@ the documents and the code fails a test rather than a user.
 from __future__ import annotations
 
 import base64
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import (
     BaseModel,
@@ -31,6 +31,21 @@ ErrorCode = Literal[
     "ATTENTION_UNAVAILABLE",
     "INTERNAL",
 ]
+#: the HTTP status of each error code on a REST answer or a refused upgrade (None: only ever a
+#: WebSocket `error` message)
+ERROR_STATUS: Final[dict[ErrorCode, int | None]] = {
+    "INVALID_REQUEST": 400,
+    "INVALID_TOKEN": 400,
+    "CONTEXT_OVERFLOW": 400,
+    "UNAUTHORIZED": 401,
+    "ORIGIN_NOT_ALLOWED": 403,
+    "HOST_NOT_ALLOWED": 403,
+    "NOT_FOUND": 404,
+    "PAYLOAD_TOO_LARGE": 413,
+    "INTERNAL": 500,
+    "BUSY": 503,
+    "ATTENTION_UNAVAILABLE": None,
+}
 FinishReason = Literal["length", "eos", "stop_token", "aborted"]
 AttentionDType = Literal["float32", "float16"]
 

@@ -15,18 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from halo_client.messages import ErrorCode, FinishReason, GenerateRequest, ModelInfo
+from halo_client.messages import FinishReason, GenerateRequest, ModelInfo
 from halo_client.serving.backend import ModelBackend
 from halo_client.serving.sampling import Sampler
-
-
-class RequestRejected(Exception):
-    """A request the contract refuses, with the error code to answer it with."""
-
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code: ErrorCode = code
-        self.message = message
+from halo_client.serving.validation import RequestRejected
 
 
 @dataclass(frozen=True)

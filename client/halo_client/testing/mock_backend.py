@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from halo_client.messages import AttentionSupport, ModelInfo
 from halo_client.serving.backend import ForwardResult
-from halo_client.serving.generation import RequestRejected
+from halo_client.serving.validation import RequestRejected
 from halo_client.testing import toy_tokenizer as tok
 
 CHATML_TEMPLATE: Final = (
