@@ -27,6 +27,7 @@ from halo_client.messages import (
     DetokenizeRequest,
     DetokenizeResponse,
     DoneMessage,
+    ErrorCode,
     ErrorMessage,
     ErrorResponse,
     GenerateRequest,
@@ -77,7 +78,7 @@ class DoneEvent:
 StreamEvent = TokenEvent | DoneEvent
 
 
-def _error_for(code: str, message: str, url: str, status: int | None = None) -> ServerError:
+def _error_for(code: ErrorCode, message: str, url: str, status: int | None = None) -> ServerError:
     if code == "UNAUTHORIZED":
         return Unauthorized(message, url, status)
     if code == "BUSY":

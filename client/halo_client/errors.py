@@ -1,14 +1,26 @@
 """Every error halo_client raises derives from `HaloError`.
 
-Messages say what happened, where (the server URL when there is one) and what to do, so a
-CLI can print `str(error)` as its one line and a program can branch on the class.
+An error's `message` says what happened and where (the server URL when there is one); its
+`hint` says what to do about it in the library's own terms (a constructor argument, a server
+setting). `str(error)` is both, one line. A command-line front end renders the message with
+hints of its own (its flags and environment variables): see `halo_client.cli.errors`.
 """
 
 from __future__ import annotations
 
+from halo_client.messages import ErrorCode
+
 
 class HaloError(Exception):
     """Base of every error halo_client raises."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} {self.hint}" if self.hint else self.message
 
 
 class ServerUnreachable(HaloError):
@@ -16,12 +28,9 @@ class ServerUnreachable(HaloError):
 
     def __init__(self, url: str, detail: str = "") -> None:
         self.url = url
-        hint = (
-            "Start a server first: `halo-client serve` (reference model), "
-            "`halo-client mock-server` (test double), or a patched KoboldCPP "
-            "(`make serve MODEL=…`), or pass --url / set HALO_URL."
-        )
-        super().__init__(f"No Halo Weave server answered at {url}{f' ({detail})' if detail else ''}. {hint}")
+        super().__init__(f"No Halo Weave server answered at {url}{f' ({detail})' if detail else ''}.",
+                         "Start one (a patched KoboldCPP, or halo_client's reference or mock server) or use "
+                         "another URL.")
 
 
 class ProtocolError(HaloError):
@@ -38,21 +47,22 @@ class FrameError(ProtocolError):
 class ServerError(HaloError):
     """The server answered with a contract error body or an `error` message."""
 
-    def __init__(self, code: str, message: str, url: str = "", status: int | None = None) -> None:
-        self.code = code
+    def __init__(self, code: ErrorCode, message: str, url: str = "", status: int | None = None,
+                 hint: str = "") -> None:
+        self.code: ErrorCode = code
         self.server_message = message
         self.url = url
         self.status = status
         where = f" from {url}" if url else ""
-        super().__init__(f"{code}{where}: {message}")
+        super().__init__(f"{code}{where}: {message}", hint)
 
 
 class Unauthorized(ServerError):
     """The server has a password and the request did not carry the right one."""
 
     def __init__(self, message: str, url: str = "", status: int | None = 401) -> None:
-        super().__init__("UNAUTHORIZED", f"{message} Pass --password (or HALO_PASSWORD) "
-                         "with the server's --password.", url, status)
+        super().__init__("UNAUTHORIZED", message, url, status,
+                         hint="Give the client the server's password (KoboldCPP's --password).")
 
 
 class ServerBusy(ServerError):
@@ -65,7 +75,6 @@ class RequestTimeout(HaloError):
     def __init__(self, url: str, seconds: float, what: str) -> None:
         self.url = url
         self.seconds = seconds
-        super().__init__(
-            f"{url} did not answer {what} within {seconds:g} s. The model may be loading or "
-            "stuck; raise the timeout (--timeout) or check the server's console."
-        )
+        super().__init__(f"{url} did not answer {what} within {seconds:g} s.",
+                         "The model may be loading or stuck: raise the client's timeout or check the "
+                         "server's console.")

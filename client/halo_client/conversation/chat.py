@@ -111,8 +111,8 @@ class Chat:
             raise ContextBudgetExceeded(
                 f"the conversation needs {self.state.active_count + reserve} tokens plus a "
                 f"{self.max_length}-token reply, over the server's context of "
-                f"{self.info.max_context_length}, and only protected content is left: shorten the "
-                "message or the system prompt, or lower --max-length")
+                f"{self.info.max_context_length}, and only protected content is left.",
+                "Shorten the message or the system prompt, or lower the reply's max_length.")
         return result
 
     # ------------------------------------------------------------------ replies

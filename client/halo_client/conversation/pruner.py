@@ -63,7 +63,7 @@ class PruneResult:
         if self.over_budget:
             return (f"{self.active_after} tokens remain after pruning, over the budget of {self.budget}: "
                     "all that is left is protected (system prompt, current message, template, pinned); "
-                    "raise --max-context-tokens, unpin, or shorten the system prompt")
+                    "raise the budget, unpin, or shorten the system prompt")
         return f"pruned {len(self.events)} units, {self.active_before} -> {self.active_after} tokens"
 
 

