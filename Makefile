@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 PORT   ?= 5001
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint mock demo bench bench-quality clean
+.PHONY: install test test-fast lint mock demo bench bench-quality clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,10 @@ install: $(STAMP)  ## create .venv and install halo-weave with its test and lint
 test: $(STAMP)  ## the whole test suite
 	$(BIN)/python -m pytest
 
-lint: $(STAMP)  ## ruff and mypy --strict on the package, hadolint on docker/Dockerfile
+test-fast: $(STAMP)  ## what to run while working: every test that loads no real model and starts no process
+	$(BIN)/python -m pytest -m "not model and not process" -q
+
+lint: $(STAMP)  ## ruff and mypy --strict on the package, its tests and benchmarks; hadolint on docker/Dockerfile
 	$(BIN)/ruff check client tests bench
 	$(BIN)/mypy
 	$(BIN)/hadolint docker/Dockerfile

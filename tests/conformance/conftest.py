@@ -44,8 +44,9 @@ class Target:
     notes: list[str] = field(default_factory=list)
 
 
+Tolerances = dict[str, float]  # Target's max_abs, mean_tv, top1
 #: name -> factory of (server, oracle factory, tolerances); reference targets register here
-BUILTIN: dict[str, Callable[[], tuple[ContractServer, Callable[[], ModelBackend], dict[str, float]]]] = {}
+BUILTIN: dict[str, Callable[[], tuple[ContractServer, Callable[[], ModelBackend], Tolerances]]] = {}
 
 
 def _mock() -> tuple[ContractServer, Callable[[], ModelBackend], dict[str, float]]:
@@ -78,6 +79,8 @@ def _reference_smollm2() -> tuple[ContractServer, Callable[[], ModelBackend], di
 BUILTIN["mock"] = _mock
 BUILTIN["reference-tiny"] = _reference_tiny
 BUILTIN["reference-smollm2"] = _reference_smollm2
+#: targets that load the real model (marked `model`: `make test-fast` leaves them out)
+LOADS_A_MODEL = frozenset({"reference-smollm2"})
 
 
 def _default_max_abs(model_path: str) -> float:
@@ -118,7 +121,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "target" in metafunc.fixturenames:
         names = ["external"] if metafunc.config.getoption("--server-url") else list(BUILTIN)
-        metafunc.parametrize("target", names, indirect=True, scope="session")
+        params = [pytest.param(n, marks=pytest.mark.model) if n in LOADS_A_MODEL else n for n in names]
+        metafunc.parametrize("target", params, indirect=True, scope="session")
 
 
 @pytest.fixture(scope="session")
@@ -147,5 +151,8 @@ def target(request: pytest.FixtureRequest) -> Iterator[Target]:
         return
     server, oracle_factory, tolerances = BUILTIN[request.param]()
     with ServerThread(lambda: server) as running:
-        yield Target(name=request.param, url=running.url, password=PASSWORD, oracle=oracle_factory,
-                     server=server, allowed_origin=ALLOWED_ORIGIN, **tolerances)
+        target = Target(name=request.param, url=running.url, password=PASSWORD, oracle=oracle_factory,
+                        server=server, allowed_origin=ALLOWED_ORIGIN)
+        for key, value in tolerances.items():
+            setattr(target, key, value)
+        yield target

@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import websockets
+from websockets.typing import Origin
 
 from halo_client.client import DoneEvent, KoboldClient, TokenEvent
 from tests import raw_ws
@@ -41,12 +42,12 @@ def ws_url(target: Target) -> str:
 
 
 async def ws_exchange(
-    target: Target, message: str | bytes, **kw: object
+    target: Target, message: str | bytes, *, origin: str | None = None
 ) -> tuple[list[str | bytes], int | None]:
     """Send one message as an independent client (the websockets library), read until closed."""
     headers = auth_headers(target)
-    async with websockets.connect(ws_url(target), additional_headers=headers, max_size=None,  # type: ignore[arg-type]
-                                  **kw) as ws:
+    async with websockets.connect(ws_url(target), additional_headers=headers, max_size=None,
+                                  origin=Origin(origin) if origin else None) as ws:
         await ws.send(message)
         received: list[str | bytes] = []
         try:

@@ -38,6 +38,8 @@ CASES = [
     ("unknown field", json.dumps({"input_ids": [1], "max_lenght": 4}), "INVALID_REQUEST"),
     ("bad dtype", json.dumps({"input_ids": [1], "attention_dtype": "int8"}), "INVALID_REQUEST"),
     ("bad top_p", json.dumps({"input_ids": [1], "top_p": 1.5}), "INVALID_REQUEST"),
+    ("negative temperature", json.dumps({"input_ids": [1], "temperature": -1}), "INVALID_REQUEST"),
+    ("token past 2**31", json.dumps({"input_ids": [1, 2**31]}), "INVALID_TOKEN"),
     ("token past the vocabulary", json.dumps({"input_ids": [1, 2**30]}), "INVALID_TOKEN"),
     ("negative token", json.dumps({"input_ids": [1, -1]}), "INVALID_TOKEN"),
     ("bad stop token", json.dumps({"input_ids": [1], "stop_token_ids": [2**30]}), "INVALID_TOKEN"),

@@ -58,6 +58,8 @@ async def test_add_special_tokens_adds_bos_only_when_the_model_wants_it(target: 
         ("POST", "/api/v1/tokenize", b"{not json", 400, "INVALID_REQUEST"),
         ("POST", "/api/v1/tokenize", b'{"text": 42}', 400, "INVALID_REQUEST"),
         ("POST", "/api/v1/tokenize", b"{}", 400, "INVALID_REQUEST"),
+        ("POST", "/api/v1/tokenize", b'{"text": "a", "extra": 1}', 400, "INVALID_REQUEST"),
+        ("GET", "/api/v1/tokenize", b"", 400, "INVALID_REQUEST"),
         ("POST", "/api/v1/detokenize", b'{"token_ids": [0, 1000000000]}', 400, "INVALID_TOKEN"),
         ("POST", "/api/v1/detokenize", b'{"token_ids": [-3]}', 400, "INVALID_TOKEN"),
         ("POST", "/api/v1/detokenize", b'{"token_ids": "1 2"}', 400, "INVALID_REQUEST"),

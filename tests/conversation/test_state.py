@@ -67,7 +67,7 @@ def test_any_chat_keeps_the_state_consistent(ops: list[tuple[str, str, object]],
             pruned.extend(e for e in result.events if e.score == e.score)
             assert result.over_budget or state.active_count <= int(extra)  # type: ignore[call-overload]
         elif op == "restore unit":
-            units = Pruner(PrunerSettings(granularity=arg)).pruned_units(state)  # type: ignore[arg-type]
+            units = Pruner(PrunerSettings(granularity=arg)).pruned_units(state)
             if units:
                 Pruner.restore(state, units[int(extra) % len(units)])  # type: ignore[call-overload]
         elif pruned:

@@ -6,9 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from halo_client.conversation.tracker import TrackerSettings
 from halo_client.evaluation.benchmark import BenchmarkConfig, run
 from halo_client.reference import load_backend
+
+pytestmark = pytest.mark.model
 
 
 def test_smoke_run_on_smollm2(tmp_path: Path) -> None:

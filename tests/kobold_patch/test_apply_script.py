@@ -15,9 +15,9 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[2] / "kobold_patch" / "apply.sh"
 PATCH_NAME = "halo-weave-koboldcpp-v1.76.patch"
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.process, pytest.mark.skipif(
     shutil.which("git") is None,
-    reason="apply.sh needs git (apt-get install git); CI clones the repo with git, so these run there")
+    reason="apply.sh needs git (apt-get install git); CI clones the repo with git, so these run there")]
 
 
 def _patch(old: str, new: str) -> str:

@@ -261,7 +261,7 @@ async def test_tokens_and_frames(srv: Running, dtype: str) -> None:
 ])
 async def test_bad_requests(srv: Running, message: str, code: str) -> None:
     async with websockets.connect(f"ws://127.0.0.1:{srv.port}/api/v1/generate/stream",
-                                  additional_headers=AUTH) as ws:  # type: ignore[arg-type]
+                                  additional_headers=AUTH) as ws:
         await ws.send(message)
         received = [m async for m in ws]
         assert ws.close_code == 1000
@@ -316,7 +316,7 @@ def test_unmasking_of_a_large_message(halo: ModuleType) -> None:
 async def test_abort_message_ends_with_aborted(srv: Running) -> None:
     srv.backend.token_delay = 0.02
     async with websockets.connect(f"ws://127.0.0.1:{srv.port}/api/v1/generate/stream",
-                                  additional_headers=AUTH) as ws:  # type: ignore[arg-type]
+                                  additional_headers=AUTH) as ws:
         await ws.send(json.dumps({"input_ids": [1], "max_length": 400}))
         await ws.recv()
         await ws.send(json.dumps({"type": "abort"}))

@@ -66,7 +66,7 @@ def test_existing_files_get_small_hooks_only() -> None:
 
 def test_halo_api_is_standard_library_only() -> None:
     tree = ast.parse(new_file_text("halo_api.py"))
-    modules = set()
+    modules: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             modules.update(alias.name.split(".")[0] for alias in node.names)

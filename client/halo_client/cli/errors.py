@@ -10,6 +10,7 @@ import click
 
 from halo_client.conversation.chat import ContextBudgetExceeded
 from halo_client.errors import HaloError, RequestTimeout, ServerUnreachable, Unauthorized
+from halo_client.reference.model_store import ModelFetchError
 
 #: the exit code of every failure a user can fix (bad input, no server, wrong password)
 EXIT_USAGE = 2
@@ -20,6 +21,7 @@ _HINTS: tuple[tuple[type[HaloError], str], ...] = (
     (Unauthorized, "Pass --password (or set HALO_PASSWORD) with the server's --password."),
     (RequestTimeout, "The model may be loading or stuck: raise --timeout or check the server's console."),
     (ContextBudgetExceeded, "Shorten the message or the system prompt, or lower --max-length."),
+    (ModelFetchError, "Check the network, or pass --model PATH of a GGUF file you have."),
 )
 
 

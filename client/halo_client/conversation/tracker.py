@@ -10,7 +10,7 @@ vectorized pass:
    - `weighted_layers`: later layers weigh more, linearly with depth:
      $a_j = \sum_l w_l \frac{1}{H}\sum_h A_{lhj}$ with $w_l = \frac{l+1}{\sum_k (k+1)}$.
 2. **Distance weight**: the query sits at column `ctx - 1`, so column `j` is `d = ctx - 1 - j`
-   tokens back. With `m = min_distance` (default 0; the first design used 20), `s = distance_scale`
+   tokens back. With `m = min_distance` (default 0), `s = distance_scale`
    (default 10) and `x = d - m`:
    $w(d) = 0$ for $d < m$ (local attention to the sentence being written does not count), and
    for $d \ge m$: `threshold` 1, `linear` $1 + x/s$, `logarithmic` (default) $1 + \ln(1 + x/s)$,
@@ -18,7 +18,7 @@ vectorized pass:
    reaches far back is the evidence that a token is still used. Mode `none` weights every
    column 1 (no distance filter at all).
 3. **Accumulate** into the brightness `b` of each column's position:
-   - `additive` (default, with `decay` 0 by default; the first design used 0.003):
+   - `additive` (default; `decay` defaults to 0):
      $b \leftarrow \max(0,\ b + \text{boost}\cdot w\,a - \text{decay})$ (floored at 0 so that a
      long-ignored token is not buried so deep that renewed attention could not lift it again)
    - `none`: $b \leftarrow b + \text{boost}\cdot w\,a$ (no decay)
@@ -31,8 +31,7 @@ each half is widened exactly by bit arithmetic, a layer at a time (`_half_head_s
 New tokens start "bright": at the mean brightness of the conversation's active content, and at
 least `initial_brightness` (default 1.0). A token has not yet been looked at when it arrives, so
 it needs a grace period: starting level with the average, it is not the first thing a prune
-takes. (With the first design's decay of 0.003, an unattended token lost 1.0 over about 330
-generated tokens.)
+takes. How the defaults were chosen is in docs/pruning.md.
 """
 
 from __future__ import annotations
@@ -53,8 +52,7 @@ class TrackerSettings(BaseModel):
 
     aggregation: Aggregation = "mean"
     distance_mode: DistanceMode = "logarithmic"
-    # Defaults chosen by the pruning benchmark's tuning split (docs/pruning.md): the first
-    # design's min_distance 20 and decay 0.003 were the worst of the grid there.
+    # defaults chosen on the pruning benchmark's tuning split (docs/pruning.md)
     min_distance: int = Field(0, ge=0)
     distance_scale: float = Field(10.0, gt=0)
     accumulation: Accumulation = "additive"

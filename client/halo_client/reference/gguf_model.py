@@ -75,8 +75,9 @@ def _field(reader: Any, key: str, default: Any = None) -> Any:
 
 
 def load_gguf(path: str | Path, progress: Callable[[str], None] | None = None) -> GGUFModel:
+    """A llama-family GGUF: its hyperparameters, weights (dequantized to float32) and tokenizer;
+    `ModelFileError` saying why for anything the reference backend cannot run."""
     from gguf import GGUFReader  # imported here: only the reference backend needs it
-    from gguf.quants import dequantize
 
     path = Path(path)
     if not path.is_file():
@@ -85,6 +86,20 @@ def load_gguf(path: str | Path, progress: Callable[[str], None] | None = None) -
         reader = GGUFReader(path)
     except Exception as exc:
         raise ModelFileError(f"{path} is not a readable GGUF file: {exc}") from exc
+    tokens = list(_field(reader, "tokenizer.ggml.tokens", []))
+    params = _hyperparameters(reader, path, len(tokens))
+    if not tokens:
+        raise ModelFileError(f"{path.name} has no tokenizer vocabulary (tokenizer.ggml.tokens)")
+    weights = _weights(reader, path, params, progress)
+    vocab_rows = weights.get("output.weight", weights["token_embd.weight"]).shape[0]
+    if vocab_rows != len(tokens):
+        raise ModelFileError(f"{path.name}: the output layer has {vocab_rows} rows but the vocabulary "
+                             f"{len(tokens)} tokens")
+    template = _field(reader, "tokenizer.chat_template")
+    return GGUFModel(params, weights, _tokenizer(reader, tokens), str(template) if template else None)
+
+
+def _hyperparameters(reader: Any, path: Path, n_tokens: int) -> LlamaParams:
     arch = _field(reader, "general.architecture", "?")
     if arch not in SUPPORTED_ARCHITECTURES:
         raise ModelFileError(
@@ -101,9 +116,6 @@ def load_gguf(path: str | Path, progress: Callable[[str], None] | None = None) -
     head_dim = int(_field(reader, f"{arch}.attention.key_length", n_embd // n_head))
     if int(_field(reader, f"{arch}.attention.value_length", head_dim)) != head_dim:
         raise ModelFileError(f"{path.name}: key and value head sizes differ, which the reference backend does not run")
-    tokens = list(_field(reader, "tokenizer.ggml.tokens", []))
-    if not tokens:
-        raise ModelFileError(f"{path.name} has no tokenizer vocabulary (tokenizer.ggml.tokens)")
     scaling = str(_field(reader, f"{arch}.rope.scaling.type", "none"))
     scale_linear = _field(reader, f"{arch}.rope.scaling.factor") or _field(reader, f"{arch}.rope.scale_linear")
     if scaling not in ("none", "linear"):
@@ -119,7 +131,7 @@ def load_gguf(path: str | Path, progress: Callable[[str], None] | None = None) -
         n_head=n_head,
         n_head_kv=int(_field(reader, f"{arch}.attention.head_count_kv", n_head)),
         n_ff=n_ff,
-        n_vocab=int(_field(reader, f"{arch}.vocab_size", len(tokens))),
+        n_vocab=int(_field(reader, f"{arch}.vocab_size", n_tokens)),
         n_ctx_train=int(_field(reader, f"{arch}.context_length", 2048)),
         rope_freq_base=float(_field(reader, f"{arch}.rope.freq_base", 10000.0)),
         rope_freq_scale=1.0 / float(scale_linear) if scale_linear else 1.0,
@@ -130,6 +142,13 @@ def load_gguf(path: str | Path, progress: Callable[[str], None] | None = None) -
     if n_head % params.n_head_kv or params.rope_dim > head_dim or params.rope_dim % 2:
         raise ModelFileError(f"{path.name}: inconsistent attention shape ({n_head} heads, {params.n_head_kv} KV heads, "
                              f"head size {head_dim}, RoPE over {params.rope_dim} dimensions)")
+    return params
+
+
+def _weights(reader: Any, path: Path, params: LlamaParams,
+             progress: Callable[[str], None] | None) -> dict[str, npt.NDArray[np.float32]]:
+    from gguf.quants import dequantize
+
     weights: dict[str, npt.NDArray[np.float32]] = {}
     for i, tensor in enumerate(reader.tensors):
         array = dequantize(tensor.data, tensor.tensor_type)
@@ -141,10 +160,10 @@ def load_gguf(path: str | Path, progress: Callable[[str], None] | None = None) -
     if missing:
         raise ModelFileError(f"{path.name} lacks {len(missing)} llama tensors ({', '.join(missing[:3])}, ...): "
                              "not a llama-family model file")
-    vocab_rows = weights.get("output.weight", weights["token_embd.weight"]).shape[0]
-    if vocab_rows != len(tokens):
-        raise ModelFileError(f"{path.name}: the output layer has {vocab_rows} rows but the vocabulary "
-                             f"{len(tokens)} tokens")
+    return weights
+
+
+def _tokenizer(reader: Any, tokens: list[str]) -> TokenizerData:
     eos = _field(reader, "tokenizer.ggml.eos_token_id")
     eot = _field(reader, "tokenizer.ggml.eot_token_id")
     if eot is None:
@@ -154,7 +173,7 @@ def load_gguf(path: str | Path, progress: Callable[[str], None] | None = None) -
                 eot = tokens.index(candidate)
                 break
     model_kind = str(_field(reader, "tokenizer.ggml.model", "gpt2"))
-    tokenizer = TokenizerData(
+    return TokenizerData(
         model=model_kind,
         pre=str(_field(reader, "tokenizer.ggml.pre", "default")),
         tokens=tokens,
@@ -170,8 +189,6 @@ def load_gguf(path: str | Path, progress: Callable[[str], None] | None = None) -
         add_eos=bool(_field(reader, "tokenizer.ggml.add_eos_token", False)),
         add_space_prefix=bool(_field(reader, "tokenizer.ggml.add_space_prefix", model_kind == "llama")),
     )
-    template = _field(reader, "tokenizer.chat_template")
-    return GGUFModel(params, weights, tokenizer, str(template) if template else None)
 
 
 def _required_tensors(n_layer: int) -> list[str]:

@@ -15,7 +15,7 @@ import json
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import h11
 from websockets.server import ServerProtocol
@@ -36,6 +36,8 @@ from halo_client.serving.faults import FaultPlan
 from halo_client.serving.slot import GenerationSlot
 from halo_client.serving.stream import GenerationContext, ServerStats, StreamSession
 from halo_client.serving.validation import RequestRejected, parse_body
+
+_Server = TypeVar("_Server", bound="ContractServer")
 
 log = logging.getLogger("halo_client.server")
 
@@ -115,7 +117,7 @@ class ContractServer:
             self._server = None
         self._model_thread.shutdown(wait=False, cancel_futures=True)
 
-    async def __aenter__(self) -> ContractServer:
+    async def __aenter__(self: _Server) -> _Server:
         await self.start()
         return self
 

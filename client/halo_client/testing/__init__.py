@@ -16,6 +16,8 @@ class MockKoboldServer(ContractServer):
     requests to inject faults.
     """
 
+    faults: FaultPlan  # always a plan here, which tests change between requests
+
     def __init__(
         self,
         *,

@@ -53,7 +53,7 @@ def run(parser: FrameParser, stream: bytes, cuts: list[int], in_place: bool) -> 
             buf[:n] = piece[:n]
             parser.buffer_updated(n)
             piece = piece[n:]
-    events = []
+    events: list[object] = []
     while parser.events:
         e = parser.events.popleft()
         events.append(Message(e.opcode, bytes(e.data)) if isinstance(e, Message) else e)

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.process
+
 CLI = [sys.executable, "-m", "halo_client.cli"]
 
 
