@@ -64,6 +64,7 @@ STATUS = {
 }
 FRAME_HEADER = "<4sHHIHHIIII"
 DTYPES = {1: ("float32", "<f4", 1e-3), 2: ("float16", "<f2", 1e-2)}
+LAYOUTS = ("full", "layer_stats", "model_stats")  # by their code at offset 14
 
 
 def _validator(name: str) -> jsonschema.Draft202012Validator:
@@ -315,7 +316,7 @@ def _check_defaults(model: type[pydantic.BaseModel], schema: dict[str, Any], whe
 
 def test_schema_defaults_are_the_models() -> None:
     checked = sum(_check_defaults(model, SCHEMAS[name], name) for name, model in MODELS.items())
-    assert checked == 12  # the eleven optional fields of GenerateRequest, add_special_tokens
+    assert checked == 14  # the twelve optional fields of GenerateRequest, add_special_tokens, attention.layouts
 
 
 def test_generate_request_defaults_are_the_contracts() -> None:
@@ -323,7 +324,7 @@ def test_generate_request_defaults_are_the_contracts() -> None:
     assert defaults == {
         "max_length": 100, "temperature": 0.7, "top_p": 0.92, "top_k": 100, "rep_pen": 1.1,
         "rep_pen_range": 320, "sampler_seed": -1, "stop_token_ids": [], "banned_token_ids": [],
-        "return_attention": False, "attention_dtype": "float32",
+        "return_attention": False, "attention_dtype": "float32", "attention_layout": "full",
     }
     assert messages.TokenizeRequest(text="").add_special_tokens is True
 
@@ -516,13 +517,15 @@ def test_hex_frame_example_decodes_to_its_json(hex_file: Path) -> None:
     described = json.loads(hex_file.with_suffix(".json").read_text())
     assert len(blob) == described["total_bytes"]
 
-    magic, version, header_size, index, dtype, reserved1, layers, heads, ctx, reserved2 = (
+    magic, version, header_size, index, dtype, layout_code, layers, heads, ctx, reserved = (
         struct.unpack_from(FRAME_HEADER, blob))
     assert struct.calcsize(FRAME_HEADER) == header_size == 32
     assert (magic.decode("ascii"), version, header_size, index, dtype, layers, heads, ctx) == (
         described["magic"], described["version"], described["header_size"], described["token_index"],
         described["dtype_code"], described["layers"], described["heads"], described["ctx"])
-    assert (reserved1, reserved2) == (0, 0)
+    layout = described.get("layout", "full")
+    assert layout_code == described.get("layout_code", 0) == LAYOUTS.index(layout)
+    assert version == (1 if layout == "full" else 2) and reserved == 0
     dtype_name, np_dtype, tolerance = DTYPES[dtype]
     assert dtype_name == described["dtype"]
     assert ctx == described["input_ids_length"] + index  # ctx = len(input_ids) + i
@@ -532,10 +535,17 @@ def test_hex_frame_example_decodes_to_its_json(hex_file: Path) -> None:
     assert np.shares_memory(values, np.frombuffer(blob, np.uint8))  # a view, not a copy
     np.testing.assert_array_equal(values, np.asarray(described["values"], np_dtype))
     assert ((values >= 0) & (values <= 1)).all()
-    np.testing.assert_allclose(values.astype(np.float64).sum(axis=-1), 1.0, atol=tolerance)
+    rows = values if layout == "full" else values[:, :1]  # the statistics' mean rows are probabilities
+    np.testing.assert_allclose(rows.astype(np.float64).sum(axis=-1), 1.0, atol=tolerance)
+    if layout != "full":  # F8: the reduction of the full frame it names
+        full = json.loads((EXAMPLE_DIR / described["reduced_from"]).read_text())
+        a = np.asarray(full["values"], np.float32)
+        axes = (1,) if layout == "layer_stats" else (0, 1)
+        expected = np.stack([a.mean(axis=axes).reshape(-1, ctx), a.max(axis=axes).reshape(-1, ctx)], axis=1)
+        np.testing.assert_array_equal(values, expected)
 
     # and the bytes are what a struct-based writer makes of the description
-    rebuilt = struct.pack(FRAME_HEADER, described["magic"].encode(), 1, 32, index, dtype, 0,
+    rebuilt = struct.pack(FRAME_HEADER, described["magic"].encode(), version, 32, index, dtype, layout_code,
                           layers, heads, ctx, 0)
     rebuilt += np.asarray(described["values"], np_dtype).tobytes(order="C")
     assert rebuilt == blob

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import json
+import math
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -22,7 +23,7 @@ from halo_client.errors import (
     ServerUnreachable,
     Unauthorized,
 )
-from halo_client.frame import HEADER_SIZE, AttentionFrame, check_frame_semantics, decode_frame
+from halo_client.frame import HEADER_SIZE, AttentionFrame, check_frame_semantics, decode_frame, frame_shape
 from halo_client.messages import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -200,7 +201,9 @@ class KoboldClient(_AsyncClosing):
     def generate_stream(self, input_ids: Sequence[int], **params: Any) -> GenerationStream:
         """Start a generation; iterate the result for `TokenEvent`s and a final `DoneEvent`.
 
-        `params` are `GenerateRequest` fields (max_length, temperature, return_attention, ...).
+        `params` are `GenerateRequest` fields (max_length, temperature, return_attention,
+        attention_layout, ...). A reduced `attention_layout` ("layer_stats", "model_stats") gets
+        frames of statistics over heads computed by the server, a fraction of the full size.
         Use `async with client.generate_stream(...) as stream:` so that leaving early closes
         the socket at once; closing it is how the server learns to stop generating.
         """
@@ -284,9 +287,13 @@ class GenerationStream(_AsyncClosing):
         info = await client.model_info()
         itemsize = 2 if request.attention_dtype == "float16" else 4
         layers, heads = info.num_layers, info.num_attention_heads
-        max_frame = HEADER_SIZE + layers * heads * info.max_context_length * itemsize
+        max_frame = HEADER_SIZE + math.prod(frame_shape(request.attention_layout, layers, heads,
+                                                        info.max_context_length)) * itemsize
         self._ws = ws = await self._connect(max(MAX_TEXT_MESSAGE, max_frame))
-        await ws.send_text(request.model_dump_json())
+        # a request for full frames is sent as before layouts existed, so servers that predate
+        # them serve it too
+        await ws.send_text(request.model_dump_json(exclude={"attention_layout"} if request.attention_layout == "full"
+                                                   else None))
         n_input = len(request.input_ids)
         expected_index = 0
         while True:
@@ -325,7 +332,7 @@ class GenerationStream(_AsyncClosing):
                 frame = decode_frame(blob, max_bytes=max_frame)
                 check_frame_semantics(
                     frame, layers=layers, heads=heads, ctx=n_input + expected_index,
-                    token_index=expected_index, dtype=request.attention_dtype,
+                    token_index=expected_index, dtype=request.attention_dtype, layout=request.attention_layout,
                 )
             yield TokenEvent(expected_index, message.token_id, message.piece, frame)
             expected_index += 1

@@ -48,6 +48,9 @@ ERROR_STATUS: Final[dict[ErrorCode, int | None]] = {
 }
 FinishReason = Literal["length", "eos", "stop_token", "aborted"]
 AttentionDType = Literal["float32", "float16"]
+#: what a frame holds (websocket.md section 4): `full` `[layers, heads, ctx]`, `layer_stats`
+#: `[layers, 2, ctx]` (mean and max over each layer's heads), `model_stats` `[1, 2, ctx]`
+AttentionLayout = Literal["full", "layer_stats", "model_stats"]
 
 def _piece_from_wire(value: object) -> object:
     # JSON carries base64 text; Python callers hand over the bytes themselves.
@@ -78,10 +81,16 @@ class _Message(BaseModel):
 # ----------------------------------------------------------------------------- REST
 
 
+def _full_only() -> list[AttentionLayout]:
+    return ["full"]
+
+
 class AttentionSupport(_Message):
     available: bool
     reason: str | None
     dtypes: list[AttentionDType]
+    #: a server that does not list its layouts offers `full` only
+    layouts: list[AttentionLayout] = Field(default_factory=_full_only)
 
 
 class ModelInfo(_Message):
@@ -162,6 +171,7 @@ class GenerateRequest(_Message):
     banned_token_ids: list[TokenId] = Field(default_factory=list)
     return_attention: bool = False
     attention_dtype: AttentionDType = "float32"
+    attention_layout: AttentionLayout = "full"
 
 
 class AbortMessage(_Message):

@@ -12,13 +12,17 @@ from hypothesis.extra import numpy as hnp
 
 from halo_client.errors import FrameError
 from halo_client.frame import (
+    DTYPE_CODES,
     HEADER,
     HEADER_SIZE,
+    LAYOUT_CODES,
     MAGIC,
     check_frame_semantics,
     decode_frame,
     encode_frame,
+    reduce_attention,
 )
+from halo_client.messages import AttentionLayout
 
 # CI runs these at 1,000 examples each, as the foundation issue asks.
 MANY = settings(max_examples=1000, deadline=None)
@@ -78,7 +82,11 @@ def _header(**fields: int | bytes) -> bytes:
         (b"", "truncated"),
         (b"HWAF" + b"\0" * 10, "truncated"),
         (_header(magic=b"HWAX") + b"\0" * 8, "magic"),
-        (_header(version=2) + b"\0" * 8, "version"),
+        (_header(version=3) + b"\0" * 8, "version"),
+        (_header(version=0) + b"\0" * 8, "version"),
+        (_header(r1=1) + b"\0" * 8, "layout code 1"),  # version 1 carries full frames only
+        (_header(version=2, r1=3) + b"\0" * 8, "layout code 3"),
+        (_header(version=2, r1=1) + b"\0" * 8, "2 statistics"),  # layer_stats with 1 "head"
         (_header(size=64) + b"\0" * 8, "header_size"),
         (_header(dtype=3) + b"\0" * 8, "dtype"),
         (_header(dtype=0) + b"\0" * 8, "dtype"),
@@ -146,6 +154,42 @@ def test_semantic_check_names_the_broken_rule() -> None:
         check_frame_semantics(frame, layers=2, heads=2, ctx=9, token_index=5, dtype="float32")
     with pytest.raises(FrameError, match="dtype"):
         check_frame_semantics(frame, layers=2, heads=2, ctx=9, token_index=4, dtype="float16")
+
+
+@MANY
+@given(frames(), st.sampled_from(["layer_stats", "model_stats"]))
+def test_reduced_layouts_round_trip_with_version_2(frame: tuple[int, str, np.ndarray], layout: AttentionLayout) -> None:
+    index, dtype, full = frame
+    values = reduce_attention(full, layout).astype(full.dtype)
+    message = encode_frame(index, values, dtype, layout)
+    assert struct.unpack_from("<HHIHH", message, 4) == (2, 32, index, DTYPE_CODES[dtype], LAYOUT_CODES[layout])
+    decoded = decode_frame(message)
+    assert decoded.layout == layout and decoded.token_index == index
+    np.testing.assert_array_equal(decoded.values, values)
+    layers, heads, ctx = full.shape
+    check_frame_semantics(decoded, layers=layers, heads=heads, ctx=ctx, token_index=index, dtype=dtype, layout=layout)
+    with pytest.raises(FrameError, match="layout"):
+        check_frame_semantics(decoded, layers=layers, heads=heads, ctx=ctx, token_index=index, dtype=dtype)
+
+
+def test_full_frames_keep_version_1_bytes() -> None:
+    values = np.random.default_rng(1).random((3, 4, 5), dtype=np.float32)
+    message = encode_frame(9, values)
+    assert message == HEADER.pack(MAGIC, 1, 32, 9, 1, 0, 3, 4, 5, 0) + values.tobytes()
+    assert decode_frame(message).layout == "full"
+
+
+def test_reduce_attention_is_rule_f8() -> None:
+    a = np.random.default_rng(2).random((3, 4, 5)).astype(np.float32)
+    layer = reduce_attention(a, "layer_stats")
+    model = reduce_attention(a, "model_stats")
+    assert layer.shape == (3, 2, 5) and model.shape == (1, 2, 5)
+    np.testing.assert_allclose(layer[:, 0], a.mean(axis=1), rtol=1e-6)
+    np.testing.assert_array_equal(layer[:, 1], a.max(axis=1))
+    np.testing.assert_allclose(model[0, 0], a.mean(axis=(0, 1)), rtol=1e-6)
+    np.testing.assert_array_equal(model[0, 1], a.max(axis=(0, 1)))
+    with pytest.raises(FrameError, match="2 statistics"):
+        encode_frame(0, a, layout="layer_stats")
 
 
 def test_encode_refuses_what_cannot_be_a_frame() -> None:

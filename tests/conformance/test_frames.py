@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from halo_client.frame import reduce_attention
 from tests.conformance.conftest import Target
 from tests.conformance.helpers import client, collect, prompt_ids
 
@@ -69,3 +71,28 @@ async def test_greedy_is_deterministic_and_seeds_reproduce(target: Target) -> No
     c, _ = await collect(target, ids, max_length=6, temperature=1.0, sampler_seed=11)
     d, _ = await collect(target, ids, max_length=6, temperature=1.0, sampler_seed=11)
     assert [t.token_id for t in c] == [t.token_id for t in d]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+async def test_reduced_frames_are_the_reduction_of_the_full_frame(target: Target, dtype: str) -> None:
+    """F8: for the same greedy request, a `layer_stats` or `model_stats` frame is the mean and
+    the max over heads (per layer, or over the whole model) of the full frame."""
+    ids = await prompt_ids(target)
+    async with client(target) as c:
+        info = await c.model_info()
+    assert {"full", "layer_stats", "model_stats"} <= set(info.attention.layouts), info.attention.layouts
+    full, _ = await collect(target, ids, max_length=6, temperature=0, return_attention=True)
+    tolerance = 1e-5 if dtype == "float32" else 1e-3  # float16 rounds values in [0, 1] by <= 2**-12
+    for layout in ("layer_stats", "model_stats"):
+        reduced, _ = await collect(target, ids, max_length=6, temperature=0, return_attention=True,
+                                   attention_dtype=dtype, attention_layout=layout)
+        assert [t.token_id for t in reduced] == [t.token_id for t in full]
+        for whole, event in zip(full, reduced, strict=True):
+            assert whole.attention is not None and event.attention is not None
+            frame = event.attention
+            assert frame.layout == layout and frame.dtype == dtype
+            values = frame.values.astype(np.float32)
+            expected = reduce_attention(whole.attention.values, layout)
+            np.testing.assert_allclose(values, expected, atol=tolerance, rtol=0, err_msg=f"{layout} {dtype}")
+            np.testing.assert_allclose(values[:, 0].sum(axis=-1), 1.0, atol=1e-2 if dtype == "float16" else 1e-3)
+            assert (values[:, 0] <= values[:, 1] + tolerance).all() and (values <= 1 + tolerance).all()

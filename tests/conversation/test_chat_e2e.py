@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from halo_client.client import KoboldClient
-from halo_client.conversation import Chat, PrunerSettings, load
+from halo_client.conversation import Chat, PrunerSettings, TrackerSettings, load
 from halo_client.conversation.session import to_json
 from halo_client.errors import ProtocolError
 from halo_client.testing import FaultPlan, MockBackend, MockKoboldServer
@@ -70,3 +70,25 @@ async def test_a_dropped_connection_leaves_the_conversation_unchanged() -> None:
         server.faults = FaultPlan()
         reply = await chat.reply()  # and the same request works once the server is back
         assert reply.done.token_count > 0
+
+
+@pytest.mark.parametrize(("aggregation", "layout"), [("mean", "model_stats"), ("max", "model_stats"),
+                                                    ("last_layer", "layer_stats"),
+                                                    ("weighted_layers", "layer_stats")])
+async def test_the_chat_asks_for_the_smallest_frames_and_tracks_the_same_brightness(
+        aggregation: str, layout: str) -> None:
+    async with MockKoboldServer(backend=MockBackend(num_layers=6, num_heads=8)) as server, \
+            KoboldClient(server.url, timeout=10) as client:
+        chats = []
+        for asked in (None, "full"):
+            chat = await Chat.open(client, system="Sys.", max_length=30, sampler={"temperature": 0},
+                                   tracker=TrackerSettings(aggregation=aggregation),
+                                   attention_layout=asked)
+            for text in MESSAGES[:4]:
+                await chat.add_message("user", text)
+                reply = await chat.reply()
+                assert {t.attention.layout for t in reply.tokens if t.attention} == {asked or layout}
+            chats.append(chat)
+        reduced, full = chats
+        assert reduced.state.input_ids() == full.state.input_ids()
+        np.testing.assert_allclose(reduced.state.brightness, full.state.brightness, atol=1e-5, rtol=1e-5)

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from halo_client.conversation import tracker as tracker_module
 from halo_client.conversation.tracker import AttentionTracker, TrackerSettings, distance_weights
+from halo_client.frame import reduce_attention
+from halo_client.messages import AttentionLayout
 
 settings_strategy = st.builds(
     TrackerSettings,
@@ -172,3 +174,35 @@ def test_float16_without_the_fast_path(aggregation: str, monkeypatch: pytest.Mon
     # denormals-are-zero switched on by some library: the bit trick would lose subnormals
     monkeypatch.setattr(tracker_module, "_DENORMAL_PROBE", np.zeros(2, np.float32))
     np.testing.assert_allclose(tracker.aggregate(frame), expected, rtol=1e-6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(settings_strategy, st.integers(1, 6), st.integers(1, 6), st.integers(1, 80), st.integers(0, 2**32 - 1),
+       st.sampled_from(["layer_stats", "model_stats"]))
+def test_reduced_frames_give_the_same_brightness(s: TrackerSettings, layers: int, heads: int, ctx: int,
+                                                 seed: int, layout: AttentionLayout) -> None:
+    """Every aggregation is a function of statistics over heads: the server's reduced frame
+    (api_spec F8) gives the brightness the full frame gives, to 1e-5."""
+    if layout == "model_stats" and s.smallest_layout() == "layer_stats":
+        layout = "layer_stats"  # this aggregation needs per-layer statistics
+    rng = np.random.default_rng(seed)
+    full, reduced = AttentionTracker(s), AttentionTracker(s)
+    n = ctx + 3
+    start = rng.random(n).astype(np.float32)
+    a, b = start.copy(), start.copy()
+    positions = np.sort(rng.choice(n, ctx, replace=False)).astype(np.int64)
+    for _ in range(4):
+        frame = random_frame(rng, layers, heads, ctx)
+        full.update(a, positions, frame)
+        reduced.update(b, positions, reduce_attention(frame, layout), layout)
+    np.testing.assert_allclose(b, a, atol=1e-5, rtol=1e-5)
+
+
+def test_model_stats_cannot_serve_a_per_layer_aggregation() -> None:
+    frame = reduce_attention(random_frame(np.random.default_rng(0), 3, 4, 5), "model_stats")
+    for aggregation in ("last_layer", "weighted_layers"):
+        tracker = AttentionTracker(TrackerSettings(aggregation=aggregation))
+        assert tracker.settings.smallest_layout() == "layer_stats"
+        with pytest.raises(ValueError, match="per-layer statistics"):
+            tracker.aggregate(frame, "model_stats")
+    assert TrackerSettings(aggregation="max").smallest_layout() == "model_stats"

@@ -12,7 +12,7 @@ import click
 
 from halo_client.cli.app import Settings, main, pass_settings, run_async
 from halo_client.cli.commands import print_reply
-from halo_client.cli.options import settings_from, tracker_options
+from halo_client.cli.options import layout_from, settings_from, tracker_options
 from halo_client.cli.render import prune_report, render_brightness
 from halo_client.conversation.chat import Chat
 
@@ -105,10 +105,12 @@ async def chat(settings: Settings, max_length: int, temperature: float, system: 
     """Chat with the model. After each reply the conversation is shown colored by brightness,
     and pruned sentences are reported. Without a terminal, reads one user message per line."""
     interactive = sys.stdin.isatty()
+    layout = layout_from(kw)
     tracker, pruner = settings_from(kw)
     async with settings.client() as client:
         conversation = await Chat.open(client, system=system, session_path=session_path, tracker=tracker,
-                                       pruner=pruner, max_length=max_length, sampler={"temperature": temperature})
+                                       pruner=pruner, max_length=max_length, sampler={"temperature": temperature},
+                                       attention_layout=layout)
         repl = Repl(conversation, session_path, interactive)
         if interactive:
             repl.say(CHAT_HELP)

@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from halo_client.cli.app import Settings, main, pass_settings, run_async
-from halo_client.cli.options import settings_from, tracker_options
+from halo_client.cli.options import layout_from, settings_from, tracker_options
 from halo_client.cli.render import render_brightness
 from halo_client.client import TokenEvent
 from halo_client.conversation.chat import Chat, Reply
@@ -76,10 +76,13 @@ async def generate(settings: Settings, prompt: str, max_length: int, temperature
                    system: str | None, attention_out: Path | None, **kw: Any) -> None:
     """Generate a reply to PROMPT (as a user message of the model's chat template), print it as
     it streams, then show the prompt colored by the brightness the reply gave it."""
+    layout = layout_from(kw)
+    if attention_out is not None:
+        layout = "full"  # the saved frames are the whole attention
     tracker, pruner = settings_from(kw)
     async with settings.client() as client:
         chat = await Chat.open(client, system=system, tracker=tracker, pruner=pruner, max_length=max_length,
-                               sampler={"temperature": temperature, "sampler_seed": seed})
+                               sampler={"temperature": temperature, "sampler_seed": seed}, attention_layout=layout)
         await chat.add_message("user", prompt)
         reply = await print_reply(chat)
     done = reply.done

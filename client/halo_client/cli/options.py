@@ -11,6 +11,7 @@ import click
 
 from halo_client.conversation.pruner import Granularity, PrunerSettings
 from halo_client.conversation.tracker import Accumulation, Aggregation, DistanceMode, TrackerSettings
+from halo_client.messages import AttentionLayout
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -38,10 +39,22 @@ def tracker_options(func: Callable[P, R]) -> Callable[P, R]:
         click.option("--accumulation", type=choice(Accumulation), default=defaults.accumulation, show_default=True),
         click.option("--decay", default=defaults.decay, show_default=True),
         click.option("--boost", default=defaults.boost, show_default=True),
+        click.option("--attention-layout", type=click.Choice(["auto", *typing.get_args(AttentionLayout)]),
+                     default="auto", show_default=True,
+                     help="The attention frames to ask the server for. auto: the smallest the aggregation "
+                          "needs (model_stats, 2 numbers per column, for mean and max; layer_stats for "
+                          "last_layer and weighted_layers), computed by the server next to the attention: the "
+                          "same brightness at a fraction of the bytes. full: every head of every layer."),
     ]
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def layout_from(kw: dict[str, Any]) -> AttentionLayout | None:
+    """Take `--attention-layout` out of a command's keyword arguments (None: auto)."""
+    layout = kw.pop("attention_layout")
+    return None if layout == "auto" else typing.cast(AttentionLayout, layout)
 
 
 def settings_from(kw: dict[str, Any]) -> tuple[TrackerSettings, PrunerSettings]:

@@ -23,7 +23,7 @@ from halo_client.conversation.state import ConversationState, FrameColumns, Role
 from halo_client.conversation.tracker import AttentionTracker, TrackerSettings
 from halo_client.conversation.turns import Part, Tokens, TurnBuilder
 from halo_client.errors import HaloError
-from halo_client.messages import ModelInfo
+from halo_client.messages import AttentionLayout, ModelInfo
 
 
 class ContextBudgetExceeded(HaloError):
@@ -49,7 +49,10 @@ class Chat:
     def __init__(self, client: KoboldClient, info: ModelInfo, *, state: ConversationState | None = None,
                  tracker: TrackerSettings | None = None, pruner: PrunerSettings | None = None,
                  max_length: int = 200, sampler: dict[str, Any] | None = None,
-                 meta: dict[str, Any] | None = None) -> None:
+                 meta: dict[str, Any] | None = None, attention_layout: AttentionLayout | None = None) -> None:
+        """`attention_layout`: the frames to ask for; None (the default) asks for the smallest the
+        tracker's aggregation can use (`TrackerSettings.smallest_layout`) among those the server
+        offers, so long contexts do not pay for full frames; `full` keeps every head (to save them)."""
         self.client = client
         self.info = info
         self.tracker = AttentionTracker(tracker)
@@ -60,6 +63,18 @@ class Chat:
         self.max_length = max_length
         self.sampler = sampler or {}
         self.meta = meta or {}
+        self.attention_layout = attention_layout
+
+    @property
+    def frame_layout(self) -> AttentionLayout:
+        """The layout the next reply's frames are asked in."""
+        if self.attention_layout is not None:
+            return self.attention_layout
+        wanted = self.tracker.settings.smallest_layout()
+        offered = self.info.attention.layouts
+        if wanted in offered:
+            return wanted
+        return "layer_stats" if wanted == "model_stats" and "layer_stats" in offered else "full"
 
     @classmethod
     async def open(cls, client: KoboldClient, *, system: str | None = None, session_path: str | None = None,
@@ -132,14 +147,16 @@ class Chat:
         positions: list[int] = []
         try:
             async with self.client.generate_stream(input_ids, max_length=self.max_length,
-                                                   return_attention=want, **self.sampler) as stream:
+                                                   return_attention=want, attention_layout=self.frame_layout,
+                                                   **self.sampler) as stream:
                 async for event in stream:
                     if isinstance(event, DoneEvent):
                         done = event
                         break
                     if event.attention is not None:
                         cols = columns.for_frame(event.attention.ctx)
-                        self.tracker.update(self.state.brightness, cols, event.attention.values)
+                        self.tracker.update(self.state.brightness, cols, event.attention.values,
+                                            event.attention.layout)
                     position = self.state.add_generated(event.token_id, event.piece)
                     columns.add_generated(position)
                     positions.append(position)

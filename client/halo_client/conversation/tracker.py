@@ -24,6 +24,12 @@ vectorized pass:
    - `none`: $b \leftarrow b + \text{boost}\cdot w\,a$ (no decay)
    - `exponential`: $b \leftarrow b\,(1 - \text{decay}) + \text{boost}\cdot w\,a$
 
+Every aggregation is a function of per-layer statistics over heads, so the tracker also takes
+frames in the reduced layouts of api_spec (F8) and gives the same brightness from them:
+`mean` and `max` need only `model_stats` (`[1, 2, ctx]`), `last_layer` and `weighted_layers`
+need `layer_stats` (`[layers, 2, ctx]`); `TrackerSettings.smallest_layout()` says which, so a chat
+asks the server for no more than that.
+
 Only the columns of the frame are touched: a pruned token (not in the request) keeps its
 score, frozen, until it is restored. float16 frames are never copied to float32 as a whole:
 each half is widened exactly by bit arithmetic, a layer at a time (`_half_head_sums`).
@@ -42,6 +48,8 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
+from halo_client.messages import AttentionLayout
+
 Aggregation = Literal["mean", "max", "last_layer", "weighted_layers"]
 DistanceMode = Literal["none", "threshold", "linear", "logarithmic", "square_root"]
 Accumulation = Literal["additive", "none", "exponential"]
@@ -59,6 +67,10 @@ class TrackerSettings(BaseModel):
     decay: float = Field(0.0, ge=0, le=1)
     boost: float = Field(1.0, ge=0)
     initial_brightness: float = Field(1.0, ge=0)
+
+    def smallest_layout(self) -> AttentionLayout:
+        """The smallest frame layout this aggregation can be computed from."""
+        return "model_stats" if self.aggregation in ("mean", "max") else "layer_stats"
 
 
 def distance_weights(settings: TrackerSettings, count: int) -> npt.NDArray[np.float32]:
@@ -147,11 +159,13 @@ class AttentionTracker:
             self._layer_weights[layers] = w
         return w
 
-    def aggregate(self, frame: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
-        """`[layers, heads, ctx]` -> `[ctx]`, float32. float16 frames are never copied to
-        float32 as a whole (see `_half_head_sums`)."""
+    def aggregate(self, frame: npt.NDArray[np.floating], layout: AttentionLayout = "full") -> npt.NDArray[np.float32]:
+        """A frame of `layout` -> `[ctx]`, float32. float16 frames are never copied to float32
+        as a whole (see `_half_head_sums`)."""
         if frame.ndim != 3:
             raise ValueError(f"a frame is [layers, heads, ctx], not of shape {frame.shape}")
+        if layout != "full":
+            return self._aggregate_stats(frame, layout)
         agg = self.settings.aggregation
         layers, heads, _ctx = frame.shape
         if agg == "max":
@@ -176,22 +190,39 @@ class AttentionTracker:
         per_layer = sums / np.float32(heads) if sums is not None else frame.mean(axis=1, dtype=np.float32)
         return self.layer_weights(layers) @ per_layer  # type: ignore[no-any-return]
 
-    def weighted(self, frame: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
+    def _aggregate_stats(self, frame: npt.NDArray[np.floating], layout: AttentionLayout) -> npt.NDArray[np.float32]:
+        """The aggregation from statistics over heads: `[:, 0]` the mean, `[:, 1]` the max."""
+        agg = self.settings.aggregation
+        if frame.shape[1] != 2:
+            raise ValueError(f"a {layout} frame is [layers, 2, ctx], not of shape {frame.shape}")
+        if layout == "model_stats" and agg not in ("mean", "max"):
+            raise ValueError(f"aggregation {agg} needs per-layer statistics (layer_stats or full frames), "
+                             "not model_stats")
+        means, maxima = frame[:, 0], frame[:, 1]
+        if agg == "mean":
+            return means.mean(axis=0, dtype=np.float32)  # type: ignore[no-any-return]
+        if agg == "max":
+            return maxima.max(axis=0).astype(np.float32)  # type: ignore[no-any-return]
+        if agg == "last_layer":
+            return means[-1].astype(np.float32)  # type: ignore[no-any-return]
+        return self.layer_weights(frame.shape[0]) @ means.astype(np.float32)
+
+    def weighted(self, frame: npt.NDArray[np.floating], layout: AttentionLayout = "full") -> npt.NDArray[np.float32]:
         """The frame's contribution per column: boost x w(d) x aggregated attention."""
-        a = self.aggregate(frame)
+        a = self.aggregate(frame, layout)
         contribution = a * self._reversed_weights(a.shape[0])
         if self.settings.boost != 1.0:
             contribution *= np.float32(self.settings.boost)
         return contribution
 
     def update(self, brightness: npt.NDArray[np.float32], positions: npt.NDArray[np.int64],
-               frame: npt.NDArray[np.floating]) -> None:
-        """Apply one frame: column j of `frame` is the token at `positions[j]` of `brightness`
-        (`FrameColumns.for_frame(ctx)` gives `positions`). One vectorized pass; `brightness`
-        is updated in place."""
+               frame: npt.NDArray[np.floating], layout: AttentionLayout = "full") -> None:
+        """Apply one frame of `layout`: column j of `frame` is the token at `positions[j]` of
+        `brightness` (`FrameColumns.for_frame(ctx)` gives `positions`). One vectorized pass;
+        `brightness` is updated in place."""
         if frame.ndim != 3 or frame.shape[2] != positions.shape[0]:
             raise ValueError(f"frame of shape {frame.shape} does not match {positions.shape[0]} positions")
-        contribution = self.weighted(frame)
+        contribution = self.weighted(frame, layout)
         s = self.settings
         current = brightness[positions]
         if s.accumulation == "additive":

@@ -57,7 +57,8 @@ class ReferenceBackend:
             bos_token_id=t.bos_id, eos_token_id=t.eos_id, eot_token_id=t.eot_id,
             rope_freq_base=p.rope_freq_base, rope_freq_scale=p.rope_freq_scale,
             chat_template=self.chat_template, attention_api_version=1,
-            attention=AttentionSupport(available=True, reason=None, dtypes=["float32", "float16"]),
+            attention=AttentionSupport(available=True, reason=None, dtypes=["float32", "float16"],
+                                       layouts=["full", "layer_stats", "model_stats"]),
         )
 
     def model_info(self) -> ModelInfo:

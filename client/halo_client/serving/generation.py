@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from halo_client.frame import reduce_attention
 from halo_client.messages import FinishReason, GenerateRequest, ModelInfo
 from halo_client.serving.backend import ModelBackend
 from halo_client.serving.sampling import Sampler
@@ -26,7 +27,8 @@ class GeneratedToken:
     index: int
     token_id: int
     piece: bytes
-    #: `[layers, heads, len(input_ids) + index]` float32, post-softmax; None without attention
+    #: post-softmax float32 over `len(input_ids) + index` columns, in the request's layout
+    #: (`[layers, heads, ctx]` when full); None without attention
     attention: npt.NDArray[np.float32] | None
 
 
@@ -73,6 +75,12 @@ def check_request(request: GenerateRequest, info: ModelInfo) -> None:
                 f"attention_dtype {request.attention_dtype} is not offered; this server sends "
                 f"{', '.join(info.attention.dtypes)}",
             )
+        if request.attention_layout not in info.attention.layouts:
+            raise RequestRejected(
+                "ATTENTION_UNAVAILABLE",
+                f"attention_layout {request.attention_layout} is not offered; this server sends "
+                f"{', '.join(info.attention.layouts)}",
+            )
 
 
 def generate(
@@ -98,7 +106,10 @@ def generate(
             break
         token = sampler.sample(result.logits, history)
         history.append(token)
-        yield GeneratedToken(count, token, backend.token_bytes(token), result.attention)
+        frame = result.attention
+        if frame is not None and request.attention_layout != "full":
+            frame = reduce_attention(frame, request.attention_layout)  # in the model's thread, next to it
+        yield GeneratedToken(count, token, backend.token_bytes(token), frame)
         count += 1
         if token in eos:
             reason = "eos"

@@ -262,7 +262,7 @@ class StreamSession:
                 self.write_message(TokenMessage(type="token", index=item.index,
                                                 token_id=item.token_id, piece=item.piece))
                 if item.attention is not None:
-                    self.write_frame(item, request.attention_dtype, faults)
+                    self.write_frame(item, request, faults)
                 # Once written, the result's buffers are free (the transport copied what it
                 # could not send), so the next token is computed while this one drains: one
                 # frame in flight, one in the making, and no more.
@@ -296,15 +296,15 @@ class StreamSession:
             self.protocol.send_text(message.model_dump_json().encode())
             self.write_pending()
 
-    def write_frame(self, item: GeneratedToken, dtype: str, faults: FaultPlan | None) -> None:
+    def write_frame(self, item: GeneratedToken, request: GenerateRequest, faults: FaultPlan | None) -> None:
         assert item.attention is not None
-        values = item.attention
+        values, dtype = item.attention, request.attention_dtype
         if dtype == "float16":
             values = values.astype("<f2")
         elif values.dtype != np.dtype("<f4") or not values.flags.c_contiguous:
             values = np.ascontiguousarray(values, dtype="<f4")
         layers, heads, ctx = values.shape
-        header = frame_header(layers, heads, ctx, item.index, dtype)
+        header = frame_header(layers, heads, ctx, item.index, dtype, request.attention_layout)
         payload: memoryview | bytes = memoryview(values.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
         if faults is not None:
             if faults.corrupt_frame_at == item.index:

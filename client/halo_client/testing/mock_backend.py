@@ -124,6 +124,7 @@ class MockBackend:
                 available=self.attention_available,
                 reason=None if self.attention_available else "the mock was started without attention",
                 dtypes=["float32", "float16"],
+                layouts=["full", "layer_stats", "model_stats"],
             ),
         )
 
