@@ -6,14 +6,23 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PORT   ?= 5001
 STAMP  := $(VENV)/.installed
+# what running Halo Weave needs (the demo): the package and its reference model's extra only
+RUN_STAMP := $(VENV)/.installed-run
+CHAT_ARGS ?=
 
 .PHONY: install test test-fast lint mock demo bench bench-quality clean
+
+$(RUN_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip==26.3
+	$(BIN)/python -m pip install --quiet -e '.[reference]'
+	touch $(RUN_STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip==26.3
 	$(BIN)/python -m pip install --quiet -e '.[reference,test,lint,agreement]'
-	touch $(STAMP)
+	touch $(STAMP) $(RUN_STAMP)
 
 install: $(STAMP)  ## create .venv and install halo-weave with its test and lint tools
 
@@ -31,18 +40,15 @@ lint: $(STAMP)  ## ruff and mypy --strict on the package, its tests and benchmar
 mock: $(STAMP)  ## run the mock server on $(PORT)
 	$(BIN)/halo-client mock-server --port $(PORT)
 
-demo: $(STAMP)  ## start the reference server (SmolLM2-135M, fetched once) and chat with it
-	@$(BIN)/halo-client serve --port $(PORT) & pid=$$!; \
-	trap "kill $$pid 2>/dev/null" EXIT INT TERM; \
-	$(BIN)/halo-client --url http://127.0.0.1:$(PORT) --timeout 300 wait && \
-	$(BIN)/halo-client --url http://127.0.0.1:$(PORT) chat
+demo: $(RUN_STAMP)  ## chat with SmolLM2-135M (fetched once) on this machine: make demo CHAT_ARGS="--max-context-tokens 300"
+	$(BIN)/halo-client demo --port $(PORT) --session halo-demo-session.json $(CHAT_ARGS)
 
 bench: $(STAMP)  ## transport, tracker and reference-model benchmarks
 	$(BIN)/python bench/bench_transport.py
 	$(BIN)/python bench/bench_tracker.py
 	$(BIN)/python bench/bench_reference.py
 
-bench-quality: $(STAMP)  ## the pruning-quality benchmark on SmolLM2 (about 30 minutes)
+bench-quality: $(STAMP)  ## the pruning-quality benchmark on SmolLM2 (about 15 minutes here)
 	$(BIN)/halo-client eval pruning --out out/pruning
 
 clean:

@@ -40,9 +40,9 @@ from typing import Any
 
 import numpy as np
 
-from bench_transport import free_port  # bench/ is on sys.path when this runs as a script
 from halo_client.client import DoneEvent, KoboldClient, TokenEvent
 from halo_client.conversation.tracker import AttentionTracker
+from halo_client.testing.ports import free_port
 
 FILLER = ("The lighthouse keeper counted the ships that passed in the night and wrote each name in a blue "
           "notebook, with the hour, the weather and the colour of the sails. ")

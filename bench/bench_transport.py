@@ -29,6 +29,7 @@ import websockets
 from halo_client.client import STREAM_PATH, KoboldClient, TokenEvent
 from halo_client.frame import decode_frame
 from halo_client.messages import GenerateRequest, TokenMessage
+from halo_client.testing.ports import free_port, wait_for_port
 
 SHAPES = [(30, 9, 2048), (28, 28, 4096)]
 
@@ -69,23 +70,6 @@ def raw_baseline(size: int, count: int) -> float:
     sock.close()
     proc.wait()
     return elapsed
-
-
-def wait_for_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"mock server did not start on port {port}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def stream(url: str, ctx: int, count: int) -> tuple[float, int]:

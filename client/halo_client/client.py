@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
 import math
 from collections.abc import AsyncIterator, Sequence
@@ -25,6 +26,7 @@ from halo_client.errors import (
 )
 from halo_client.frame import HEADER_SIZE, AttentionFrame, check_frame_semantics, decode_frame, frame_shape
 from halo_client.messages import (
+    AbortMessage,
     DetokenizeRequest,
     DetokenizeResponse,
     DoneMessage,
@@ -250,6 +252,14 @@ class GenerationStream(_AsyncClosing):
         ws, self._ws = self._ws, None
         if ws is not None:
             await ws.close()
+
+    async def abort(self) -> None:
+        """Ask the server to stop early (rule A1): it finishes the token in hand and ends with
+        `done`, finish_reason `aborted`; keep iterating to receive them. Leaving the stream
+        (closing it) stops the server too, but loses `done` and the token in flight."""
+        if self._ws is not None:
+            with contextlib.suppress(WebSocketClosed, OSError):
+                await self._ws.send_text(AbortMessage(type="abort").model_dump_json())
 
     async def _recv(self, ws: StreamConnection, what: str) -> str | bytes | bytearray | memoryview:
         client = self._client

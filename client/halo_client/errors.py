@@ -20,7 +20,14 @@ class HaloError(Exception):
         self.hint = hint
 
     def __str__(self) -> str:
-        return f"{self.message} {self.hint}" if self.hint else self.message
+        return joined(self.message, self.hint)
+
+
+def joined(message: str, hint: str) -> str:
+    """`message` and `hint` as one line of sentences."""
+    if not hint:
+        return message
+    return f"{message}{'' if message.rstrip().endswith(('.', '!', '?')) else '.'} {hint}"
 
 
 class ServerUnreachable(HaloError):

@@ -253,3 +253,15 @@ def test_prune_equals_the_naive_loop(messages: list[tuple[str, str]], budget: in
     np.testing.assert_array_equal(fast.column("deleted"), slow.column("deleted"))
     assert result.active_after == slow.active_count
     assert sum(e.tokens_freed for e in result.events) == result.active_before - result.active_after
+
+
+@pytest.mark.parametrize(("protect", "kept"), [(0, set()), (1, {3, 4}), (2, {1, 2, 3, 4})])
+def test_the_latest_exchanges_are_protected(protect: int, kept: set[int]) -> None:
+    """With a tight budget, the reply just shown (and the question it answers) stays by default."""
+    state = build([("system", "S."), ("user", "Old question?"), ("assistant", "Old answer. More."),
+                   ("user", "New question?"), ("assistant", "New answer. Also this.")])
+    state.brightness[:] = 0.0  # everything equally dim: only protection decides
+    Pruner(PrunerSettings(protect_exchanges=protect)).prune(state, 1)
+    content = ~state.column("template") & (state.column("role") != 0)
+    remaining = set(state.column("turn")[content & state.active_mask()].tolist())
+    assert remaining == kept

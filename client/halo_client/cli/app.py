@@ -19,8 +19,8 @@ R = TypeVar("R")
 
 
 class HaloGroup(click.Group):
-    """Runs a command; a `HaloError` from anywhere in it is one line on stderr and exit code 2,
-    Ctrl-C is exit code 130 without a traceback."""
+    """Runs a command; a `HaloError` from anywhere in it, or a bad option value, is one line on
+    stderr and exit code 2; Ctrl-C is exit code 130 without a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -30,6 +30,24 @@ class HaloGroup(click.Group):
             sys.exit(EXIT_USAGE)
         except KeyboardInterrupt:
             sys.exit(130)
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            # one line, with where to look, instead of click's usage block
+            command = exc.ctx.command_path if exc.ctx is not None else "halo-client"
+            click.echo(f"halo-client: {exc.format_message()} (see `{command} --help`)", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.echo(f"halo-client: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)  # an int only from click's Exit (e.g. --help: 0)
 
 
 def run_async(func: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, R]:
@@ -59,7 +77,8 @@ class Settings:
               help="Server URL (a patched KoboldCPP, `halo-client serve` or the mock). Env: HALO_URL.")
 @click.option("--password", envvar="HALO_PASSWORD", default=None,
               help="The server's --password, if it has one. Env: HALO_PASSWORD.")
-@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the server.")
+@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Seconds to wait for the server (> 0).")
 @click.version_option(package_name="halo-weave")
 @click.pass_context
 def main(ctx: click.Context, url: str, password: str | None, timeout: float) -> None:

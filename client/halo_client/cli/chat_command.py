@@ -1,20 +1,30 @@
-"""`halo-client chat`: the interactive chat, its slash commands as a table."""
+"""`halo-client chat`: the interactive chat, its slash commands as a table.
+
+Ctrl-C while a reply streams stops the reply (what was written stays in the conversation);
+Ctrl-C at the prompt asks once, and a second one leaves. With `--session`, the chat is saved
+after every reply and when it ends, atomically.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import sys
+import threading
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import click
 
 from halo_client.cli.app import Settings, main, pass_settings, run_async
 from halo_client.cli.commands import print_reply
-from halo_client.cli.options import layout_from, settings_from, tracker_options
-from halo_client.cli.render import prune_report, render_brightness
+from halo_client.cli.options import layout_from, sampler_options, settings_from, tracker_options
+from halo_client.cli.render import prune_line, prune_report, pruned_list, render_conversation, stats_lines
 from halo_client.conversation.chat import Chat
+from halo_client.display.scale import SCALE_MODES, ScaleMode
+from halo_client.errors import HaloError
 
 
 @dataclass
@@ -24,22 +34,58 @@ class Repl:
     chat: Chat
     session_path: str | None
     interactive: bool
+    scale: ScaleMode = "percentile"
+    done: bool = False
+    #: set by Ctrl-C while a reply streams
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     def say(self, *lines: str) -> None:
+        """Status and reports (stderr)."""
         for line in lines:
             click.echo(line, err=True)
 
+    def answer(self, *lines: str) -> None:
+        """What a command was asked to print (stdout)."""
+        for line in lines:
+            click.echo(line)
 
-Command = Callable[[Repl, str], Awaitable[None] | None]
+    def show(self, show_template: bool = False) -> None:
+        self.answer(*render_conversation(self.chat.state, mode=self.scale, show_template=show_template))
+
+    def autosave(self) -> None:
+        if self.session_path:
+            try:
+                self.chat.save(self.session_path)
+            except (OSError, HaloError) as exc:
+                self.say(f"  could not save the session to {self.session_path}: {exc}")
+
+
+Handler = Callable[[Repl, str], Awaitable[None] | None]
+
+
+def _help(repl: Repl, _arg: str) -> None:
+    width = max(len(f"{name} {usage}") for name, (usage, _text, _h) in COMMANDS.items())
+    repl.answer(*(f"  {f'{name} {usage}':{width}}  {text}" for name, (usage, text, _h) in COMMANDS.items()),
+                "  anything else is sent to the model; Ctrl-C stops a reply, twice at the prompt leaves")
+
+
+def _quit(repl: Repl, _arg: str) -> None:
+    repl.done = True
 
 
 def _stats(repl: Repl, _arg: str) -> None:
-    for key, value in repl.chat.stats().items():
-        click.echo(f"  {key:16} {value}")
+    repl.answer(*stats_lines(repl.chat.stats()))
 
 
 def _prune(repl: Repl, _arg: str) -> None:
-    repl.say(*prune_report(repl.chat.prune()))
+    result = repl.chat.prune()
+    repl.say(*(prune_report(result) or ["  nothing to prune: the chat is within its budget"]))
+    if result.events and repl.interactive:
+        repl.show()
+
+
+def _pruned(repl: Repl, _arg: str) -> None:
+    repl.answer(*pruned_list(repl.chat.pruner.pruned_units(repl.chat.state), repl.chat.state))
 
 
 def _restore(repl: Repl, arg: str) -> None:
@@ -48,12 +94,26 @@ def _restore(repl: Repl, arg: str) -> None:
     if not pruned:
         repl.say("  nothing is pruned")
         return
-    index = int(arg) if arg.strip().lstrip("-").isdigit() else -1
-    if not -len(pruned) <= index < len(pruned):
-        repl.say(f"  /restore takes 0..{len(pruned) - 1}")
+    if not arg.strip():
+        deleted_turn = chat.state.column("deleted_turn")
+        event = max(pruned, key=lambda e: (int(deleted_turn[e.positions[0]]), e.unit))  # the newest
+    else:
+        wanted = arg.strip().lstrip("#")
+        event = next((e for e in pruned if str(e.unit) == wanted), None)  # type: ignore[assignment]
+        if event is None:
+            repl.say(f"  no pruned {pruned[0].kind} {arg.strip()}: /pruned lists what /restore takes")
+            return
+    chat.pruner.restore(chat.state, event)
+    repl.say(f"  restored {prune_line(event)}")
+
+
+def _show(repl: Repl, arg: str) -> None:
+    words = arg.split()
+    if any(w not in ("all", *SCALE_MODES) for w in words):
+        repl.say("  /show takes `all` (template tokens too) and `percentile` or `log` (the colour scale)")
         return
-    event = chat.pruner.restore(chat.state, pruned[index])
-    repl.say(f"  restored: {' '.join(event.text.split())[:70]}")
+    repl.scale = next((w for w in words if w in SCALE_MODES), repl.scale)
+    repl.show(show_template="all" in words)
 
 
 def _save(repl: Repl, arg: str) -> None:
@@ -61,71 +121,160 @@ def _save(repl: Repl, arg: str) -> None:
     if not target:
         repl.say("  /save FILE (or start with --session FILE)")
         return
-    repl.chat.save(target)
+    try:
+        repl.chat.save(target)
+    except (OSError, HaloError) as exc:
+        repl.say(f"  not saved: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc} ({target})")
+        return
     repl.say(f"  saved to {target}")
 
 
-#: slash command -> (what it does, its handler); `/quit` and `/exit` end the chat
-COMMANDS: dict[str, tuple[str, Command]] = {
-    "/prune": ("prune to the budget now", _prune),
-    "/restore": ("[N]  put back pruned unit N (default: the last)", _restore),
-    "/save": ("[FILE]  save the session", _save),
-    "/stats": ("numbers", _stats),
+#: slash command -> (its arguments, what it does, its handler)
+COMMANDS: dict[str, tuple[str, str, Handler]] = {
+    "/help": ("", "this list", _help),
+    "/show": ("[all] [percentile|log]", "the conversation coloured by brightness (all: template tokens too)", _show),
+    "/pruned": ("", "what is pruned, newest first, with the numbers /restore takes", _pruned),
+    "/restore": ("[N]", "put back pruned unit N (default: the newest)", _restore),
+    "/prune": ("", "prune to the budget now", _prune),
+    "/stats": ("", "tokens, budget, brightness", _stats),
+    "/save": ("[FILE]", "save the session (default: --session's file)", _save),
+    "/quit": ("", "leave (also /exit, Ctrl-D, or Ctrl-C twice)", _quit),
+    "/exit": ("", "leave", _quit),
 }
-QUIT = ("/quit", "/exit")
-CHAT_HELP = ("/prune  prune to the budget now   /restore [N]  put back pruned unit N (default: the last)\n"
-             "/save [FILE]  save the session   /stats  numbers   /quit  leave")
 
 
 async def _send(repl: Repl, line: str) -> None:
     chat = repl.chat
     await chat.add_message("user", line)
     click.echo("model> ", nl=False)
-    reply = await print_reply(chat)
-    repl.say(*prune_report(reply.pruned_before), *prune_report(reply.pruned_after))
-    if repl.interactive and chat.info.attention.available:
-        click.echo(render_brightness(chat.state))
-    if repl.session_path:
-        chat.save(repl.session_path)
+    repl.stop.clear()
+    reply = await print_reply(chat, repl.stop)
+    if reply.done.finish_reason == "aborted":
+        repl.say("  [stopped: what was written stays in the conversation]")
+    pruned = [*prune_report(reply.pruned_before), *prune_report(reply.pruned_after)]
+    repl.say(*pruned)
+    if pruned and repl.interactive and chat.info.attention.available:
+        repl.show()
+    repl.autosave()
+
+
+class LineReader:
+    """Lines from stdin, read by a daemon thread (a blocked read must never keep the process
+    alive at exit), delivered to the event loop."""
+
+    def __init__(self, prompt: str) -> None:
+        self.prompt = prompt
+        self.loop = asyncio.get_running_loop()
+        self.lines: asyncio.Queue[str | None] = asyncio.Queue()
+        self.wanted = threading.Event()
+        threading.Thread(target=self._run, daemon=True, name="halo-stdin").start()
+
+    def _run(self) -> None:
+        while True:
+            self.wanted.wait()
+            self.wanted.clear()
+            try:
+                line: str | None = input(self.prompt)
+            except (EOFError, OSError):
+                line = None
+            except KeyboardInterrupt:  # only in the main thread; kept for safety
+                continue
+            self.loop.call_soon_threadsafe(self.lines.put_nowait, line)
+            if line is None:
+                return
+
+    async def read(self) -> str | None:
+        self.wanted.set()
+        return await self.lines.get()
+
+
+async def run_repl(repl: Repl) -> None:
+    """Read and act until /quit, end of input or a second Ctrl-C at the prompt."""
+    loop = asyncio.get_running_loop()
+    reader = LineReader("you> " if repl.interactive else "")
+    interrupts = 0
+    reading: asyncio.Future[str | None] | None = None
+    at_prompt = asyncio.Event()
+
+    def on_interrupt() -> None:
+        nonlocal interrupts
+        if not at_prompt.is_set():
+            repl.stop.set()  # a reply is streaming: stop it, keep the chat
+            return
+        interrupts += 1
+        if interrupts >= 2:
+            repl.done = True
+            if reading is not None:
+                reading.cancel()
+        else:
+            click.echo("\n  (Ctrl-C again, /quit or Ctrl-D to leave)", err=True)
+            click.echo("you> " if repl.interactive else "", nl=False)
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # no signal handlers off the main thread
+        loop.add_signal_handler(signal.SIGINT, on_interrupt)
+    try:
+        while not repl.done:
+            at_prompt.set()
+            reading = asyncio.ensure_future(reader.read())
+            try:
+                line = await reading
+            except asyncio.CancelledError:
+                break
+            at_prompt.clear()
+            interrupts = 0
+            if line is None:
+                break
+            text = line.strip()
+            if not text:
+                continue
+            if text.startswith("/"):
+                command, _, arg = text.partition(" ")
+                entry = COMMANDS.get(command)
+                if entry is None:
+                    repl.say(f"  unknown command {command}: /help lists them (nothing was sent)")
+                    continue
+                outcome = entry[2](repl, arg)
+                if outcome is not None:
+                    await outcome
+                continue
+            try:
+                await _send(repl, line)
+            except HaloError as exc:
+                # the conversation is as it was: say so, and let the user go on or leave
+                repl.say(f"  halo-client: {exc}")
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGINT)
+        repl.autosave()
 
 
 @main.command()
-@click.option("--max-length", default=200, show_default=True, help="Most tokens per reply.")
-@click.option("--temperature", default=0.7, show_default=True, help="0 is greedy.")
+@sampler_options(max_length=200)
 @click.option("--system", default="You are a helpful assistant.", show_default=True,
               help="The system prompt (ignored when --session loads an existing chat).")
 @click.option("--session", "session_path", type=click.Path(dir_okay=False), default=None,
               help="Load the chat from FILE if it exists (with the tracker and pruner settings it was saved "
-                   "with), and save it there after every reply.")
+                   "with), and save it there after every reply and at the end.")
+@click.option("--force-model", is_flag=True,
+              help="Load a --session saved against another model (token ids are model-specific: its text "
+                   "will not mean the same to this one).")
+@click.option("--scale", type=click.Choice(SCALE_MODES), default="percentile", show_default=True,
+              help="The colour scale of /show: percentile (each colour used equally often) or log.")
 @tracker_options
 @pass_settings  # type: ignore[arg-type]
 @run_async
-async def chat(settings: Settings, max_length: int, temperature: float, system: str,
-               session_path: str | None, **kw: Any) -> None:
-    """Chat with the model. After each reply the conversation is shown colored by brightness,
-    and pruned sentences are reported. Without a terminal, reads one user message per line."""
-    interactive = sys.stdin.isatty()
+async def chat(settings: Settings, max_length: int, temperature: float, system: str, session_path: str | None,
+               force_model: bool, scale: ScaleMode, **kw: Any) -> None:
+    """Chat with the model, pruning the dimmest sentences when it outgrows --max-context-tokens.
+    /show colours the conversation by brightness; /help lists the commands. Without a
+    terminal, reads one user message per line."""
     layout = layout_from(kw)
     tracker, pruner = settings_from(kw)
     async with settings.client() as client:
         conversation = await Chat.open(client, system=system, session_path=session_path, tracker=tracker,
                                        pruner=pruner, max_length=max_length, sampler={"temperature": temperature},
-                                       attention_layout=layout)
-        repl = Repl(conversation, session_path, interactive)
-        if interactive:
-            repl.say(CHAT_HELP)
-        while True:
-            try:
-                line = await asyncio.to_thread(input, "you> " if interactive else "")
-            except EOFError:
-                break
-            command, _, arg = line.strip().partition(" ")
-            if command in QUIT:
-                break
-            if command in COMMANDS:
-                done = COMMANDS[command][1](repl, arg)
-                if done is not None:
-                    await done
-                continue
-            if line.strip():
-                await _send(repl, line)
+                                       attention_layout=layout, force_model=force_model)
+        repl = Repl(conversation, session_path, sys.stdin.isatty(), scale)
+        if repl.interactive:
+            repl.say(f"  chatting with {conversation.info.model_name}; /help lists the commands")
+        await run_repl(repl)

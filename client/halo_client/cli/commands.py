@@ -14,23 +14,26 @@ import numpy as np
 import numpy.typing as npt
 
 from halo_client.cli.app import Settings, main, pass_settings, run_async
-from halo_client.cli.options import layout_from, settings_from, tracker_options
-from halo_client.cli.render import render_brightness
+from halo_client.cli.options import layout_from, sampler_options, settings_from, tracker_options, writable_file
+from halo_client.cli.render import info_lines, render_conversation
 from halo_client.client import TokenEvent
 from halo_client.conversation.chat import Chat, Reply
 from halo_client.errors import HaloError, ServerUnreachable
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True, help="The server's model/info JSON, as the contract defines it.")
 @pass_settings
 @run_async
-async def info(settings: Settings) -> None:
+async def info(settings: Settings, as_json: bool) -> None:
     """Show the model the server runs and whether it exports attention."""
     async with settings.client() as client:
         mi = await client.model_info()
-    for key, value in mi.model_dump(exclude={"chat_template"}).items():
-        click.echo(f"{key:22} {value}")
-    click.echo(f"{'chat_template':22} {'yes' if mi.chat_template else 'none (ChatML is assumed)'}")
+    if as_json:
+        click.echo(mi.model_dump_json(indent=2))
+        return
+    for line in info_lines(mi):
+        click.echo(line)
 
 
 @main.command()
@@ -47,8 +50,8 @@ async def tokenize(settings: Settings, text: str, no_special: bool) -> None:
     click.echo(f"{result.token_count} tokens")
 
 
-async def print_reply(chat: Chat) -> Reply:
-    """Stream the chat's next reply to stdout as it is generated."""
+async def print_reply(chat: Chat, stop: asyncio.Event | None = None) -> Reply:
+    """Stream the chat's next reply to stdout as it is generated (`stop` ends it early)."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     hidden = chat.info.end_token_ids
 
@@ -56,26 +59,30 @@ async def print_reply(chat: Chat) -> Reply:
         if event.token_id not in hidden:  # the stopping token's text is template, not reply
             click.echo(decoder.decode(event.piece), nl=False)
 
-    reply = await chat.reply(show)
-    click.echo(decoder.decode(b"", final=True))
-    return reply
+    try:
+        return await chat.reply(show, stop)
+    finally:
+        click.echo(decoder.decode(b"", final=True))
 
 
 @main.command()
 @click.argument("prompt")
-@click.option("--max-length", default=100, show_default=True, help="Most tokens to generate.")
-@click.option("--temperature", default=0.7, show_default=True, help="0 is greedy.")
-@click.option("--seed", default=-1, show_default=True, help="Sampler seed; -1 is random.")
+@sampler_options(max_length=100)
+@click.option("--seed", type=click.IntRange(-1, 2**32 - 1), default=-1, show_default=True,
+              help="Sampler seed (-1 is random).")
 @click.option("--system", default=None, help="A system prompt before PROMPT.")
-@click.option("--attention-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Save every token's attention frame to this .npz file.")
+@click.option("--attention-out", type=click.Path(dir_okay=False, path_type=Path), default=None, callback=writable_file,
+              help="Save the request's token ids, pieces and brightness, and every generated token's full "
+                   "attention frame, to this .npz file (readable without pickle).")
+@click.option("--show/--no-show", default=None,
+              help="Show the prompt's heat view after the reply (default: when stdout is a terminal).")
 @tracker_options
 @pass_settings  # type: ignore[arg-type]
 @run_async
 async def generate(settings: Settings, prompt: str, max_length: int, temperature: float, seed: int,
-                   system: str | None, attention_out: Path | None, **kw: Any) -> None:
+                   system: str | None, attention_out: Path | None, show: bool | None, **kw: Any) -> None:
     """Generate a reply to PROMPT (as a user message of the model's chat template), print it as
-    it streams, then show the prompt colored by the brightness the reply gave it."""
+    it streams, then show the conversation coloured by the brightness the reply gave it."""
     layout = layout_from(kw)
     if attention_out is not None:
         layout = "full"  # the saved frames are the whole attention
@@ -88,24 +95,35 @@ async def generate(settings: Settings, prompt: str, max_length: int, temperature
     done = reply.done
     click.echo(f"[{done.finish_reason}: {done.token_count} tokens, "
                f"{done.timings.tokens_per_second:.1f} tokens/s]", err=True)
-    if chat.info.attention.available and sys.stdout.isatty():
-        click.echo(render_brightness(chat.state))
+    if chat.info.attention.available and (sys.stdout.isatty() if show is None else show):
+        for line in render_conversation(chat.state):
+            click.echo(line, color=show)
     if attention_out is not None:
-        save_attention(attention_out, reply.input_ids, reply.tokens)
+        save_attention(attention_out, chat, reply)
         click.echo(f"[attention of {len(reply.tokens)} tokens saved to {attention_out}]", err=True)
 
 
-def save_attention(path: Path, input_ids: list[int], events: list[TokenEvent]) -> None:
-    """One .npz: `input_ids`, `token_ids`, `pieces` and `frame_00000`... (`[layers, heads, ctx]`).
+def save_attention(path: Path, chat: Chat, reply: Reply) -> None:
+    """One .npz, readable with `numpy.load` (no pickle):
+
+    - `input_ids` [n], `token_ids` [m] (generated);
+    - `piece_bytes` (uint8) and `piece_offsets` [n + m + 1]: the exact bytes of every token,
+      request then generated; token k is `piece_bytes[piece_offsets[k]:piece_offsets[k + 1]]`;
+    - `brightness` [n + m] (float32): each token's brightness after the reply;
+    - `frame_00000`, `frame_00001`, ...: each generated token's frame, `[layers, heads, n + i]`.
 
     Written to a temporary file and renamed, so an interrupted save leaves no half file.
     """
+    positions = np.asarray(reply.context_positions + reply.positions, np.int64)
+    pieces = [chat.state.pieces[int(p)] for p in positions]
     arrays: dict[str, npt.NDArray[Any]] = {
-        "input_ids": np.asarray(input_ids, dtype=np.int64),
-        "token_ids": np.asarray([e.token_id for e in events], dtype=np.int64),
-        "pieces": np.asarray([e.piece for e in events], dtype=object),
+        "input_ids": np.asarray(reply.input_ids, dtype=np.int64),
+        "token_ids": np.asarray([e.token_id for e in reply.tokens], dtype=np.int64),
+        "piece_bytes": np.frombuffer(b"".join(pieces), dtype=np.uint8),
+        "piece_offsets": np.concatenate([[0], np.cumsum([len(p) for p in pieces])]).astype(np.int64),
+        "brightness": chat.state.brightness[positions].astype(np.float32),
     }
-    for e in events:
+    for e in reply.tokens:
         if e.attention is None:
             raise HaloError("the server sent no attention (its model/info says why); nothing was saved")
         arrays[f"frame_{e.index:05d}"] = e.attention.values

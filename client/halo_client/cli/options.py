@@ -1,10 +1,16 @@
-"""The tracker's and pruner's settings as command-line options, their choices taken from the
-settings' own `Literal` types so the two never disagree."""
+"""The command line's shared options: the tracker's, pruner's and sampler's settings.
+
+Choices come from the settings' own `Literal` types and ranges match their pydantic fields, so
+a bad value is refused when the command line is parsed (one line, exit code 2), before
+anything runs.
+"""
 
 from __future__ import annotations
 
+import os
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import click
@@ -22,33 +28,62 @@ def choice(literal: Any) -> click.Choice[str]:
     return click.Choice(list(typing.get_args(literal)))
 
 
+def _apply(func: Callable[P, R], options: list[Callable[[Any], Any]]) -> Callable[P, R]:
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 def tracker_options(func: Callable[P, R]) -> Callable[P, R]:
-    """The brightness tracker's and pruner's settings as flags (formulas: conversation/tracker.py)."""
-    defaults = TrackerSettings()
-    options = [
-        click.option("--max-context-tokens", default=0, show_default=True,
-                     help="Prune the dimmest sentences once the chat exceeds this many tokens (0: only "
-                          "to fit the server's context)."),
-        click.option("--granularity", type=choice(Granularity), default="sentence",
-                     show_default=True, help="What the pruner removes."),
-        click.option("--aggregation", type=choice(Aggregation), default=defaults.aggregation, show_default=True),
-        click.option("--distance-mode", type=choice(DistanceMode), default=defaults.distance_mode,
-                     show_default=True),
-        click.option("--min-distance", default=defaults.min_distance, show_default=True),
-        click.option("--distance-scale", default=defaults.distance_scale, show_default=True),
-        click.option("--accumulation", type=choice(Accumulation), default=defaults.accumulation, show_default=True),
-        click.option("--decay", default=defaults.decay, show_default=True),
-        click.option("--boost", default=defaults.boost, show_default=True),
+    """The brightness tracker's and pruner's settings (formulas: conversation/tracker.py)."""
+    d = TrackerSettings()
+    return _apply(func, [
+        click.option("--max-context-tokens", type=click.IntRange(0), default=0, show_default=True,
+                     help="Prune the dimmest sentences once the chat exceeds this many tokens (>= 0; 0: only "
+                          "what the server's context requires)."),
+        click.option("--granularity", type=choice(Granularity), default="sentence", show_default=True,
+                     help="What the pruner removes at a time."),
+        click.option("--protect-exchanges", type=click.IntRange(0), default=PrunerSettings().protect_exchanges,
+                     show_default=True,
+                     help="The latest exchanges (a user message and the reply to it) the pruner never removes "
+                          "(>= 0; 0: the message being answered only)."),
+        click.option("--aggregation", type=choice(Aggregation), default=d.aggregation, show_default=True,
+                     help="How a frame's layers and heads become one value per token: their mean, their max, "
+                          "the last layer's mean, or a mean weighting later layers more."),
+        click.option("--distance-mode", type=choice(DistanceMode), default=d.distance_mode, show_default=True,
+                     help="How attention counts by how far back it reaches: none (all the same), threshold "
+                          "(0 within --min-distance, 1 beyond), or growing with the distance linearly, "
+                          "logarithmically or as a square root."),
+        click.option("--min-distance", type=click.IntRange(0), default=d.min_distance, show_default=True,
+                     help="Tokens: attention from this close counts nothing (>= 0)."),
+        click.option("--distance-scale", type=click.FloatRange(0, min_open=True), default=d.distance_scale,
+                     show_default=True, help="Tokens over which the distance weight grows by one unit (> 0)."),
+        click.option("--accumulation", type=choice(Accumulation), default=d.accumulation, show_default=True,
+                     help="How scores build up: additive (minus --decay per token, floored at 0), none (a plain "
+                          "sum) or exponential (multiplied by 1 - --decay per token)."),
+        click.option("--decay", type=click.FloatRange(0, 1), default=d.decay, show_default=True,
+                     help="Brightness lost per generated token (0 to 1)."),
+        click.option("--boost", type=click.FloatRange(0), default=d.boost, show_default=True,
+                     help="Multiplies each frame's contribution (>= 0)."),
         click.option("--attention-layout", type=click.Choice(["auto", *typing.get_args(AttentionLayout)]),
                      default="auto", show_default=True,
                      help="The attention frames to ask the server for. auto: the smallest the aggregation "
                           "needs (model_stats, 2 numbers per column, for mean and max; layer_stats for "
                           "last_layer and weighted_layers), computed by the server next to the attention: the "
                           "same brightness at a fraction of the bytes. full: every head of every layer."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    ])
+
+
+def sampler_options(max_length: int) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """The reply's length and the sampler's temperature."""
+    def apply(func: Callable[P, R]) -> Callable[P, R]:
+        return _apply(func, [
+            click.option("--max-length", type=click.IntRange(1), default=max_length, show_default=True,
+                         help="Most tokens per reply (>= 1)."),
+            click.option("--temperature", type=click.FloatRange(0), default=0.7, show_default=True,
+                         help="Sampling temperature (>= 0; 0 is greedy)."),
+        ])
+    return apply
 
 
 def layout_from(kw: dict[str, Any]) -> AttentionLayout | None:
@@ -63,6 +98,21 @@ def settings_from(kw: dict[str, Any]) -> tuple[TrackerSettings, PrunerSettings]:
         aggregation=kw.pop("aggregation"), distance_mode=kw.pop("distance_mode"),
         min_distance=kw.pop("min_distance"), distance_scale=kw.pop("distance_scale"),
         accumulation=kw.pop("accumulation"), decay=kw.pop("decay"), boost=kw.pop("boost"))
-    pruner = PrunerSettings(max_context_tokens=kw.pop("max_context_tokens"),
-                            granularity=kw.pop("granularity"))
+    pruner = PrunerSettings(max_context_tokens=kw.pop("max_context_tokens"), granularity=kw.pop("granularity"),
+                            protect_exchanges=kw.pop("protect_exchanges"))
     return tracker, pruner
+
+
+def writable_file(_ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """A file the command will write at the end: refuse now, not after the work, a path whose
+    folder does not exist or cannot be written."""
+    if value is None:
+        return None
+    folder = value.parent if str(value.parent) else Path(".")
+    if not folder.is_dir():
+        raise click.BadParameter(f"{value}: the folder {folder} does not exist", param=param)
+    if not os.access(folder, os.W_OK):
+        raise click.BadParameter(f"{value}: the folder {folder} cannot be written", param=param)
+    if value.is_dir():
+        raise click.BadParameter(f"{value} is a folder, not a file", param=param)
+    return value

