@@ -3,6 +3,12 @@
 #
 #   kobold_patch/apply.sh DIR
 #
+# The patch is two parts: the files of its own (src/: attention_export.h, attention_export.cpp,
+# halo_api.py), copied to the tree's top level, and the hooks into KoboldCPP's existing files
+# (halo-weave-koboldcpp-v1.76.patch). Both are applied as one unified diff, built here from the two,
+# so that applying, recognising an applied tree, swapping an older Halo Weave for this one and
+# refusing a tree that does not fit are all one `git apply` decision each.
+#
 # Where the tree comes from, when DIR does not exist yet:
 #   KOBOLDCPP_SRC=PATH   copy an existing KoboldCPP tree (e.g. offline); PATH is not modified
 #   otherwise            git clone --depth 1 --branch $KOBOLDCPP_TAG $KOBOLDCPP_GIT
@@ -11,7 +17,8 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-PATCH="$HERE/halo-weave-koboldcpp-v1.76.patch"
+HOOKS="$HERE/halo-weave-koboldcpp-v1.76.patch"
+NEW_FILES=(attention_export.h attention_export.cpp halo_api.py)
 TAG="${KOBOLDCPP_TAG:-v1.76}"
 GIT_URL="${KOBOLDCPP_GIT:-https://github.com/LostRuins/koboldcpp.git}"
 VERSION="${TAG#v}"
@@ -22,7 +29,20 @@ die() { printf '\033[1;31m[halo-weave] error:\033[0m %s\n' "$*" >&2; exit 1; }
 [ $# -eq 1 ] || die "usage: $0 DIR"
 DIR="$1"
 command -v git >/dev/null || die "git is needed (apt-get install git)"
-[ -f "$PATCH" ] || die "missing $PATCH"
+[ -f "$HOOKS" ] || die "missing $HOOKS"
+for f in "${NEW_FILES[@]}"; do [ -f "$HERE/src/$f" ] || die "missing $HERE/src/$f"; done
+
+# The whole patch: the hooks, then each new file as a "new file" diff (git diff --no-index
+# exits 1 when the files differ, which they always do here).
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+PATCH="$WORK/halo-weave.patch"
+cp "$HOOKS" "$PATCH"
+for f in "${NEW_FILES[@]}"; do
+    status=0
+    (cd "$HERE/src" && git diff --no-index --no-color --no-ext-diff --src-prefix=a/ --dst-prefix=b/ /dev/null "$f") >> "$PATCH" || status=$?
+    [ "$status" -eq 1 ] || die "could not turn src/$f into a diff (git diff --no-index exited $status)"
+done
 
 if [ ! -d "$DIR" ]; then
     mkdir -p "$(dirname "$DIR")"
@@ -54,7 +74,7 @@ cd "$abs_dir"
 APPLIED=.halo-weave-applied.patch
 if git apply --reverse --check "$PATCH" 2>/dev/null; then
     say "patch already applied to $DIR"
-    cp "$PATCH" "$APPLIED"
+    cmp -s "$PATCH" "$APPLIED" || cp "$PATCH" "$APPLIED"  # (touch nothing that needs no change)
 elif [ -f "$APPLIED" ] && git apply --reverse --check "$APPLIED" 2>/dev/null; then
     git apply --reverse "$APPLIED"
     if ! git apply --check "$PATCH" 2>/dev/null; then

@@ -1,4 +1,4 @@
-"""Reading kobold_patch/'s unified diff without a KoboldCPP tree: its files, and new files' text."""
+"""kobold_patch/ without a KoboldCPP tree: the hooks diff's sections, and the patch's own files."""
 
 from __future__ import annotations
 
@@ -8,7 +8,12 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-PATCH = Path(__file__).resolve().parents[2] / "kobold_patch" / "halo-weave-koboldcpp-v1.76.patch"
+KOBOLD_PATCH = Path(__file__).resolve().parents[2] / "kobold_patch"
+#: the hooks into KoboldCPP's existing files
+PATCH = KOBOLD_PATCH / "halo-weave-koboldcpp-v1.76.patch"
+#: the patch's own files, which apply.sh copies to the top of the KoboldCPP tree
+SRC = KOBOLD_PATCH / "src"
+NEW_FILES = ("attention_export.h", "attention_export.cpp", "halo_api.py")
 
 _DIFF = re.compile(r"^diff --git a/(\S+) b/(\S+)$")
 _HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
@@ -28,29 +33,14 @@ def sections(text: str | None = None) -> dict[str, list[str]]:
     return out
 
 
-def new_file_text(path: str) -> str:
-    """The whole text of a file the patch creates."""
-    lines = sections()[path]
-    if not any(line.startswith("new file mode") for line in lines):
-        raise ValueError(f"{path} is not a new file in the patch")
-    body = []
-    in_hunk = False
-    for line in lines:
-        if _HUNK.match(line):
-            in_hunk = True
-            continue
-        if in_hunk and line.startswith("+"):
-            body.append(line[1:])
-        elif in_hunk and line.startswith("\\"):
-            continue
-    return "\n".join(body) + "\n"
+def added_lines(path: str) -> list[str]:
+    """The lines the hooks add to one file, without their `+`."""
+    return [line[1:] for line in sections()[path] if line.startswith("+") and not line.startswith("+++")]
 
 
-def load_halo_api(tmp_dir: Path) -> ModuleType:
-    """halo_api.py as the patch adds it to KoboldCPP, imported as a module."""
-    path = tmp_dir / "halo_api.py"
-    path.write_text(new_file_text("halo_api.py"))
-    spec = importlib.util.spec_from_file_location("halo_api_under_test", path)
+def load_halo_api() -> ModuleType:
+    """kobold_patch/src/halo_api.py, imported as a module of its own (it is not part of halo_client)."""
+    spec = importlib.util.spec_from_file_location("halo_api_under_test", SRC / "halo_api.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module

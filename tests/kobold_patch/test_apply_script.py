@@ -1,7 +1,7 @@
 """kobold_patch/apply.sh on small stand-in trees: idempotence, upgrades, refusals that change nothing.
 
 The real patch needs a KoboldCPP v1.76 tree, which CI does not have; the script does not care what
-the patch says, so a stand-in tree and patch exercise every branch of it.
+the hooks and files say, so a stand-in tree, hooks and files exercise every branch of it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "kobold_patch" / "apply.sh"
 PATCH_NAME = "halo-weave-koboldcpp-v1.76.patch"
+NEW_FILES = ("attention_export.h", "attention_export.cpp", "halo_api.py")
 
 pytestmark = [pytest.mark.process, pytest.mark.skipif(
     shutil.which("git") is None,
@@ -25,13 +26,24 @@ def _patch(old: str, new: str) -> str:
             f"@@ -1,3 +1,3 @@\n line one\n-{old}\n+{new}\n line three\n")
 
 
+def _write_files(kit: Path, version: str) -> None:
+    (kit / "src").mkdir(exist_ok=True)
+    for name in NEW_FILES:
+        (kit / "src" / name).write_text(f"{name}, {version}\n")
+
+
+def _files(tree: Path) -> dict[str, str]:
+    return {name: (tree / name).read_text() for name in NEW_FILES if (tree / name).exists()}
+
+
 @pytest.fixture
 def kit(tmp_path: Path) -> Path:
-    """A copy of kobold_patch/ (the script and a stand-in patch) and a stand-in v1.76 tree."""
+    """A copy of kobold_patch/ (the script, stand-in hooks and files) and a stand-in v1.76 tree."""
     kit = tmp_path / "kobold_patch"
     kit.mkdir()
     shutil.copy(SCRIPT, kit / "apply.sh")
     (kit / PATCH_NAME).write_text(_patch("line two", "line two, hooked"))
+    _write_files(kit, "v1")
     tree = tmp_path / "tree"
     tree.mkdir()
     (tree / "koboldcpp.py").write_text('KcppVersion = "1.76"\n')
@@ -49,6 +61,16 @@ def test_applies_once_then_leaves_the_tree_alone(kit: Path) -> None:
     assert first.returncode == 0 and "patch applied" in first.stdout
     assert second.returncode == 0 and "already applied" in second.stdout
     assert (tree / "model.cpp").read_text() == "line one\nline two, hooked\nline three\n"
+    assert _files(tree) == {name: f"{name}, v1\n" for name in NEW_FILES}
+
+
+def test_an_applied_tree_is_not_rewritten(kit: Path) -> None:
+    """A second run touches nothing, so `make` rebuilds nothing."""
+    tree = kit.parent / "tree"
+    assert run(kit, tree).returncode == 0
+    stamps = {p.name: p.stat().st_mtime_ns for p in tree.iterdir()}
+    assert run(kit, tree).returncode == 0
+    assert {p.name: p.stat().st_mtime_ns for p in tree.iterdir()} == stamps
 
 
 def test_a_newer_patch_replaces_the_older_one(kit: Path) -> None:
@@ -60,6 +82,33 @@ def test_a_newer_patch_replaces_the_older_one(kit: Path) -> None:
     assert (tree / "model.cpp").read_text() == "line one\nline two, hooked better\nline three\n"
 
 
+def test_newer_files_replace_the_older_ones(kit: Path) -> None:
+    tree = kit.parent / "tree"
+    assert run(kit, tree).returncode == 0
+    untouched = (tree / "model.cpp").stat().st_mtime_ns
+    _write_files(kit, "v2")
+    upgraded = run(kit, tree)
+    assert upgraded.returncode == 0 and "replaced" in upgraded.stdout
+    assert _files(tree) == {name: f"{name}, v2\n" for name in NEW_FILES}
+    assert (tree / "model.cpp").read_text() == "line one\nline two, hooked\nline three\n"
+    assert (tree / "model.cpp").stat().st_mtime_ns >= untouched
+
+
+def test_a_tree_patched_when_the_files_lived_inside_the_diff_is_upgraded(kit: Path) -> None:
+    """Earlier Halo Weave versions carried the new files as `+` lines of the one diff."""
+    tree = kit.parent / "tree"
+    legacy = _patch("line two", "line two, hooked") + "".join(
+        f"diff --git a/{name} b/{name}\nnew file mode 100644\n--- /dev/null\n+++ b/{name}\n@@ -0,0 +1 @@\n"
+        f"+{name}, v0\n" for name in NEW_FILES)
+    (kit.parent / "legacy.patch").write_text(legacy)
+    subprocess.run(["git", "apply", str(kit.parent / "legacy.patch")], cwd=tree, check=True,
+                   env={"PATH": "/usr/bin:/bin", "GIT_CEILING_DIRECTORIES": str(kit.parent)})
+    shutil.copy(kit.parent / "legacy.patch", tree / ".halo-weave-applied.patch")
+    upgraded = run(kit, tree)
+    assert upgraded.returncode == 0 and "replaced" in upgraded.stdout, upgraded.stderr
+    assert _files(tree) == {name: f"{name}, v1\n" for name in NEW_FILES}
+
+
 def test_a_newer_patch_that_does_not_fit_leaves_the_old_one_in_place(kit: Path) -> None:
     tree = kit.parent / "tree"
     assert run(kit, tree).returncode == 0
@@ -69,10 +118,22 @@ def test_a_newer_patch_that_does_not_fit_leaves_the_old_one_in_place(kit: Path) 
     assert (tree / "model.cpp").read_text() == "line one\nline two, hooked\nline three\n"
 
 
+def test_an_edited_halo_file_is_not_overwritten(kit: Path) -> None:
+    tree = kit.parent / "tree"
+    assert run(kit, tree).returncode == 0
+    (tree / "halo_api.py").write_text("my local fix\n")
+    _write_files(kit, "v2")
+    refused = run(kit, tree)
+    assert refused.returncode != 0 and "make kobold-clean" in refused.stderr
+    assert (tree / "halo_api.py").read_text() == "my local fix\n"
+    assert (tree / "attention_export.h").read_text() == "attention_export.h, v1\n"
+
+
 @pytest.mark.parametrize(("file", "text", "says"), [
     ("koboldcpp.py", 'KcppVersion = "1.75"\n', "KoboldCPP 1.75, the patch is for 1.76 only"),
     ("model.cpp", "line one\nmy own edit\nline three\n", "does not apply"),
-], ids=["another version", "a modified tree"])
+    ("halo_api.py", "a file of the same name, not ours\n", "does not apply"),
+], ids=["another version", "a modified tree", "a foreign file in the way"])
 def test_refused_trees_are_left_unchanged(kit: Path, file: str, text: str, says: str) -> None:
     tree = kit.parent / "tree"
     (tree / file).write_text(text)
@@ -89,4 +150,6 @@ def test_a_source_tree_is_copied_not_modified(kit: Path, tmp_path: Path) -> None
                           env={"PATH": "/usr/bin:/bin", "KOBOLDCPP_SRC": str(source)})
     assert done.returncode == 0, done.stderr
     assert (target / "model.cpp").read_text() == "line one\nline two, hooked\nline three\n"
+    assert _files(target) == {name: f"{name}, v1\n" for name in NEW_FILES}
     assert (source / "model.cpp").read_text() == "line one\nline two\nline three\n"
+    assert _files(source) == {}

@@ -18,7 +18,6 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
@@ -42,8 +41,8 @@ BOS, EOS = 256, 257
 
 
 @pytest.fixture(scope="module")
-def halo(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
-    return load_halo_api(tmp_path_factory.mktemp("halo_api"))
+def halo() -> ModuleType:
+    return load_halo_api()
 
 
 class FakeBackend:
@@ -406,9 +405,3 @@ def test_struct_layouts_match_attention_export_h(halo: ModuleType) -> None:
     assert ctypes.sizeof(halo.ModelInfoOut) == 72
     assert halo.ModelInfoOut.arch.offset == 48
 
-
-def test_module_file_is_the_patch_text(tmp_path: Path) -> None:
-    from tests.kobold_patch.patchfile import new_file_text
-
-    text = new_file_text("halo_api.py")
-    assert text.startswith('"""Halo Weave API for KoboldCPP') and "def serve(" in text

@@ -1,0 +1,760 @@
+// Halo Weave attention export, see attention_export.h for the design in short.
+//
+// This file is #included by gpttype_adapter.cpp after src/llama.cpp (KoboldCPP compiles the
+// adapter and llama.cpp as one translation unit), so llama_context and the KV cache internals
+// are visible here. C++11.
+
+#include "attention_export.h"
+
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace halo_detail {
+
+// The queue between the generation thread and the sender: at most this many events, and at
+// most this many bytes of frames (one frame is always allowed, however large).
+static const size_t QUEUE_MAX_EVENTS = 8;
+static const size_t QUEUE_MAX_BYTES = 64u * 1024u * 1024u;
+static const int FRAME_HEADER_BYTES = 32;
+
+typedef std::chrono::steady_clock clock_type;
+
+struct capture_group
+{
+    ggml_backend_buffer_type_t buft = nullptr;
+    ggml_context * ctx = nullptr;
+    ggml_backend_buffer_t buf = nullptr;
+    ggml_tensor * tensor = nullptr;
+    int n_layers = 0;
+};
+
+struct queued_event
+{
+    halo_event_out meta;
+    std::vector<unsigned char> frame;
+};
+
+struct state
+{
+    // ---- model
+    llama_context * lctx = nullptr;
+    const llama_model * model = nullptr;
+    bool available = false;
+    std::string reason = "KoboldCPP was started without --attentionexport";
+    std::string arch;
+    std::string chat_template;
+    bool has_chat_template = false;
+    int n_layer = 0;
+    int n_head = 0;
+    int64_t kv_size = 0;
+    std::vector<capture_group> groups;
+    std::vector<int> layer_group;   // layer -> group
+    std::vector<int> layer_slot;    // layer -> index inside its group
+
+    // ---- graph (written by the hook while the graph is built)
+    bool capture_on = false;
+    int graph_n_kv = 0;
+    int graph_hooked = 0;
+    bool graph_error = false;
+    unsigned long long graph_seq = 0;      // graphs built with the capture on
+    unsigned long long frame_graph_seq = 0; // the graph the last frame was read from
+
+    // ---- generation (generation thread)
+    bool gen_active = false;
+    int gen_attention = 0;          // 0 off, 1 float32, 2 float16
+    std::vector<int> input_ids;
+    std::vector<int> stop_ids;
+    std::vector<int> banned_ids;
+    int gen_index = 0;
+    int gen_finish = -1;            // natural finish reason, -1 while running
+    bool gen_error = false;
+    bool kv_shifted = false;
+    clock_type::time_point t_begin, t_first;
+    std::vector<float> host_rows;   // capture read-back
+    std::vector<int> cell_to_pos;
+    std::vector<char> pos_seen;
+    std::vector<float> f32_row;
+
+    // ---- queue (shared with the consumer thread)
+    std::mutex mtx;
+    std::condition_variable cv_data;
+    std::condition_variable cv_space;
+    std::deque<queued_event> queue;
+    size_t queued_bytes = 0;
+    bool aborted = false;
+    queued_event current;            // the event the consumer holds
+    std::vector<std::vector<unsigned char> > frame_pool;
+    std::string last_error;
+};
+
+static state & S()
+{
+    static state s;
+    return s;
+}
+
+static void set_error(const std::string & msg)
+{
+    state & s = S();
+    std::lock_guard<std::mutex> lock(s.mtx);
+    s.last_error = msg;
+}
+
+static void put_u16(unsigned char * p, uint32_t v) { p[0] = (unsigned char)(v & 0xff); p[1] = (unsigned char)((v >> 8) & 0xff); }
+static void put_u32(unsigned char * p, uint32_t v) { put_u16(p, v & 0xffff); put_u16(p + 2, (v >> 16) & 0xffff); }
+
+static void free_capture()
+{
+    state & s = S();
+    for (size_t i = 0; i < s.groups.size(); ++i)
+    {
+        if (s.groups[i].buf) { ggml_backend_buffer_free(s.groups[i].buf); }
+        if (s.groups[i].ctx) { ggml_free(s.groups[i].ctx); }
+    }
+    s.groups.clear();
+    s.layer_group.clear();
+    s.layer_slot.clear();
+}
+
+// Capture tensors, allocated the way llama_kv_cache_init allocates the KV cache: one ggml
+// context and buffer per buffer type, each layer's rows on that layer's device. Each group
+// holds [layers_in_group][n_head][kv_size + 1] floats; a graph packs its rows with a stride of
+// n_kv + 1 (see the hook) so that one read per group gets every layer.
+static bool alloc_capture(llama_context * ctx, std::string & why)
+{
+    state & s = S();
+    const llama_model & model = ctx->model;
+    const bool offload = ctx->cparams.offload_kqv;
+    std::map<ggml_backend_buffer_type_t, int> group_of;
+    s.layer_group.assign(s.n_layer, -1);
+    s.layer_slot.assign(s.n_layer, -1);
+    for (int il = 0; il < s.n_layer; ++il)
+    {
+        ggml_backend_buffer_type_t buft = offload ? model.buft_layer[il].buft : llama_default_buffer_type_cpu(model, true);
+        std::map<ggml_backend_buffer_type_t, int>::iterator it = group_of.find(buft);
+        if (it == group_of.end())
+        {
+            capture_group g;
+            g.buft = buft;
+            s.groups.push_back(g);
+            it = group_of.insert(std::make_pair(buft, (int)s.groups.size() - 1)).first;
+        }
+        s.layer_group[il] = it->second;
+        s.layer_slot[il] = s.groups[it->second].n_layers++;
+    }
+    size_t total = 0;
+    for (size_t gi = 0; gi < s.groups.size(); ++gi)
+    {
+        capture_group & g = s.groups[gi];
+        struct ggml_init_params params = { 2 * ggml_tensor_overhead(), NULL, true };
+        g.ctx = ggml_init(params);
+        if (!g.ctx) { why = "could not create a ggml context for the attention capture"; return false; }
+        g.tensor = ggml_new_tensor_1d(g.ctx, GGML_TYPE_F32, (int64_t)g.n_layers * s.n_head * (s.kv_size + 1));
+        ggml_format_name(g.tensor, "halo_attn_capture_%d", (int)gi);
+        g.buf = ggml_backend_alloc_ctx_tensors_from_buft(g.ctx, g.buft);
+        if (!g.buf) { why = "could not allocate the attention capture buffer (out of memory?)"; return false; }
+        ggml_backend_buffer_clear(g.buf, 0);
+        total += ggml_backend_buffer_get_size(g.buf);
+        printf("Attention export: %10s capture buffer = %8.2f MiB (%d layers)\n", ggml_backend_buffer_name(g.buf), ggml_backend_buffer_get_size(g.buf) / 1024.0 / 1024.0, g.n_layers);
+    }
+    (void)total;
+    return true;
+}
+
+static void reset_graph_record()
+{
+    state & s = S();
+    s.graph_n_kv = 0;
+    s.graph_hooked = 0;
+    s.graph_error = false;
+}
+
+} // namespace halo_detail
+
+using namespace halo_detail;
+
+// ------------------------------------------------------------------------------------------
+// graph hook
+
+void halo_attn_graph_hook(struct ggml_context * ctx, struct ggml_cgraph * gf, struct ggml_tensor * kq, int il)
+{
+    state & s = S();
+    if (!s.capture_on)
+    {
+        return; // no attention request: the graph stays the unpatched one
+    }
+    if (il == 0)
+    {
+        reset_graph_record(); // layers are built in order: layer 0 starts a new graph
+        s.graph_seq += 1;
+    }
+    if (il < 0 || il >= s.n_layer || kq->type != GGML_TYPE_F32 || kq->ne[2] != s.n_head || kq->ne[3] != 1 || kq->ne[0] > s.kv_size)
+    {
+        s.graph_error = true;
+        return;
+    }
+    const int64_t n_kv = kq->ne[0];
+    const int64_t rows = kq->ne[1];
+    const int64_t heads = kq->ne[2];
+    if (s.graph_hooked > 0 && n_kv != s.graph_n_kv)
+    {
+        s.graph_error = true;
+        return;
+    }
+    const capture_group & g = s.groups[s.layer_group[il]];
+    // stride n_kv + 1: the destination is never contiguous, so ggml-cuda copies it with a kernel
+    // (CUDA graphs stay usable) rather than a memcpy node
+    const int64_t stride = n_kv + 1;
+    const size_t offset = (size_t)s.layer_slot[il] * (size_t)heads * (size_t)stride * sizeof(float);
+    // the last query row of every head: row (rows - 1) of [n_kv, rows, heads]
+    struct ggml_tensor * src = ggml_view_2d(ctx, kq, n_kv, heads, kq->nb[2], (size_t)(rows - 1) * kq->nb[1]);
+    struct ggml_tensor * dst = ggml_view_2d(ctx, g.tensor, n_kv, heads, (size_t)stride * sizeof(float), offset);
+    ggml_build_forward_expand(gf, ggml_cpy(ctx, src, dst));
+    s.graph_n_kv = (int)n_kv;
+    s.graph_hooked += 1;
+}
+
+// ------------------------------------------------------------------------------------------
+// model load
+
+void halo_attn_unsupported(const char * reason)
+{
+    state & s = S();
+    free_capture();
+    s.available = false;
+    s.reason = reason;
+    s.lctx = nullptr;
+    s.model = nullptr;
+}
+
+void halo_attn_on_model_loaded(struct llama_context * ctx, bool requested, bool flash_attn, int quant_kv)
+{
+    state & s = S();
+    free_capture();
+    s.lctx = ctx;
+    s.model = &ctx->model;
+    const llama_model & model = ctx->model;
+    const llama_hparams & hparams = model.hparams;
+    s.arch = llama_model_arch_name(model.arch);
+    s.n_layer = (int)hparams.n_layer;
+    s.n_head = s.n_layer > 0 ? (int)hparams.n_head(0) : 0;
+    s.kv_size = ctx->kv_self.size;
+    s.has_chat_template = false;
+    s.chat_template.clear();
+    {
+        std::vector<char> buf(1024);
+        int32_t n = llama_model_meta_val_str(&model, "tokenizer.chat_template", buf.data(), buf.size());
+        if (n >= (int32_t)buf.size())
+        {
+            buf.resize(n + 1);
+            n = llama_model_meta_val_str(&model, "tokenizer.chat_template", buf.data(), buf.size());
+        }
+        if (n >= 0)
+        {
+            s.has_chat_template = true;
+            s.chat_template.assign(buf.data(), n);
+        }
+    }
+
+    s.available = false;
+    if (!requested)
+    {
+        s.reason = "KoboldCPP was started without --attentionexport";
+        return;
+    }
+    const bool plain_k = ctx->kv_self.type_k == GGML_TYPE_F16 || ctx->kv_self.type_k == GGML_TYPE_F32;
+    const bool plain_v = ctx->kv_self.type_v == GGML_TYPE_F16 || ctx->kv_self.type_v == GGML_TYPE_F32;
+    if (quant_kv > 0 || !plain_k || !plain_v)
+    {
+        s.reason = "the KV cache is quantized (--quantkv), which needs flash attention, and flash attention computes no attention matrix; restart without --quantkv";
+        return;
+    }
+    if (flash_attn || ctx->cparams.flash_attn)
+    {
+        s.reason = "flash attention is on: it computes no attention matrix; restart without --flashattention";
+        return;
+    }
+    if (llama_model_is_recurrent(&model) || !hparams.causal_attn || ctx->kv_self.recurrent)
+    {
+        s.reason = "this model (" + s.arch + ") has no causal self-attention over a KV cache";
+        return;
+    }
+    for (int il = 1; il < s.n_layer; ++il)
+    {
+        if ((int)hparams.n_head(il) != s.n_head)
+        {
+            s.reason = "this model has a different number of attention heads per layer";
+            return;
+        }
+    }
+    std::string why;
+    if (!alloc_capture(ctx, why))
+    {
+        free_capture();
+        s.reason = why;
+        return;
+    }
+    // probe: one decode with the capture on must reach every layer's softmax
+    llama_kv_cache_clear(ctx);
+    llama_token probe = llama_token_bos(&model);
+    if (probe < 0) { probe = 0; }
+    reset_graph_record();
+    s.capture_on = true;
+    int rc = llama_decode(ctx, llama_batch_get_one(&probe, 1, 0, 0));
+    s.capture_on = false;
+    llama_synchronize(ctx);
+    llama_kv_cache_clear(ctx);
+    if (rc != 0 || s.graph_error || s.graph_hooked != s.n_layer)
+    {
+        free_capture();
+        s.reason = "this model's architecture (" + s.arch + ") does not compute attention where the capture hook is (llm_build_kqv)";
+        printf("Attention export: unavailable: %s\n", s.reason.c_str());
+        return;
+    }
+    s.available = true;
+    s.reason.clear();
+    printf("Attention export: enabled (%d layers x %d heads, up to %lld columns)\n", s.n_layer, s.n_head, (long long)s.kv_size);
+}
+
+// ------------------------------------------------------------------------------------------
+// generation
+
+bool halo_gen_begin(const generation_inputs & inputs)
+{
+    state & s = S();
+    s.gen_active = inputs.halo_input_count > 0 && inputs.halo_input_ids != nullptr;
+    s.capture_on = false;
+    s.gen_index = 0;
+    s.gen_finish = -1;
+    s.gen_error = false;
+    s.t_begin = clock_type::now();
+    s.t_first = s.t_begin;
+    {
+        std::lock_guard<std::mutex> lock(s.mtx);
+        s.queue.clear();
+        s.queued_bytes = 0;
+        s.aborted = false;
+        s.last_error.clear();
+    }
+    if (!s.gen_active)
+    {
+        s.gen_attention = 0;
+        return false;
+    }
+    s.input_ids.assign(inputs.halo_input_ids, inputs.halo_input_ids + inputs.halo_input_count);
+    s.stop_ids.assign(inputs.halo_stop_ids, inputs.halo_stop_ids + (inputs.halo_stop_ids ? inputs.halo_stop_count : 0));
+    s.banned_ids.assign(inputs.halo_banned_ids, inputs.halo_banned_ids + (inputs.halo_banned_ids ? inputs.halo_banned_count : 0));
+    s.gen_attention = inputs.halo_attention;
+    if (s.gen_attention != 0)
+    {
+        if (!s.available)
+        {
+            set_error("attention export is unavailable: " + s.reason);
+            s.gen_error = true;
+        }
+        else
+        {
+            reset_graph_record();
+            s.frame_graph_seq = s.graph_seq;
+            s.capture_on = true;
+        }
+    }
+    return true;
+}
+
+bool halo_gen_active() { return S().gen_active; }
+bool halo_gen_wants_attention() { return S().gen_active && S().gen_attention != 0; }
+const std::vector<int> & halo_gen_input_ids() { return S().input_ids; }
+void halo_note_kv_shifted() { S().kv_shifted = true; }
+
+void halo_gen_prepare_reuse(struct llama_context * ctx, std::vector<int> & cached, int input_count)
+{
+    state & s = S();
+    if (!s.gen_active)
+    {
+        return;
+    }
+    if (ctx != nullptr)
+    {
+        const llama_pos held = llama_kv_cache_seq_pos_max(ctx, 0) + 1;
+        if ((llama_pos)cached.size() > held)
+        {
+            cached.resize(held < 0 ? 0 : held);
+        }
+    }
+    if (input_count <= 1 || (s.gen_attention != 0 && s.kv_shifted))
+    {
+        cached.clear();
+        s.kv_shifted = false; // the cache is recomputed from position 0
+    }
+}
+
+void halo_gen_apply_bans(float * logits, float lowest_logit, int n_vocab)
+{
+    state & s = S();
+    for (size_t i = 0; i < s.banned_ids.size(); ++i)
+    {
+        const int t = s.banned_ids[i];
+        if (t >= 0 && t < n_vocab) { logits[t] = lowest_logit; }
+    }
+}
+
+// Reads the captured rows of the last decode and writes the frame [layers][heads][n_past].
+static bool build_frame(llama_context * ctx, int n_past, std::vector<unsigned char> & frame, std::string & err)
+{
+    state & s = S();
+    if (s.graph_error || s.graph_hooked != s.n_layer || s.graph_n_kv <= 0)
+    {
+        err = "the attention capture did not reach every layer in the last decode";
+        return false;
+    }
+    if (s.graph_seq == s.frame_graph_seq)
+    {
+        err = "no decode ran since the last frame (nothing new to read)";
+        return false;
+    }
+    s.frame_graph_seq = s.graph_seq;
+    const int n_kv = s.graph_n_kv;
+    const int64_t stride = (int64_t)n_kv + 1;
+    const int64_t per_layer = (int64_t)s.n_head * stride;
+
+    // the normal synchronization (llama_get_logits did it already; this is a no-op then)
+    llama_synchronize(ctx);
+    // one read per device: the group's layers are packed at the front of its tensor; a group in
+    // host memory (CPU backend) is read in place
+    std::vector<const float *> group_rows(s.groups.size(), nullptr);
+    size_t device_floats = 0;
+    for (size_t gi = 0; gi < s.groups.size(); ++gi)
+    {
+        if (!ggml_backend_buffer_is_host(s.groups[gi].buf)) { device_floats += (size_t)s.groups[gi].n_layers * per_layer; }
+    }
+    s.host_rows.resize(device_floats);
+    size_t base = 0;
+    for (size_t gi = 0; gi < s.groups.size(); ++gi)
+    {
+        const size_t count = (size_t)s.groups[gi].n_layers * per_layer;
+        if (ggml_backend_buffer_is_host(s.groups[gi].buf))
+        {
+            group_rows[gi] = (const float *)s.groups[gi].tensor->data;
+            continue;
+        }
+        ggml_backend_tensor_get(s.groups[gi].tensor, s.host_rows.data() + base, 0, count * sizeof(float));
+        group_rows[gi] = s.host_rows.data() + base;
+        base += count;
+    }
+
+    // columns are KV cells: map each cell to the position it holds
+    const llama_kv_cache & kv = ctx->kv_self;
+    const int ctx_len = n_past;
+    s.cell_to_pos.assign(n_kv, -1);
+    s.pos_seen.assign(ctx_len, 0);
+    int filled = 0;
+    bool identity = true;
+    for (int c = 0; c < n_kv && c < (int)kv.cells.size(); ++c)
+    {
+        const llama_kv_cell & cell = kv.cells[c];
+        if (cell.pos < 0 || cell.pos >= ctx_len || !cell.has_seq_id(0))
+        {
+            continue;
+        }
+        if (s.pos_seen[cell.pos])
+        {
+            err = "two KV cells hold position " + std::to_string(cell.pos);
+            return false;
+        }
+        s.pos_seen[cell.pos] = 1;
+        s.cell_to_pos[c] = cell.pos;
+        filled += 1;
+        if (cell.pos != c) { identity = false; }
+    }
+    if (filled != ctx_len)
+    {
+        err = "the KV cache holds " + std::to_string(filled) + " of the " + std::to_string(ctx_len) + " positions of the context";
+        return false;
+    }
+
+    const int itemsize = s.gen_attention == 2 ? 2 : 4;
+    const size_t values = (size_t)s.n_layer * s.n_head * ctx_len;
+    frame.resize(FRAME_HEADER_BYTES + values * itemsize);
+    unsigned char * h = frame.data();
+    memcpy(h, "HWAF", 4);
+    put_u16(h + 4, 1);                       // version
+    put_u16(h + 6, FRAME_HEADER_BYTES);      // header_size
+    put_u32(h + 8, (uint32_t)s.gen_index);   // token_index
+    put_u16(h + 12, s.gen_attention == 2 ? 2 : 1);
+    put_u16(h + 14, 0);
+    put_u32(h + 16, (uint32_t)s.n_layer);
+    put_u32(h + 20, (uint32_t)s.n_head);
+    put_u32(h + 24, (uint32_t)ctx_len);
+    put_u32(h + 28, 0);
+    // payload: little-endian values (every platform KoboldCPP builds for is little-endian)
+    unsigned char * payload = h + FRAME_HEADER_BYTES;
+    if (!identity || itemsize == 2) { s.f32_row.resize(ctx_len); }
+    for (int il = 0; il < s.n_layer; ++il)
+    {
+        const float * layer_rows = group_rows[s.layer_group[il]] + (int64_t)s.layer_slot[il] * per_layer;
+        for (int hd = 0; hd < s.n_head; ++hd)
+        {
+            const float * src = layer_rows + (int64_t)hd * stride;
+            const size_t row = ((size_t)il * s.n_head + hd) * ctx_len;
+            const float * ordered = src;
+            if (!identity)
+            {
+                float * tmp = s.f32_row.data();
+                for (int c = 0; c < n_kv; ++c)
+                {
+                    const int p = s.cell_to_pos[c];
+                    if (p >= 0) { tmp[p] = src[c]; }
+                }
+                ordered = tmp;
+            }
+            if (itemsize == 4)
+            {
+                memcpy(payload + row * 4, ordered, (size_t)ctx_len * 4);
+            }
+            else
+            {
+                ggml_fp32_to_fp16_row(ordered, (ggml_fp16_t *)(payload + row * 2), ctx_len);
+            }
+        }
+    }
+    return true;
+}
+
+static std::vector<unsigned char> take_pooled_frame()
+{
+    state & s = S();
+    std::lock_guard<std::mutex> lock(s.mtx);
+    if (s.frame_pool.empty()) { return std::vector<unsigned char>(); }
+    std::vector<unsigned char> v;
+    v.swap(s.frame_pool.back());
+    s.frame_pool.pop_back();
+    return v;
+}
+
+// Queues an event; waits while the queue is full unless `force`. False when aborted.
+static bool push_event(queued_event & ev, bool force)
+{
+    state & s = S();
+    std::unique_lock<std::mutex> lock(s.mtx);
+    const size_t size = ev.frame.size();
+    if (!force)
+    {
+        while (!s.aborted && !s.queue.empty() && (s.queue.size() >= QUEUE_MAX_EVENTS || s.queued_bytes + size > QUEUE_MAX_BYTES))
+        {
+            s.cv_space.wait(lock);
+        }
+        if (s.aborted)
+        {
+            if (!ev.frame.empty()) { s.frame_pool.push_back(std::vector<unsigned char>()); s.frame_pool.back().swap(ev.frame); }
+            return false;
+        }
+    }
+    s.queue.push_back(queued_event());
+    s.queue.back().meta = ev.meta;
+    s.queue.back().frame.swap(ev.frame);
+    s.queued_bytes += size;
+    s.cv_data.notify_all();
+    return true;
+}
+
+bool halo_gen_on_token(struct llama_context * ctx, int token_id, int n_past, int eos_id, int eot_id, int remaining)
+{
+    state & s = S();
+    if (!s.gen_active)
+    {
+        return false;
+    }
+    if (s.gen_index == 0)
+    {
+        s.t_first = clock_type::now();
+    }
+    if (s.gen_error)
+    {
+        s.gen_finish = HALO_FINISH_ERROR;
+        return true;
+    }
+    queued_event ev;
+    ev.meta.kind = HALO_EVENT_TOKEN;
+    ev.meta.index = s.gen_index;
+    ev.meta.token_id = token_id;
+    if (s.gen_attention != 0)
+    {
+        ev.frame = take_pooled_frame();
+        std::string err;
+        if (ctx == nullptr || !build_frame(ctx, n_past, ev.frame, err))
+        {
+            set_error("attention capture failed at token " + std::to_string(s.gen_index) + ": " + err);
+            s.gen_error = true;
+            s.gen_finish = HALO_FINISH_ERROR;
+            return true;
+        }
+        ev.meta.frame_bytes = (long long)ev.frame.size();
+    }
+    s.gen_index += 1;
+    bool stop = false;
+    if (token_id == eos_id || (eot_id >= 0 && token_id == eot_id))
+    {
+        s.gen_finish = HALO_FINISH_EOS;
+        stop = true;
+    }
+    else
+    {
+        for (size_t i = 0; i < s.stop_ids.size(); ++i)
+        {
+            if (s.stop_ids[i] == token_id) { s.gen_finish = HALO_FINISH_STOP_TOKEN; stop = true; break; }
+        }
+    }
+    if (!stop && remaining <= 0 && !s.aborted)
+    {
+        s.gen_finish = HALO_FINISH_LENGTH;
+    }
+    if (!push_event(ev, false))
+    {
+        // aborted while waiting for room: the token is not delivered, the generation stops
+        s.gen_index -= 1;
+        if (s.gen_finish != HALO_FINISH_EOS && s.gen_finish != HALO_FINISH_STOP_TOKEN) { s.gen_finish = -1; }
+        return true;
+    }
+    return stop;
+}
+
+void halo_gen_end()
+{
+    state & s = S();
+    s.capture_on = false;
+    if (!s.gen_active)
+    {
+        return;
+    }
+    const clock_type::time_point t_end = clock_type::now();
+    queued_event ev;
+    ev.meta.kind = HALO_EVENT_DONE;
+    ev.meta.token_count = s.gen_index;
+    ev.meta.prompt_tokens = (int)s.input_ids.size();
+    int finish = s.gen_finish;
+    bool aborted;
+    {
+        std::lock_guard<std::mutex> lock(s.mtx);
+        aborted = s.aborted;
+        if (finish < 0 && !aborted && s.last_error.empty())
+        {
+            s.last_error = "the generation ended early (the model failed to decode; see the server log)";
+        }
+    }
+    if (s.gen_error || finish == HALO_FINISH_ERROR) { finish = HALO_FINISH_ERROR; }
+    else if (finish < 0) { finish = aborted ? HALO_FINISH_ABORTED : HALO_FINISH_ERROR; }
+    ev.meta.finish_reason = finish;
+    if (s.gen_index == 0) { s.t_first = t_end; }
+    ev.meta.prompt_ms = std::chrono::duration<double, std::milli>(s.t_first - s.t_begin).count();
+    ev.meta.generation_ms = std::chrono::duration<double, std::milli>(t_end - s.t_first).count();
+    push_event(ev, true);
+    s.gen_active = false;
+    s.gen_attention = 0;
+}
+
+void halo_gen_abort()
+{
+    state & s = S();
+    std::lock_guard<std::mutex> lock(s.mtx);
+    s.aborted = true;
+    s.cv_space.notify_all();
+}
+
+// ------------------------------------------------------------------------------------------
+// consumer side
+
+int halo_next_event(int timeout_ms, halo_event_out * out)
+{
+    state & s = S();
+    std::unique_lock<std::mutex> lock(s.mtx);
+    if (!s.current.frame.empty())
+    {
+        s.frame_pool.push_back(std::vector<unsigned char>());
+        s.frame_pool.back().swap(s.current.frame);
+        if (s.frame_pool.size() > QUEUE_MAX_EVENTS + 2) { s.frame_pool.erase(s.frame_pool.begin()); }
+    }
+    s.current.meta = halo_event_out();
+    if (s.queue.empty())
+    {
+        s.cv_data.wait_for(lock, std::chrono::milliseconds(timeout_ms < 0 ? 0 : timeout_ms));
+    }
+    if (s.queue.empty())
+    {
+        return 0;
+    }
+    s.current.meta = s.queue.front().meta;
+    s.current.frame.swap(s.queue.front().frame);
+    s.queue.pop_front();
+    s.queued_bytes -= s.current.frame.size();
+    s.cv_space.notify_all();
+    if (out) { *out = s.current.meta; }
+    return 1;
+}
+
+const unsigned char * halo_event_frame_data()
+{
+    state & s = S();
+    return s.current.frame.empty() ? nullptr : s.current.frame.data();
+}
+
+const char * halo_last_error()
+{
+    static std::string copy;
+    state & s = S();
+    std::lock_guard<std::mutex> lock(s.mtx);
+    copy = s.last_error;
+    return copy.c_str();
+}
+
+int halo_model_info(halo_model_info_out * out)
+{
+    state & s = S();
+    if (!out) { return 0; }
+    *out = halo_model_info_out();
+    out->reason = s.reason.c_str();
+    if (!s.model)
+    {
+        return 0;
+    }
+    const llama_model & model = *s.model;
+    out->available = s.available ? 1 : 0;
+    out->n_vocab = llama_n_vocab(&model);
+    out->n_layer = llama_n_layer(&model);
+    out->n_head = llama_n_head(&model);
+    out->n_head_kv = out->n_layer > 0 ? (int)model.hparams.n_head_kv(0) : 0;
+    out->n_embd = llama_n_embd(&model);
+    out->n_ctx_train = llama_n_ctx_train(&model);
+    out->bos = llama_token_bos(&model);
+    out->eos = llama_token_eos(&model);
+    out->eot = llama_token_eot(&model);
+    out->rope_freq_base = s.lctx ? s.lctx->cparams.rope_freq_base : model.hparams.rope_freq_base_train;
+    out->rope_freq_scale = s.lctx ? s.lctx->cparams.rope_freq_scale : model.hparams.rope_freq_scale_train;
+    out->arch = s.arch.c_str();
+    out->chat_template = s.has_chat_template ? s.chat_template.c_str() : nullptr;
+    return 1;
+}
+
+int halo_tokenize(const char * text, bool add_special, bool parse_special, int * out, int out_cap)
+{
+    state & s = S();
+    if (!s.model || !text) { return -1; }
+    const int32_t len = (int32_t)strlen(text);
+    int32_t n = llama_tokenize(s.model, text, len, out, out_cap, add_special, parse_special);
+    // n < 0: the buffer is too small, -n tokens are needed (returned as -(n) - 1 - 1 below)
+    return n >= 0 ? n : -2 + n; // -2 - needed: keeps -1 for "no model"
+}
+
+int halo_token_piece(int token_id, char * buf, int buf_len)
+{
+    state & s = S();
+    if (!s.model) { return -1; }
+    if (token_id < 0 || token_id >= llama_n_vocab(s.model)) { return -1; }
+    int32_t n = llama_token_to_piece(s.model, token_id, buf, buf_len, 0, true);
+    return n >= 0 ? n : -2 + n;
+}
