@@ -6,18 +6,32 @@
     WS   /api/v1/generate/stream   generation from input_ids: a `token` message per generated
                                    token, each followed by one binary attention frame when asked
 
-The wire contract is halo-weave's api_spec/ (openapi.yaml, websocket.md). Standard library only:
-koboldcpp.py imports this module the first time one of these paths is requested. The WebSocket
-(RFC 6455) is served here, inside KoboldCPP's own request handler, on KoboldCPP's own port.
+The wire contract is halo-weave's api_spec/ (openapi.yaml, websocket.md). Standard library only,
+Python >= 3.9 (as KoboldCPP v1.76): koboldcpp.py imports this module the first time one of these
+paths is requested. The WebSocket (RFC 6455) is served here, inside KoboldCPP's own request
+handler, on KoboldCPP's own port.
+
+KoboldCPP's handler is shared: each of its server threads builds ONE handler object and serves
+every request of every connection it accepts with it, speaking HTTP/1.0 (its answers end when
+the connection closes; many carry no Content-Length). So nothing here may leave state on the
+handler that outlives one request, `protocol_version` above all: this module writes its answers
+whole (status line included), each with a Content-Length and `Connection: close`, and leaves
+`close_connection` True, as KoboldCPP's HTTP/1.0 handling always does.
 
 The C side (attention_export.cpp, exported through expose.cpp) captures the attention inside the
 compute graph and queues one event per generated token; this module sends them.
 """
 
+from __future__ import annotations
+
 import base64
+import contextlib
 import ctypes
 import hashlib
 import hmac
+import http
+import io
+import ipaddress
 import json
 import queue
 import select
@@ -25,6 +39,10 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Iterable
+from http.server import BaseHTTPRequestHandler
+from typing import Any, Callable, Optional
+from urllib.parse import urlsplit
 
 API_VERSION = 1
 STREAM_PATH = "/api/v1/generate/stream"
@@ -43,20 +61,23 @@ FINISH = {0: "length", 1: "eos", 2: "stop_token", 3: "aborted"}
 NEEDS_PASSWORD = "this server has a password: send Authorization: Bearer <password>"
 
 STATUS = {"INVALID_REQUEST": 400, "INVALID_TOKEN": 400, "CONTEXT_OVERFLOW": 400, "ATTENTION_UNAVAILABLE": 400,
-          "UNAUTHORIZED": 401, "ORIGIN_NOT_ALLOWED": 403, "NOT_FOUND": 404, "PAYLOAD_TOO_LARGE": 413,
-          "INTERNAL": 500, "BUSY": 503}
+          "UNAUTHORIZED": 401, "ORIGIN_NOT_ALLOWED": 403, "HOST_NOT_ALLOWED": 403, "NOT_FOUND": 404,
+          "PAYLOAD_TOO_LARGE": 413, "INTERNAL": 500, "BUSY": 503}
 
-GENERATE_DEFAULTS = {
+GENERATE_DEFAULTS: dict[str, Any] = {
     "max_length": 100, "temperature": 0.7, "top_p": 0.92, "top_k": 100, "rep_pen": 1.1,
     "rep_pen_range": 320, "sampler_seed": -1, "stop_token_ids": [], "banned_token_ids": [],
     "return_attention": False, "attention_dtype": "float32",
 }
 
+#: a generation request, validated, with every default filled in
+Request = dict[str, Any]
+
 
 class Rejected(Exception):
     """A request the contract refuses, with the error code to answer."""
 
-    def __init__(self, code, message):
+    def __init__(self, code: str, message: str) -> None:
         Exception.__init__(self, message)
         self.code = code
         self.message = message
@@ -64,65 +85,67 @@ class Rejected(Exception):
 
 # --------------------------------------------------------------------------- validation
 
-def _is_int(v):
+def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v):
+def _is_number(v: object) -> bool:
     return (isinstance(v, (int, float)) and not isinstance(v, bool)
             and v == v and v not in (float("inf"), float("-inf")))
 
 
-def _parse_json_object(body):
+def _parse_json_object(body: str | bytes) -> dict[str, Any]:
     try:
         obj = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise Rejected("INVALID_REQUEST", "the request is not valid JSON: %s" % exc) from None
+        raise Rejected("INVALID_REQUEST", f"the request is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise Rejected("INVALID_REQUEST", "the request must be a JSON object")
     return obj
 
 
-def _check_fields(obj, allowed, required):
+def _check_fields(obj: dict[str, Any], allowed: Iterable[str], required: Iterable[str]) -> None:
+    allowed = sorted(allowed)
     unknown = sorted(set(obj) - set(allowed))
     if unknown:
-        raise Rejected("INVALID_REQUEST", "unknown field %s (allowed: %s)" % (unknown[0], ", ".join(sorted(allowed))))
+        raise Rejected("INVALID_REQUEST", f"unknown field {unknown[0]} (allowed: {', '.join(allowed)})")
     for name in required:
         if name not in obj:
-            raise Rejected("INVALID_REQUEST", "missing field %s" % name)
+            raise Rejected("INVALID_REQUEST", f"missing field {name}")
 
 
-def _token_list(obj, name, errors, negative):
+def _token_list(obj: dict[str, Any], name: str, errors: list[str], outside: list[str]) -> list[int]:
+    """The ids of obj[name]; a malformed list goes to `errors` (INVALID_REQUEST), an integer that
+    can be no token id of any vocabulary (negative, or past 2**31) to `outside` (INVALID_TOKEN,
+    like an id past this model's vocabulary: rule Q2)."""
     value = obj[name]
     if not isinstance(value, list):
-        errors.append("%s must be an array of token ids" % name)
+        errors.append(f"{name} must be an array of token ids")
         return []
     for t in value:
         if not _is_int(t):
-            errors.append("%s holds %r, not an integer token id" % (name, t))
+            errors.append(f"{name} holds {t!r}, not an integer token id")
             return []
-        if t >= TOKEN_ID_LIMIT:
-            errors.append("%s holds %d, larger than any token id" % (name, t))
-            return []
-        if t < 0:
-            negative.append("%s holds token id %d, outside the vocabulary" % (name, t))
+        if t < 0 or t >= TOKEN_ID_LIMIT:
+            outside.append(f"{name} holds token id {t}, outside the vocabulary")
             return []
     return value
 
 
-def parse_generate_request(text):
+def parse_generate_request(text: str) -> Request:
     """The GenerateRequest of api_spec (schemas/generate_request.json) as a dict with defaults."""
     obj = _parse_json_object(text)
-    _check_fields(obj, list(GENERATE_DEFAULTS) + ["input_ids"], ["input_ids"])
+    _check_fields(obj, [*GENERATE_DEFAULTS, "input_ids"], ["input_ids"])
     req = dict(GENERATE_DEFAULTS)
     req.update(obj)
-    errors, negative = [], []
+    errors: list[str] = []
+    outside: list[str] = []
     for name in ("input_ids", "stop_token_ids", "banned_token_ids"):
-        _token_list(req, name, errors, negative)
+        _token_list(req, name, errors, outside)
     if isinstance(req["input_ids"], list) and not req["input_ids"]:
         errors.append("input_ids must hold at least one token id")
 
-    def need(ok, message):
+    def need(ok: bool, message: str) -> None:
         if not ok:
             errors.append(message)
 
@@ -141,37 +164,37 @@ def parse_generate_request(text):
     v = req["sampler_seed"]
     need(_is_int(v) and -1 <= v < 2 ** 32, "sampler_seed must be an integer in [-1, 2^32)")
     need(isinstance(req["return_attention"], bool), "return_attention must be true or false")
-    need(req["attention_dtype"] in DTYPES, "attention_dtype must be one of %s" % ", ".join(DTYPES))
+    need(req["attention_dtype"] in DTYPES, "attention_dtype must be one of " + ", ".join(DTYPES))
     if errors:
         raise Rejected("INVALID_REQUEST", "; ".join(errors[:5]))
-    if negative:
-        raise Rejected("INVALID_TOKEN", negative[0])
+    if outside:
+        raise Rejected("INVALID_TOKEN", outside[0])
     return req
 
 
-def check_generate_request(req, info):
+def check_generate_request(req: Request, info: dict[str, Any]) -> None:
     """What the schema cannot see: the vocabulary, the context, attention availability."""
     vocab = info["vocab_size"]
     for name in ("input_ids", "stop_token_ids", "banned_token_ids"):
         bad = [t for t in req[name] if t >= vocab]
         if bad:
-            raise Rejected("INVALID_TOKEN", "%s holds token id %d, outside this model's vocabulary [0, %d); "
-                           "tokenize with this server's /api/v1/tokenize" % (name, bad[0], vocab))
+            raise Rejected("INVALID_TOKEN", f"{name} holds token id {bad[0]}, outside this model's vocabulary "
+                           f"[0, {vocab}); tokenize with this server's /api/v1/tokenize")
     total = len(req["input_ids"]) + req["max_length"]
     if total > info["max_context_length"]:
-        raise Rejected("CONTEXT_OVERFLOW", "%d input tokens + max_length %d = %d exceeds the server's context of %d "
-                       "tokens; prune the conversation or lower max_length (or restart KoboldCPP with a larger "
-                       "--contextsize)" % (len(req["input_ids"]), req["max_length"], total, info["max_context_length"]))
+        raise Rejected("CONTEXT_OVERFLOW", f"{len(req['input_ids'])} input tokens + max_length {req['max_length']} = "
+                       f"{total} exceeds the server's context of {info['max_context_length']} tokens; prune the "
+                       "conversation or lower max_length (or restart KoboldCPP with a larger --contextsize)")
     if req["return_attention"]:
         att = info["attention"]
         if not att["available"]:
-            raise Rejected("ATTENTION_UNAVAILABLE", "attention export is off on this server: %s" % att["reason"])
+            raise Rejected("ATTENTION_UNAVAILABLE", f"attention export is off on this server: {att['reason']}")
         if req["attention_dtype"] not in att["dtypes"]:
-            raise Rejected("ATTENTION_UNAVAILABLE", "attention_dtype %s is not offered; this server sends %s"
-                           % (req["attention_dtype"], ", ".join(att["dtypes"])))
+            raise Rejected("ATTENTION_UNAVAILABLE", f"attention_dtype {req['attention_dtype']} is not offered; "
+                           f"this server sends {', '.join(att['dtypes'])}")
 
 
-def parse_tokenize_request(body):
+def parse_tokenize_request(body: bytes) -> tuple[str, bool]:
     obj = _parse_json_object(body)
     _check_fields(obj, ["text", "add_special_tokens"], ["text"])
     if not isinstance(obj["text"], str):
@@ -182,28 +205,99 @@ def parse_tokenize_request(body):
     return obj["text"], add
 
 
-def parse_detokenize_request(body, vocab):
+def parse_detokenize_request(body: bytes, vocab: int) -> list[int]:
     obj = _parse_json_object(body)
     _check_fields(obj, ["token_ids"], ["token_ids"])
-    errors, negative = [], []
-    ids = _token_list(obj, "token_ids", errors, negative)
+    errors: list[str] = []
+    outside: list[str] = []
+    ids = _token_list(obj, "token_ids", errors, outside)
     if errors:
         raise Rejected("INVALID_REQUEST", errors[0])
-    if negative:
-        raise Rejected("INVALID_TOKEN", negative[0])
+    if outside:
+        raise Rejected("INVALID_TOKEN", outside[0])
     bad = [t for t in ids if t >= vocab]
     if bad:
-        raise Rejected("INVALID_TOKEN", "token id %d is outside the vocabulary [0, %d)" % (bad[0], vocab))
+        raise Rejected("INVALID_TOKEN", f"token id {bad[0]} is outside the vocabulary [0, {vocab})")
     return ids
 
 
-def kobold_seed(seed):
+def kobold_seed(seed: int) -> int:
     """KoboldCPP takes seeds <= 0 (and 0xFFFFFFFF) as 'random': map every other seed into [1, 2^31 - 2]."""
     if seed < 0:
         return -1
     if 0 < seed < 2 ** 31 - 1:
         return seed
     return (seed - 1) % (2 ** 31 - 2) + 1
+
+
+# --------------------------------------------------------------------------- who may connect
+# The Host and Origin rules of api_spec (H0, H2): the same rules, in the same words, as
+# halo_client/serving/access.py, which this standard-library-only module cannot import
+# (tests/kobold_patch checks that both answer alike).
+
+def host_name(host_header: str) -> str:
+    """The name or address of a `Host` header: no port, no IPv6 brackets, lower case, no
+    trailing dot."""
+    value = host_header.strip().lower()
+    if value.startswith("["):  # [v6]:port
+        end = value.find("]")
+        return value[1:end] if end > 0 else value
+    if value.count(":") == 1:
+        value = value.split(":", 1)[0]
+    return value.rstrip(".")
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+class AccessPolicy:
+    """H0: a Host must be `localhost`, `*.localhost`, an IP address literal (no DNS, so no
+    rebinding; KoboldCPP reached by its LAN address keeps working), the name KoboldCPP binds
+    (`--host`), an `--allowed-host` name or the host of an `--allowed-origin`; a request without
+    Host (HTTP/1.0) passes. H2: a browser Origin must be the server's own or an allowed one."""
+
+    def __init__(self, *, allowed_hosts: Iterable[str] = (), allowed_origins: Iterable[str] = (),
+                 bind_host: str = "") -> None:
+        self.allowed_origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
+        hosts = {host_name(h) for h in allowed_hosts if h.strip()}
+        hosts |= {host_name(urlsplit(o).netloc) for o in self.allowed_origins if urlsplit(o).netloc}
+        if bind_host and not _is_ip(host_name(bind_host)):
+            hosts.add(host_name(bind_host))
+        self.allowed_hosts = frozenset(hosts)
+
+    def host_allowed(self, host_header: str | None) -> bool:
+        if host_header is None:
+            return True
+        name = host_name(host_header)
+        if not name:
+            return False
+        return (name == "localhost" or name.endswith(".localhost") or _is_ip(name)
+                or name in self.allowed_hosts)
+
+    def origin_allowed(self, origin: str | None, host_header: str | None) -> bool:
+        if origin is None:
+            return True  # not a browser: browsers always send Origin with a WebSocket upgrade
+        origin = origin.rstrip("/").lower()
+        if origin in self.allowed_origins:
+            return True
+        host = (host_header or "").strip().lower()
+        parts = urlsplit(origin)
+        return parts.scheme in ("http", "https") and bool(host) and parts.netloc == host
+
+    @staticmethod
+    def host_refusal(host_header: str) -> str:
+        return (f"Host {host_header!r} is not a loopback name or an IP address (a DNS-rebinding "
+                "page looks like this); start the server with --allowed-host "
+                f"{host_name(host_header) or 'NAME'} to allow it")
+
+    @staticmethod
+    def origin_refusal(origin: str) -> str:
+        return f"Origin {origin} may not open this stream; start the server with --allowed-origin to allow it"
 
 
 # --------------------------------------------------------------------------- the C library
@@ -226,8 +320,11 @@ class ModelInfoOut(ctypes.Structure):
 EVENT_TOKEN, EVENT_DONE = 1, 2
 FINISH_ERROR = 4
 
+#: an event of the generation, and the frame of a token event (valid until the next event)
+Event = tuple[Any, Optional[memoryview]]
 
-def register_library(handle):
+
+def register_library(handle: Any) -> None:
     """argtypes/restype of the exports in expose.cpp (koboldcpp.py calls this in init_library)."""
     handle.halo_api_next_event.argtypes = [ctypes.c_int, ctypes.POINTER(EventOut)]
     handle.halo_api_next_event.restype = ctypes.c_int
@@ -247,14 +344,14 @@ def register_library(handle):
 class KoboldBackend:
     """The model behind KoboldCPP's ctypes handle. Generations are serialized by the caller."""
 
-    def __init__(self, kcpp):
+    def __init__(self, kcpp: Any) -> None:
         self.kcpp = kcpp
         self.handle = kcpp.handle
-        self._info = None
-        self._pieces = None
+        self._info: dict[str, Any] | None = None
+        self._pieces: list[bytes] | None = None
         self._lock = threading.Lock()
 
-    def model_info(self):
+    def model_info(self) -> dict[str, Any]:
         with self._lock:
             if self._info is None:
                 out = ModelInfoOut()
@@ -265,7 +362,7 @@ class KoboldBackend:
                     name = name[len("koboldcpp/"):]
                 template = out.chat_template.decode("utf-8", "replace") if out.chat_template is not None else None
 
-                def tid(v):
+                def tid(v: int) -> int | None:
                     return v if v >= 0 else None
 
                 reason = (out.reason or b"").decode("utf-8", "replace")
@@ -291,19 +388,19 @@ class KoboldBackend:
                 }
             return self._info
 
-    def tokenize(self, text, add_special):
+    def tokenize(self, text: str, add_special: bool) -> list[int]:
         data = text.encode("utf-8")
         cap = len(data) + 8
         while True:
             buf = (ctypes.c_int * cap)()
-            n = self.handle.halo_api_tokenize(data, add_special, add_special, buf, cap)
+            n = int(self.handle.halo_api_tokenize(data, add_special, add_special, buf, cap))
             if n >= 0:
                 return list(buf[:n])
             if n == -1:
                 raise Rejected("INTERNAL", "no GGUF text model is loaded: the Halo Weave API needs one")
             cap = -n - 2 + 8
 
-    def pieces(self):
+    def pieces(self) -> list[bytes]:
         """Every token's exact bytes, read once."""
         with self._lock:
             if self._pieces is None:
@@ -315,27 +412,27 @@ class KoboldBackend:
                 buf = ctypes.create_string_buffer(256)
                 pieces = []
                 for t in range(vocab):
-                    n = self.handle.halo_api_token_piece(t, buf, 256)
+                    n = int(self.handle.halo_api_token_piece(t, buf, 256))
                     if n < -1:
                         big = ctypes.create_string_buffer(-n - 2)
-                        n = self.handle.halo_api_token_piece(t, big, len(big))
+                        n = int(self.handle.halo_api_token_piece(t, big, len(big)))
                         pieces.append(big.raw[:max(n, 0)])
                     else:
                         pieces.append(buf.raw[:max(n, 0)])
                 self._pieces = pieces
             return self._pieces
 
-    def start(self, req):
+    def start(self, req: Request) -> threading.Thread:
         """Starts handle.generate in a thread; returns it (join it before releasing the model)."""
         kcpp = self.kcpp
         inputs = kcpp.generation_inputs()
         ids = req["input_ids"]
-        keep = {
+        keep: dict[str, Any] = {
             "ids": (ctypes.c_int * len(ids))(*ids),
             "stop": (ctypes.c_int * max(1, len(req["stop_token_ids"])))(*req["stop_token_ids"]),
             "ban": (ctypes.c_int * max(1, len(req["banned_token_ids"])))(*req["banned_token_ids"]),
         }
-        empty = "".encode("utf-8")
+        empty = b""
         inputs.prompt = b"[halo input_ids]"  # not tokenized: input_ids are used as they are
         inputs.memory = empty
         for n in range(len(inputs.images)):
@@ -394,14 +491,14 @@ class KoboldBackend:
         inputs.halo_banned_count = len(req["banned_token_ids"])
         inputs.halo_attention = (1 if req["attention_dtype"] == "float32" else 2) if req["return_attention"] else 0
 
-        def run():
+        def run() -> None:
             keep["result"] = self.handle.generate(inputs)  # keep holds the arrays until it returns
 
         thread = threading.Thread(target=run, name="halo-generate", daemon=True)
         thread.start()
         return thread
 
-    def next_event(self, timeout_ms):
+    def next_event(self, timeout_ms: int) -> Event | None:
         """(EventOut, frame memoryview or None), or None after timeout_ms. The frame is valid until
         the next call."""
         out = EventOut()
@@ -413,13 +510,13 @@ class KoboldBackend:
             frame = memoryview((ctypes.c_ubyte * out.frame_bytes).from_address(ptr)).cast("B")
         return out, frame
 
-    def last_error(self):
-        return (self.handle.halo_api_last_error() or b"").decode("utf-8", "replace")
+    def last_error(self) -> str:
+        return str((self.handle.halo_api_last_error() or b"").decode("utf-8", "replace"))
 
-    def abort(self):
+    def abort(self) -> None:
         self.handle.abort_generate()
 
-    def generation_finished(self):
+    def generation_finished(self) -> bool:
         """True when no generation is running (KoboldCPP's own flag, as its SSE streaming reads it)."""
         return bool(self.handle.has_finished())
 
@@ -429,13 +526,13 @@ class KoboldBackend:
 class ProtocolClose(Exception):
     """The connection must be closed with this WebSocket close code."""
 
-    def __init__(self, code, reason):
+    def __init__(self, code: int, reason: str) -> None:
         Exception.__init__(self, reason)
         self.code = code
         self.reason = reason
 
 
-def frame_header(opcode, length, fin=True):
+def frame_header(opcode: int, length: int, fin: bool = True) -> bytes:
     """RFC 6455 section 5.2 header of one unmasked server frame."""
     first = (0x80 if fin else 0) | opcode
     if length < 126:
@@ -445,12 +542,16 @@ def frame_header(opcode, length, fin=True):
     return struct.pack("!BBQ", first, 127, length)
 
 
-def close_payload(code, reason=""):
+def close_payload(code: int, reason: str = "") -> bytes:
     return struct.pack("!H", code) + reason.encode("utf-8")[:123]
 
 
-def accept_key(key):
+def accept_key(key: str) -> str:
     return base64.b64encode(hashlib.sha1(key.encode("ascii") + WS_GUID).digest()).decode("ascii")
+
+
+#: what FrameReader.next_message returns: (kind, payload)
+Message = tuple[str, Any]
 
 
 class FrameReader:
@@ -462,14 +563,14 @@ class FrameReader:
     `max_message` bytes (1009), text must be UTF-8 (1007).
     """
 
-    def __init__(self, rfile, max_message=MAX_MESSAGE):
+    def __init__(self, rfile: io.BufferedIOBase, max_message: int = MAX_MESSAGE) -> None:
         self.rfile = rfile
         self.max_message = max_message
-        self._parts = []
+        self._parts: list[bytes] = []
         self._size = 0
-        self._opcode = None
+        self._opcode: int | None = None
 
-    def _read(self, n):
+    def _read(self, n: int) -> bytes:
         data = b""
         while len(data) < n:
             chunk = self.rfile.read(n - len(data))
@@ -478,14 +579,14 @@ class FrameReader:
             data += chunk
         return data
 
-    def _frame(self):
+    def _frame(self) -> tuple[bool, int, bytes]:
         b0, b1 = self._read(2)
         fin, rsv, opcode = b0 & 0x80, b0 & 0x70, b0 & 0x0F
         masked, length = b1 & 0x80, b1 & 0x7F
         if rsv:
             raise ProtocolClose(1002, "reserved bits set without a negotiated extension")
         if opcode not in (0x0, 0x1, 0x2, 0x8, 0x9, 0xA):
-            raise ProtocolClose(1002, "unknown opcode %d" % opcode)
+            raise ProtocolClose(1002, f"unknown opcode {opcode}")
         if opcode >= 0x8 and (not fin or length > 125):
             raise ProtocolClose(1002, "control frames must be whole and at most 125 bytes")
         if not masked:
@@ -497,7 +598,7 @@ class FrameReader:
             if length >> 63:
                 raise ProtocolClose(1002, "frame length has its most significant bit set")
         if opcode < 0x8 and self._size + length > self.max_message:
-            raise ProtocolClose(1009, "message larger than %d bytes" % self.max_message)
+            raise ProtocolClose(1009, f"message larger than {self.max_message} bytes")
         mask = self._read(4)
         payload = self._read(length) if length else b""
         if length:
@@ -506,7 +607,7 @@ class FrameReader:
             payload = (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(length, "big")
         return bool(fin), opcode, payload
 
-    def next_message(self):
+    def next_message(self) -> Message | None:
         while True:
             try:
                 fin, opcode, payload = self._frame()
@@ -522,7 +623,7 @@ class FrameReader:
                     except UnicodeDecodeError:
                         raise ProtocolClose(1007, "close reason is not UTF-8") from None
                     if code < 1000 or code in (1004, 1005, 1006, 1015) or 1016 <= code < 3000 or code >= 5000:
-                        raise ProtocolClose(1002, "invalid close code %d" % code)
+                        raise ProtocolClose(1002, f"invalid close code {code}")
                     return "close", (code, reason)
                 return "close", (1005, "")
             if opcode == 0x9:
@@ -554,21 +655,23 @@ class FrameReader:
 class WebSocket:
     """Server side of one upgraded connection: a reader thread and locked writes."""
 
-    def __init__(self, sock, rfile):
+    def __init__(self, sock: socket.socket, rfile: io.BufferedIOBase) -> None:
         self.sock = sock
         self.reader = FrameReader(rfile)
-        self.messages = queue.Queue()
+        self.messages: queue.Queue[str | None] = queue.Queue()
         self.gone = threading.Event()         # the client closed, vanished, or broke the protocol
         self.close_received = threading.Event()
         self.closed_sent = False
-        self.on_message = None                 # called from the reader thread with each text message
+        self.abort_requested = False           # the client sent {"type": "abort"}
+        # called from the reader thread with each text message; True: consumed
+        self.on_message: Callable[[str], bool] | None = None
         self._write_lock = threading.Lock()
         self._thread = threading.Thread(target=self._read_loop, name="halo-ws-reader", daemon=True)
 
-    def start(self):
+    def start(self) -> None:
         self._thread.start()
 
-    def send_raw(self, *parts):
+    def send_raw(self, *parts: bytes | memoryview) -> bool:
         if self.gone.is_set() or self.closed_sent:
             return False
         try:
@@ -580,43 +683,39 @@ class WebSocket:
             self._lost()
             return False
 
-    def send_text(self, obj):
+    def send_text(self, obj: object) -> bool:
         data = json.dumps(obj, separators=(",", ":")).encode("utf-8")
         return self.send_raw(frame_header(0x1, len(data)) + data)
 
-    def close(self, code=1000, reason=""):
+    def close(self, code: int = 1000, reason: str = "") -> None:
         with self._write_lock:
             if self.closed_sent:
                 return
             self.closed_sent = True
             payload = close_payload(code, reason)
-            try:
+            with contextlib.suppress(OSError):
                 self.sock.sendall(frame_header(0x8, len(payload)) + payload)
-            except OSError:
-                pass
 
-    def wait_closed(self, timeout=CLOSE_WAIT_S + 0.5):
+    def wait_closed(self, timeout: float = CLOSE_WAIT_S + 0.5) -> None:
         """After our close frame: let the client's come back (or the reader finish draining),
         briefly, for a clean handshake."""
         deadline = time.monotonic() + timeout
         while not self.close_received.is_set() and self._thread.is_alive() and time.monotonic() < deadline:
             self.close_received.wait(0.02)
 
-    def shutdown(self):
+    def shutdown(self) -> None:
         """End the connection: unblocks the reader (the handler's rfile is shared with it, and
         KoboldCPP's handler closes that file once this returns)."""
-        try:
+        with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self._thread.join(1.0)
 
-    def _lost(self):
+    def _lost(self) -> None:
         if not self.gone.is_set():
             self.gone.set()
             self.messages.put(None)
 
-    def _read_loop(self):
+    def _read_loop(self) -> None:
         try:
             while True:
                 msg = self.reader.next_message()
@@ -645,7 +744,7 @@ class WebSocket:
         finally:
             self._lost()
 
-    def _drain(self, seconds=CLOSE_WAIT_S):
+    def _drain(self, seconds: float = CLOSE_WAIT_S) -> None:
         """After a protocol error: read (and drop) what the client still sends, so that closing the
         socket sends FIN rather than a reset that could destroy our close frame in flight."""
         deadline = time.monotonic() + seconds
@@ -661,98 +760,122 @@ class WebSocket:
             pass
 
 
+# --------------------------------------------------------------------------- HTTP answers
+
+def send_json(handler: BaseHTTPRequestHandler, status: int, obj: object) -> None:
+    """One whole answer, after which the connection ends.
+
+    The status line is written here, not by handler.send_response, which writes the handler's
+    protocol_version (HTTP/1.0 in KoboldCPP): WebSocket clients refuse an upgrade answered with an
+    HTTP/1.0 status line, even a refusal. HTTP/1.1 with a Content-Length and `Connection: close`
+    is a complete answer to an HTTP/1.0 and an HTTP/1.1 client alike. Nothing on the handler
+    changes but close_connection, set True (as KoboldCPP's HTTP/1.0 handling leaves it for every
+    request), so the connection ends and its server thread is free for the next one.
+    """
+    body = json.dumps(obj).encode("utf-8")
+    head = (f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
+            f"Server: {handler.version_string()}\r\n"
+            f"Date: {handler.date_time_string()}\r\n"
+            "Content-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            "Connection: close\r\n"
+            # as on KoboldCPP's own answers (and the project's servers): any page may read these
+            "Access-Control-Allow-Origin: *\r\n"
+            "Cache-Control: no-store\r\n\r\n")
+    handler.close_connection = True
+    handler.log_request(status)  # KoboldCPP's log_message: printed with --debugmode only
+    handler.wfile.write(head.encode("latin-1") + body)
+    handler.wfile.flush()
+
+
+def send_error(handler: BaseHTTPRequestHandler, code: str, message: str) -> None:
+    send_json(handler, STATUS[code], {"error": {"code": code, "message": message}})
+
+
+def _discard(handler: BaseHTTPRequestHandler, length: int) -> None:
+    """Read and drop a body the answer does not need, so that the client reads the answer rather
+    than a reset (closing a socket with unread data sends RST)."""
+    left = length
+    while left > 0:
+        chunk = handler.rfile.read(min(left, 1 << 20))
+        if not chunk:
+            break
+        left -= len(chunk)
+
+
+def _content_length(handler: BaseHTTPRequestHandler) -> int:
+    value = handler.headers.get("content-length")
+    try:
+        length = int(value) if value is not None else 0
+    except ValueError:
+        raise Rejected("INVALID_REQUEST", "bad content-length header") from None
+    if length < 0:
+        raise Rejected("INVALID_REQUEST", "bad content-length header")
+    return length
+
+
+def read_body(handler: BaseHTTPRequestHandler) -> bytes:
+    length = _content_length(handler)
+    if length > MAX_BODY:
+        if length <= MAX_DRAIN:
+            _discard(handler, length)
+        raise Rejected("PAYLOAD_TOO_LARGE", f"request bodies are limited to {MAX_BODY} bytes")
+    return handler.rfile.read(length) if length else b""
+
+
+def is_upgrade(handler: BaseHTTPRequestHandler) -> bool:
+    return (handler.headers.get("Upgrade") or "").strip().lower() == "websocket"
+
+
 # --------------------------------------------------------------------------- the server
 
 class HaloServer:
     """The contract's endpoints for one KoboldCPP process (one model, generations serialized)."""
 
-    def __init__(self, kcpp, backend=None):
+    def __init__(self, kcpp: Any, backend: Any = None) -> None:
         self.kcpp = kcpp
         self.backend = backend if backend is not None else KoboldBackend(kcpp)
-        self.active = None   # the session generating now
+        self.active: WebSocket | None = None   # the session generating now
+        args = getattr(kcpp, "args", None)
+        self.access = AccessPolicy(allowed_hosts=getattr(args, "allowed_host", None) or (),
+                                   allowed_origins=getattr(args, "allowed_origin", None) or (),
+                                   bind_host=getattr(args, "host", None) or "")
 
-    # ---- shared checks
-
-    def password(self):
+    def password(self) -> str:
         return getattr(self.kcpp, "password", "") or ""
 
-    def allowed_origins(self):
-        args = getattr(self.kcpp, "args", None)
-        origins = getattr(args, "allowed_origin", None) or []
-        return set(o.rstrip("/").lower() for o in origins)
-
-    def authorized(self, headers):
+    def authorized(self, handler: BaseHTTPRequestHandler) -> bool:
         pw = self.password()
         if not pw:
             return True
-        value = headers.get("Authorization") or ""
+        value = handler.headers.get("Authorization") or ""
         scheme, _, token = value.partition(" ")
+        # constant time: the comparison must not tell how much of a guess was right
         return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode("utf-8"), pw.encode("utf-8"))
 
-    def origin_allowed(self, headers):
-        origin = headers.get("Origin")
-        if origin is None:
-            return True  # not a browser: browsers always send Origin with a WebSocket upgrade
-        origin = origin.rstrip("/").lower()
-        if origin in self.allowed_origins():
-            return True
-        host = (headers.get("Host") or "").lower()
-        return bool(host) and origin in ("http://" + host, "https://" + host)
-
-    # ---- HTTP plumbing (KoboldCPP's BaseHTTPRequestHandler)
-
-    @staticmethod
-    def send_json(handler, status, obj):
-        body = json.dumps(obj).encode("utf-8")
-        # HTTP/1.1 status line: WebSocket clients refuse an upgrade answered with HTTP/1.0
-        handler.protocol_version = "HTTP/1.1"
-        handler.close_connection = True
-        handler.send_response(status)
-        handler.send_header("connection", "close")
-        handler.send_header("content-type", "application/json")
-        handler.send_header("content-length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
-
-    def send_error(self, handler, code, message):
-        self.send_json(handler, STATUS[code], {"error": {"code": code, "message": message}})
-
-    def read_body(self, handler):
-        length = handler.headers.get("content-length")
-        try:
-            length = int(length) if length is not None else 0
-        except ValueError:
-            raise Rejected("INVALID_REQUEST", "bad content-length header") from None
-        if length < 0:
-            raise Rejected("INVALID_REQUEST", "bad content-length header")
-        if length > MAX_BODY:
-            if length <= MAX_DRAIN:  # read it so that the client sees the answer, not a reset
-                left = length
-                while left > 0:
-                    chunk = handler.rfile.read(min(left, 1 << 20))
-                    if not chunk:
-                        break
-                    left -= len(chunk)
-            else:
-                handler.close_connection = True
-            raise Rejected("PAYLOAD_TOO_LARGE", "request bodies are limited to %d bytes" % MAX_BODY)
-        return handler.rfile.read(length) if length else b""
-
-    def serve(self, handler, method):
+    def serve(self, handler: BaseHTTPRequestHandler, method: str) -> None:
         path = handler.path.split("?", 1)[0].rstrip("/")
         handler.close_connection = True
         try:
-            if path == STREAM_PATH and method == "GET" and self.is_upgrade(handler.headers):
+            host = handler.headers.get("Host")
+            if not self.access.host_allowed(host):  # H0, before anything else
+                if method == "POST":
+                    length = _content_length(handler)
+                    if length <= MAX_DRAIN:
+                        _discard(handler, length)
+                raise Rejected("HOST_NOT_ALLOWED", self.access.host_refusal(host or ""))
+            if path == STREAM_PATH and method == "GET" and is_upgrade(handler):
                 self.upgrade(handler)
                 return
-            body = self.read_body(handler) if method == "POST" else b""
-            if not self.authorized(handler.headers):
+            body = read_body(handler) if method == "POST" else b""
+            if not self.authorized(handler):
                 raise Rejected("UNAUTHORIZED", NEEDS_PASSWORD)
             if path == STREAM_PATH:
-                raise Rejected("INVALID_REQUEST", "%s is a WebSocket: connect with a WebSocket client" % STREAM_PATH)
+                raise Rejected("INVALID_REQUEST", f"{STREAM_PATH} is a WebSocket: connect with a WebSocket client")
             want = "GET" if path == "/api/v1/model/info" else "POST"
             if method != want:
-                raise Rejected("INVALID_REQUEST", "%s takes %s, not %s" % (path, want, method))
+                raise Rejected("INVALID_REQUEST", f"{path} takes {want}, not {method}")
+            result: dict[str, Any]
             if path == "/api/v1/model/info":
                 result = self.backend.model_info()
             elif path == "/api/v1/tokenize":
@@ -760,70 +883,67 @@ class HaloServer:
                 self.backend.model_info()
                 ids = self.backend.tokenize(text, add)
                 pieces = self.backend.pieces()
-                result = {"tokens": [{"token_id": t, "piece": base64.b64encode(pieces[t]).decode("ascii")} for t in ids],
-                          "token_ids": ids, "token_count": len(ids)}
+                tokens = [{"token_id": t, "piece": base64.b64encode(pieces[t]).decode("ascii")} for t in ids]
+                result = {"tokens": tokens, "token_ids": ids, "token_count": len(ids)}
             else:
                 ids = parse_detokenize_request(body, self.backend.model_info()["vocab_size"])
                 pieces = self.backend.pieces()
                 result = {"text": b"".join(pieces[t] for t in ids).decode("utf-8", "replace")}
-            self.send_json(handler, 200, result)
+            send_json(handler, 200, result)
         except Rejected as exc:
-            self.send_error(handler, exc.code, exc.message)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        except Exception as exc:  # noqa: BLE001 - the contract answers every failure with a body
-            try:
-                self.send_error(handler, "INTERNAL", "%s: %s" % (type(exc).__name__, exc))
-            except OSError:
-                pass
-
-    @staticmethod
-    def is_upgrade(headers):
-        return (headers.get("Upgrade") or "").strip().lower() == "websocket"
+            with contextlib.suppress(OSError):
+                send_error(handler, exc.code, exc.message)
+        except OSError:
+            pass  # the client is gone
+        except Exception as exc:  # the contract answers every failure with a body
+            with contextlib.suppress(OSError):
+                send_error(handler, "INTERNAL", f"{type(exc).__name__}: {exc}")
+        finally:
+            handler.close_connection = True
 
     # ---- the stream
 
-    def upgrade(self, handler):
+    def upgrade(self, handler: BaseHTTPRequestHandler) -> None:
         headers = handler.headers
-        if not self.authorized(headers):
+        if not self.authorized(handler):
             raise Rejected("UNAUTHORIZED", NEEDS_PASSWORD)
-        if not self.origin_allowed(headers):
-            raise Rejected("ORIGIN_NOT_ALLOWED", "Origin %s may not open this stream; start KoboldCPP with "
-                           "--allowed-origin %s to allow it" % (headers.get("Origin"), headers.get("Origin")))
+        origin = headers.get("Origin")
+        if not self.access.origin_allowed(origin, headers.get("Host")):
+            raise Rejected("ORIGIN_NOT_ALLOWED", self.access.origin_refusal(origin or ""))
         connection = [t.strip().lower() for t in (headers.get("Connection") or "").split(",")]
         key = (headers.get("Sec-WebSocket-Key") or "").strip()
         try:
             key_ok = len(base64.b64decode(key, validate=True)) == 16
         except ValueError:
             key_ok = False
-        if "upgrade" not in connection or headers.get("Sec-WebSocket-Version", "").strip() != "13" or not key_ok:
+        if "upgrade" not in connection or (headers.get("Sec-WebSocket-Version") or "").strip() != "13" or not key_ok:
             raise Rejected("INVALID_REQUEST", "not a valid WebSocket upgrade (RFC 6455: Connection: Upgrade, "
                            "Sec-WebSocket-Version: 13, a 16-byte Sec-WebSocket-Key)")
         sock = handler.connection
+        # the 101 is HTTP/1.1 by definition; written here, like every answer of this module
         response = ("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                    "Sec-WebSocket-Accept: %s\r\n\r\n" % accept_key(key)).encode("ascii")
+                    f"Sec-WebSocket-Accept: {accept_key(key)}\r\n\r\n").encode("ascii")
+        handler.log_request(101)
         handler.wfile.flush()
         sock.sendall(response)
-        try:
+        with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
         sock.settimeout(None)
         ws = WebSocket(sock, handler.rfile)
         ws.start()
         try:
             self.session(ws)
-        except Exception as exc:  # noqa: BLE001 - after the 101 only a WebSocket message can say it
-            self.ws_error(ws, "INTERNAL", "%s: %s" % (type(exc).__name__, exc))
+        except Exception as exc:  # after the 101 only a WebSocket message can say it
+            self.ws_error(ws, "INTERNAL", f"{type(exc).__name__}: {exc}")
         finally:
             ws.wait_closed()
             ws.shutdown()
 
-    def session(self, ws):
+    def session(self, ws: WebSocket) -> None:
         try:
             text = ws.messages.get(timeout=FIRST_MESSAGE_TIMEOUT_S)
         except queue.Empty:
-            self.ws_error(ws, "INVALID_REQUEST", "no generation request within %g s" % FIRST_MESSAGE_TIMEOUT_S)
+            self.ws_error(ws, "INVALID_REQUEST", f"no generation request within {FIRST_MESSAGE_TIMEOUT_S:g} s")
             return
         if text is None:
             return
@@ -833,8 +953,8 @@ class HaloServer:
         except Rejected as exc:
             self.ws_error(ws, exc.code, exc.message)
             return
-        except Exception as exc:  # noqa: BLE001
-            self.ws_error(ws, "INTERNAL", "%s: %s" % (type(exc).__name__, exc))
+        except Exception as exc:
+            self.ws_error(ws, "INTERNAL", f"{type(exc).__name__}: {exc}")
             return
         busy = self.kcpp.modelbusy
         if not busy.acquire(blocking=False):
@@ -842,7 +962,7 @@ class HaloServer:
             if active is not None:
                 # a generation whose client is gone ends within a token: wait for it rather than
                 # answer BUSY to the client that replaced it (a re-request after pruning)
-                ending = active.gone.is_set() or getattr(active, "abort_requested", False)
+                ending = active.gone.is_set() or active.abort_requested
                 grace = ABORT_GRACE_S
             else:
                 # KoboldCPP's own endpoints hold the lock a moment after their generation ended
@@ -859,16 +979,15 @@ class HaloServer:
             self.active = None
             busy.release()
 
-    def ws_error(self, ws, code, message):
+    def ws_error(self, ws: WebSocket, code: str, message: str) -> None:
         ws.send_text({"type": "error", "code": code, "message": message})
         ws.close(1000)
 
-    def generate(self, ws, req):
+    def generate(self, ws: WebSocket, req: Request) -> None:
         backend = self.backend
         pieces = backend.pieces()
-        ws.abort_requested = False
 
-        def on_message(text):
+        def on_message(text: str) -> bool:
             # after the request the only message a client may send is {"type": "abort"}
             try:
                 if json.loads(text) == {"type": "abort"}:
@@ -897,7 +1016,8 @@ class HaloServer:
                     if not thread.is_alive():
                         got = backend.next_event(0)
                         if got is None:
-                            error = "the generation ended without finishing: " + (backend.last_error() or "unknown error")
+                            error = "the generation ended without finishing: " + (
+                                backend.last_error() or "unknown error")
                             break
                     else:
                         if aborted_for_client:
@@ -923,8 +1043,8 @@ class HaloServer:
             return
         if error is None and done is not None and done.finish_reason == FINISH_ERROR:
             error = backend.last_error() or "the generation failed"
-        if error is not None:
-            self.ws_error(ws, "INTERNAL", error)
+        if error is not None or done is None:
+            self.ws_error(ws, "INTERNAL", error or "the generation ended without finishing")
             return
         gen_s = done.generation_ms / 1000.0
         ws.send_text({"type": "done", "finish_reason": FINISH.get(done.finish_reason, "aborted"),
@@ -934,11 +1054,11 @@ class HaloServer:
         ws.close(1000)
 
 
-_servers = {}
+_servers: dict[int, HaloServer] = {}
 _servers_lock = threading.Lock()
 
 
-def serve(handler, method, kcpp):
+def serve(handler: BaseHTTPRequestHandler, method: str, kcpp: Any) -> None:
     """Entry point from koboldcpp.py's do_GET/do_POST for the paths in PATHS."""
     with _servers_lock:
         server = _servers.get(id(kcpp))

@@ -106,6 +106,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--server-pid", type=int, default=None,
                     help="pid of the running server: lets the suite measure its memory")
     group.addoption("--model-path", default=None, help="GGUF the running server runs: enables fidelity")
+    group.addoption("--kobold-host-api", action="store_true", default=False,
+                    help="the running server also serves KoboldCPP's own API (the patched KoboldCPP): check that "
+                         "Halo Weave traffic leaves KoboldCPP's answers unchanged, and judge aborts by its counters")
     group.addoption("--server-kv-cache", choices=["f16", "f32"], default="f16",
                     help="the running server's KV cache type, which the reference reproduces: f16 is "
                          "llama.cpp's and KoboldCPP's default, f32 is KoboldCPP's --attentionexport f32kv")

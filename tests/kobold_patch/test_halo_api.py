@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import http.server
 import json
 import queue
 import socket
@@ -30,7 +29,8 @@ from halo_client.client import DoneEvent, KoboldClient, TokenEvent
 from halo_client.errors import ServerBusy, ServerError
 from halo_client.frame import encode_frame
 from halo_client.messages import ModelInfo, TokenizeResponse
-from tests import raw_ws
+from tests import raw_http, raw_ws
+from tests.kobold_patch.kobold_like import KoboldLikeServer
 from tests.kobold_patch.patchfile import load_halo_api
 from tests.streaming import collect_stream
 
@@ -131,28 +131,17 @@ class FakeBackend:
 
 
 class Running:
+    """halo_api.py behind KoboldCPP v1.76's own server structure (kobold_like.py): 24 threads,
+    one reused handler object each, HTTP/1.0, KoboldCPP's answers next to the Halo Weave ones."""
+
     def __init__(self, halo: ModuleType) -> None:
         self.backend = FakeBackend(halo)
-        self.kcpp = SimpleNamespace(password=PASSWORD, args=SimpleNamespace(allowed_origin=[ALLOWED]),
+        self.kcpp = SimpleNamespace(password=PASSWORD, args=SimpleNamespace(allowed_origin=[ALLOWED], allowed_host=[],
+                                                                            host=""),
                                     modelbusy=threading.Lock(), maxctx=512, friendlymodelname="koboldcpp/fake")
-        server = halo.HaloServer(self.kcpp, backend=self.backend)
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                server.serve(self, "GET")
-
-            def do_POST(self) -> None:
-                server.serve(self, "POST")
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
+        self.kobold = KoboldLikeServer(halo, self.kcpp, self.backend)
+        self.port = self.kobold.port
+        self.url = self.kobold.url
 
     def client(self, **kw: Any) -> KoboldClient:
         kw.setdefault("password", PASSWORD)
@@ -163,8 +152,7 @@ class Running:
 def srv(halo: ModuleType) -> Iterator[Running]:
     running = Running(halo)
     yield running
-    running.httpd.shutdown()
-    running.httpd.server_close()
+    running.kobold.close()
 
 
 AUTH = {"Authorization": f"Bearer {PASSWORD}"}
@@ -215,7 +203,7 @@ async def test_password_and_origin(srv: Running) -> None:
     assert refused.value.response.status_code == 403
     assert json.loads(refused.value.response.body)["error"]["code"] == "ORIGIN_NOT_ALLOWED"
     for origin in (ALLOWED, f"http://127.0.0.1:{srv.port}"):
-        async with websockets.connect(ws_url, additional_headers=AUTH, origin=origin) as ws:  # type: ignore[arg-type]
+        async with websockets.connect(ws_url, additional_headers=AUTH, origin=origin) as ws:
             await ws.send(json.dumps({"input_ids": [1, 2], "max_length": 1}))
             assert json.loads([m async for m in ws][-1])["type"] == "done"
 
@@ -251,7 +239,9 @@ async def test_tokens_and_frames(srv: Running, dtype: str) -> None:
     (json.dumps({"input_ids": [1], "top_p": 1.5}), "INVALID_REQUEST"),
     (json.dumps({"input_ids": [1], "attention_dtype": "int8"}), "INVALID_REQUEST"),
     (json.dumps({"input_ids": [1], "return_attention": 1}), "INVALID_REQUEST"),
-    (json.dumps({"input_ids": [1, 2**31]}), "INVALID_REQUEST"),
+    (json.dumps({"input_ids": [1, 2**31]}), "INVALID_TOKEN"),
+    (json.dumps({"input_ids": [1], "stop_token_ids": [2**40]}), "INVALID_TOKEN"),
+    (json.dumps({"input_ids": [1.5]}), "INVALID_REQUEST"),
     (json.dumps({"input_ids": [1, 300]}), "INVALID_TOKEN"),
     (json.dumps({"input_ids": [1, -1]}), "INVALID_TOKEN"),
     (json.dumps({"input_ids": [1], "banned_token_ids": [999]}), "INVALID_TOKEN"),
@@ -312,14 +302,19 @@ def test_unmasking_of_a_large_message(halo: ModuleType) -> None:
     assert reader.next_message() == ("binary", payload)
 
 
-async def test_abort_message_ends_with_aborted(srv: Running) -> None:
-    srv.backend.token_delay = 0.02
+async def abort_after_first_token(srv: Running, max_length: int) -> list[Any]:
+    """A stream aborted by the client's {"type": "abort"} once the first token came: every message."""
     async with websockets.connect(f"ws://127.0.0.1:{srv.port}/api/v1/generate/stream",
                                   additional_headers=AUTH) as ws:
-        await ws.send(json.dumps({"input_ids": [1], "max_length": 400}))
+        await ws.send(json.dumps({"input_ids": [1], "max_length": max_length}))
         await ws.recv()
         await ws.send(json.dumps({"type": "abort"}))
-        messages = [json.loads(m) async for m in ws]
+        return [json.loads(m) async for m in ws]
+
+
+async def test_abort_message_ends_with_aborted(srv: Running) -> None:
+    srv.backend.token_delay = 0.02
+    messages = await abort_after_first_token(srv, 400)
     assert messages[-1]["type"] == "done" and messages[-1]["finish_reason"] == "aborted"
     assert messages[-1]["token_count"] < 400
 
@@ -405,3 +400,170 @@ def test_struct_layouts_match_attention_export_h(halo: ModuleType) -> None:
     assert ctypes.sizeof(halo.ModelInfoOut) == 72
     assert halo.ModelInfoOut.arch.offset == 48
 
+
+
+# ------------------------------------------- KoboldCPP's own answers, after Halo Weave traffic
+# KoboldCPP serves each thread's connections with one reused handler object (kobold_like.py):
+# whatever a Halo Weave request leaves on it, KoboldCPP's next answer on that thread sees.
+
+KOBOLD_REQUESTS = {
+    "OPTIONS": raw_http.request("OPTIONS", "/api/v1/generate", headers={
+        "Origin": "https://lite.example", "Access-Control-Request-Method": "POST"}),
+    "404": raw_http.request("GET", "/api/v1/nothing-here"),
+    "model": raw_http.request("GET", "/api/v1/model"),
+    "generate": raw_http.request("POST", "/api/v1/generate", headers=AUTH, body=b'{"prompt": "Hi", "max_length": 4}'),
+    "generate malformed": raw_http.request("POST", "/api/v1/generate", headers=AUTH, body=b"{not json"),
+    "generate unauthorized": raw_http.request("POST", "/api/v1/generate", body=b'{"prompt": "Hi"}'),
+    "SSE stream": raw_http.request("POST", "/api/extra/generate/stream", headers=AUTH,
+                                   body=b'{"prompt": "Hi", "max_length": 3}'),
+}
+
+
+def kobold_answers(port: int, connections: int) -> dict[str, list[raw_http.Answer]]:
+    """Each KoboldCPP request on `connections` connections open at once: each connection held by
+    another server thread, so every thread (and its handler object) answers one. Sent one after
+    another (the generation ones take KoboldCPP's model lock: at once, some would get 503)."""
+    out: dict[str, list[raw_http.Answer]] = {}
+    for name, raw in KOBOLD_REQUESTS.items():
+        socks = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(connections)]
+        try:
+            out[name] = []
+            for s in socks:
+                s.sendall(raw)
+                out[name].append(raw_http.parse(raw_http.read_to_close(s, 1.0, raw), 0.0))
+        finally:
+            for s in socks:
+                s.close()
+    return out
+
+
+def halo_on_every_thread(srv: Running, raw: bytes) -> list[raw_http.Answer]:
+    """A Halo Weave request on as many connections, open at once, as KoboldCPP has threads; each
+    answer read as a keep-alive client reads it (by Content-Length), the connection left open."""
+    socks = [socket.create_connection(("127.0.0.1", srv.port), timeout=5) for _ in srv.kobold.handlers]
+    try:
+        for s in socks:
+            s.sendall(raw)
+        return [raw_http.read_answer(s) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+async def test_kobold_answers_are_unchanged_after_halo_traffic(srv: Running) -> None:
+    threads = len(srv.kobold.handlers)
+    before = kobold_answers(srv.port, threads)
+    keep_alive = {"Connection": "keep-alive"}
+    # REST, errors and refusals, each on every thread
+    for raw in (raw_http.request("GET", "/api/v1/model/info", headers={**AUTH, **keep_alive}),
+                raw_http.request("POST", "/api/v1/tokenize", headers={**AUTH, **keep_alive}, body=b'{"text": "hi"}'),
+                raw_http.request("POST", "/api/v1/tokenize", headers={**AUTH, **keep_alive}, body=b"{bad"),
+                raw_http.request("GET", "/api/v1/model/info", headers=keep_alive),
+                raw_http.request("GET", "/api/v1/model/info", host="evil.example", headers={**AUTH, **keep_alive}),
+                raw_http.request("GET", "/api/v1/model/info", headers=AUTH, version="HTTP/1.0")):
+        answers = halo_on_every_thread(srv, raw)
+        assert all(a.header("connection") == "close" and a.header("content-length") for a in answers)
+    # streams: complete, aborted, left mid-way; refused upgrades
+    await collect(srv, [1, 2], max_length=3, return_attention=True)
+    srv.backend.token_delay = 0.01
+    await abort_after_first_token(srv, 50)
+    async with srv.client() as c, c.generate_stream([1, 2], max_length=50) as stream:
+        await stream.__anext__()
+    await aborted_then_free(srv)
+    for headers in ("", f"Authorization: Bearer {PASSWORD}\r\nOrigin: https://evil.example\r\n"):
+        with pytest.raises(ConnectionError):
+            raw_ws.open_stream(srv.port, headers=headers)
+    after = kobold_answers(srv.port, threads)
+    for name, answers in after.items():
+        reference = before[name][0]
+        assert all(a.same_as(reference) for a in before[name] + answers), (name, reference, answers)
+
+
+def test_idle_halo_connections_do_not_hold_kobold_threads(srv: Running) -> None:
+    """50 clients that keep their connection open after a Halo Weave answer (as keep-alive clients
+    do), more than KoboldCPP's 24 threads: a KoboldCPP request is still answered at once."""
+    raw = raw_http.request("GET", "/api/v1/model/info", headers={**AUTH, "Connection": "keep-alive"})
+    socks = []
+    try:
+        for _ in range(50):
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+            s.sendall(raw)
+            assert raw_http.read_answer(s).status_line == "HTTP/1.1 200 OK"
+            socks.append(s)
+        answer = raw_http.exchange(srv.port, KOBOLD_REQUESTS["model"], deadline_s=1.0)
+        assert answer.status_line.startswith("HTTP/1.0 200")
+        assert all(s.recv(1) == b"" for s in socks)  # the server has closed every one of them
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_busy_answer_is_unchanged_while_a_stream_generates(srv: Running) -> None:
+    before = raw_http.exchange(srv.port, KOBOLD_REQUESTS["generate"])
+    halo_on_every_thread(srv, raw_http.request("GET", "/api/v1/model/info", headers=AUTH))
+    srv.kcpp.modelbusy.acquire()  # as a running stream holds it
+    try:
+        busy = [raw_http.exchange(srv.port, KOBOLD_REQUESTS["generate"]) for _ in srv.kobold.handlers]
+    finally:
+        srv.kcpp.modelbusy.release()
+    assert before.status_line.startswith("HTTP/1.0 200")
+    assert {(a.status_line, a.headers, a.body) for a in busy} == {(busy[0].status_line, busy[0].headers, busy[0].body)}
+    assert busy[0].status_line.startswith("HTTP/1.0 503") and busy[0].header("content-length") is None
+
+
+# ------------------------------------------------------------------------- Host (rule H0)
+
+@pytest.mark.parametrize("host", ["evil.example:5001", "localhost.evil.example", "attacker.test."])
+def test_rebinding_host_is_refused_everywhere_before_auth(srv: Running, host: str) -> None:
+    for raw in (raw_http.request("GET", "/api/v1/model/info", host=host),
+                raw_http.request("POST", "/api/v1/tokenize", host=host, body=b'{"text": "x"}'),
+                raw_http.request("POST", "/api/v1/detokenize", host=host, headers=AUTH, body=b'{"token_ids": [1]}')):
+        answer = raw_http.exchange(srv.port, raw)
+        assert answer.status_line == "HTTP/1.1 403 Forbidden"
+        assert json.loads(answer.body)["error"]["code"] == "HOST_NOT_ALLOWED"
+    with pytest.raises(ConnectionError) as refused:
+        raw_ws.open_stream(srv.port, host_header=host, headers=f"Origin: http://{host}\r\n")
+    assert str(refused.value).startswith("HTTP/1.1 403") and "HOST_NOT_ALLOWED" in str(refused.value)
+
+
+def test_allowed_host_flag_and_kobold_endpoints(halo: ModuleType) -> None:
+    running = Running(halo)
+    running.kobold.close()
+    running.kcpp.args.allowed_host = ["kobold.lan"]
+    running.kobold = KoboldLikeServer(halo, running.kcpp, running.backend)
+    try:
+        ok = raw_http.exchange(running.kobold.port, raw_http.request(
+            "GET", "/api/v1/model/info", host="Kobold.LAN:5001", headers=AUTH))
+        assert ok.status_line == "HTTP/1.1 200 OK"
+        refused = raw_http.exchange(running.kobold.port, raw_http.request(
+            "GET", "/api/v1/model/info", host="other.lan", headers=AUTH))
+        assert refused.status_line == "HTTP/1.1 403 Forbidden"
+        # KoboldCPP's own endpoints answer any Host, as they always have
+        own = raw_http.exchange(running.kobold.port, raw_http.request("GET", "/api/v1/model", host="other.lan"))
+        assert own.status_line.startswith("HTTP/1.0 200")
+    finally:
+        running.kobold.close()
+
+
+HOSTS = [None, "", "localhost", "LocalHost:5001", "a.localhost", "localhost.evil.example", "127.0.0.1:5001",
+         "[::1]:5001", "::1", "192.168.1.20", "[fe80::1]", "evil.example", "evil.example.", "kobold.lan:80",
+         "proxy.example", "myhost", "127.0.0.1.nip.io", ":5001"]
+ORIGINS = [None, "http://localhost:5001", "https://localhost:5001", "http://localhost:5002", "https://proxy.example",
+           "https://proxy.example/", "null", "http://evil.example:5001", "file://"]
+
+
+def test_host_and_origin_rules_agree_with_the_project_servers(halo: ModuleType) -> None:
+    """halo_api.py carries a copy of halo_client/serving/access.py's rules (it may import nothing
+    of ours): both must give the same answers."""
+    from halo_client.serving import access
+
+    kw = {"allowed_hosts": ["Kobold.Lan"], "allowed_origins": ["https://proxy.example/"], "bind_host": "myhost"}
+    for ours, theirs in ((halo.AccessPolicy(), access.AccessPolicy()),
+                         (halo.AccessPolicy(**kw), access.AccessPolicy(**kw))):
+        for host in HOSTS:
+            assert ours.host_allowed(host) == theirs.host_allowed(host), host
+            if host is not None:
+                assert halo.host_name(host) == access.host_name(host)
+                assert ours.host_refusal(host) == theirs.host_refusal(host)
+            for origin in ORIGINS:
+                assert ours.origin_allowed(origin, host) == theirs.origin_allowed(origin, host), (origin, host)
