@@ -12,6 +12,7 @@
 #include <deque>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace halo_detail {
@@ -51,6 +52,8 @@ struct state
     bool has_chat_template = false;
     int n_layer = 0;
     int n_head = 0;
+    int eos_id = -1;
+    int eot_id = -1;                 // see end_of_turn_id
     int64_t kv_size = 0;
     std::vector<capture_group> groups;
     std::vector<int> layer_group;   // layer -> group
@@ -166,6 +169,31 @@ static bool alloc_capture(llama_context * ctx, std::string & why)
     return true;
 }
 
+// The end-of-turn token: model_info's eot_token_id, and with eos what ends a stream. llama.cpp
+// v1.76 takes tokenizer.ggml.eot_token_id, else the first token of its vocabulary hash map (an
+// unordered_map: an order of no meaning) whose text is in a list, so a vocabulary holding two of
+// them gets either: SmolLM2 (<|endoftext|> 0, <|im_end|> 2) gets 0 here. The project's servers and
+// this patch answer from one rule instead: the GGUF key, else the first of llama.cpp's texts, in
+// the list's order, that the vocabulary holds (halo_client/reference/gguf_model.py does the same).
+static int end_of_turn_id(const llama_model & model)
+{
+    char value[32];
+    if (llama_model_meta_val_str(&model, "tokenizer.ggml.eot_token_id", value, sizeof(value)) >= 0)
+    {
+        return llama_token_eot(&model); // the file says it: llama.cpp took it
+    }
+    static const char * const texts[] = { "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<EOT>" };
+    for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); ++i)
+    {
+        const auto it = model.vocab.token_to_id.find(texts[i]);
+        if (it != model.vocab.token_to_id.end())
+        {
+            return it->second;
+        }
+    }
+    return -1;
+}
+
 static void reset_graph_record()
 {
     state & s = S();
@@ -244,6 +272,8 @@ void halo_attn_on_model_loaded(struct llama_context * ctx, bool requested, bool 
     s.n_layer = (int)hparams.n_layer;
     s.n_head = s.n_layer > 0 ? (int)hparams.n_head(0) : 0;
     s.kv_size = ctx->kv_self.size;
+    s.eos_id = llama_token_eos(&model);
+    s.eot_id = end_of_turn_id(model);
     s.has_chat_template = false;
     s.chat_template.clear();
     {
@@ -563,7 +593,7 @@ static bool push_event(queued_event & ev, bool force)
     return true;
 }
 
-bool halo_gen_on_token(struct llama_context * ctx, int token_id, int n_past, int eos_id, int eot_id, int remaining)
+bool halo_gen_on_token(struct llama_context * ctx, int token_id, int n_past, int remaining)
 {
     state & s = S();
     if (!s.gen_active)
@@ -598,7 +628,7 @@ bool halo_gen_on_token(struct llama_context * ctx, int token_id, int n_past, int
     }
     s.gen_index += 1;
     bool stop = false;
-    if (token_id == eos_id || (eot_id >= 0 && token_id == eot_id))
+    if ((s.eos_id >= 0 && token_id == s.eos_id) || (s.eot_id >= 0 && token_id == s.eot_id))
     {
         s.gen_finish = HALO_FINISH_EOS;
         stop = true;
@@ -731,8 +761,8 @@ int halo_model_info(halo_model_info_out * out)
     out->n_embd = llama_n_embd(&model);
     out->n_ctx_train = llama_n_ctx_train(&model);
     out->bos = llama_token_bos(&model);
-    out->eos = llama_token_eos(&model);
-    out->eot = llama_token_eot(&model);
+    out->eos = s.eos_id;
+    out->eot = s.eot_id;
     out->rope_freq_base = s.lctx ? s.lctx->cparams.rope_freq_base : model.hparams.rope_freq_base_train;
     out->rope_freq_scale = s.lctx ? s.lctx->cparams.rope_freq_scale : model.hparams.rope_freq_scale_train;
     out->arch = s.arch.c_str();

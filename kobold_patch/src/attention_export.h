@@ -54,8 +54,9 @@ void halo_gen_prepare_reuse(struct llama_context * ctx, std::vector<int> & cache
 void halo_gen_apply_bans(float * logits, float lowest_logit, int n_vocab);
 // After each sampled token: reads the attention (if asked), queues the token event (waits while
 // the queue is full). n_past counts the tokens in the KV cache, the query's own included.
-// Returns true when the generation must stop (eos/eot, a stop id, or an error).
-bool halo_gen_on_token(struct llama_context * ctx, int token_id, int n_past, int eos_id, int eot_id, int remaining);
+// Returns true when the generation must stop (model_info's eos or eot, a stop id, or an error);
+// the stream's requests bypass KoboldCPP's own end-of-generation check, which knows another eot.
+bool halo_gen_on_token(struct llama_context * ctx, int token_id, int n_past, int remaining);
 // Queues the final `done` event; always called (RAII guard in gpttype_generate).
 void halo_gen_end();
 // Abort: a producer waiting on a full queue wakes and the generation stops.

@@ -467,7 +467,10 @@ class KoboldBackend:
             inputs.sampler_order[i] = sampler
         inputs.sampler_len = len(order)
         inputs.allow_eos_token = True
-        inputs.bypass_eos_token = False
+        # The stream ends at the contract's eos_token_id / eot_token_id (model_info), which
+        # attention_export.cpp checks; KoboldCPP's own check would also end it at llama.cpp's
+        # end-of-turn guess (for SmolLM2 <|endoftext|>, not the <|im_end|> model_info names).
+        inputs.bypass_eos_token = True
         inputs.render_special = True
         for n in range(len(inputs.stop_sequence)):
             inputs.stop_sequence[n] = empty

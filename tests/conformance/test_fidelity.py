@@ -15,7 +15,7 @@ import pytest
 
 from halo_client.client import TokenEvent
 from tests.conformance.conftest import Target
-from tests.conformance.helpers import collect, prompt_ids
+from tests.conformance.helpers import client, collect, prompt_ids
 
 
 @dataclass
@@ -60,6 +60,18 @@ def oracle_target(target: Target) -> Target:
     if target.oracle is None:
         pytest.skip("fidelity needs the model the server runs: pass --model-path MODEL.gguf")
     return target
+
+
+async def test_model_info_matches_the_reference(oracle_target: Target) -> None:
+    """The same GGUF gives the same shape and special tokens (eot_token_id included: one rule,
+    api_spec's, where llama.cpp's own guess may differ)."""
+    assert oracle_target.oracle is not None
+    expected = oracle_target.oracle().model_info()
+    async with client(oracle_target) as c:
+        info = await c.model_info()
+    fields = ("vocab_size", "num_layers", "num_attention_heads", "num_key_value_heads", "hidden_size",
+              "bos_token_id", "eos_token_id", "eot_token_id")
+    assert {f: getattr(info, f) for f in fields} == {f: getattr(expected, f) for f in fields}
 
 
 async def test_frames_match_the_reference(oracle_target: Target) -> None:

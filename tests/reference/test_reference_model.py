@@ -211,3 +211,16 @@ def test_f16_kv_cache_mode_rounds_what_llama_cpp_rounds(tiny_path: Path) -> None
     np.testing.assert_allclose(b.attention.sum(-1), 1.0, atol=1e-5)
     with pytest.raises(ValueError, match="kv_cache"):
         ReferenceBackend(tiny_path, n_ctx=512, kv_cache="q8")  # type: ignore[arg-type]
+
+
+def test_end_of_turn_rule() -> None:
+    """The GGUF key, else llama.cpp's end-of-turn texts in llama.cpp's order (as the KoboldCPP patch)."""
+    from halo_client.reference.gguf_model import end_of_turn_id
+
+    smollm2 = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "a"]
+    assert end_of_turn_id(None, smollm2) == 2  # not <|endoftext|>, which llama.cpp may pick
+    assert end_of_turn_id(7, smollm2) == 7
+    assert end_of_turn_id(None, ["<|im_end|>", "x", "<|eot_id|>"]) == 2
+    assert end_of_turn_id(None, ["x", "<|endoftext|>"]) == 1
+    assert end_of_turn_id(None, ["x", "<EOT>", "<end_of_turn>"]) == 2
+    assert end_of_turn_id(None, ["<s>", "</s>"]) is None

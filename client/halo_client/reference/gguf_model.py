@@ -165,13 +165,7 @@ def _weights(reader: Any, path: Path, params: LlamaParams,
 
 def _tokenizer(reader: Any, tokens: list[str]) -> TokenizerData:
     eos = _field(reader, "tokenizer.ggml.eos_token_id")
-    eot = _field(reader, "tokenizer.ggml.eot_token_id")
-    if eot is None:
-        # ChatML models end turns with <|im_end|>; llama.cpp treats it as end-of-generation too
-        for candidate in ("<|im_end|>", "<|eot_id|>", "<|end|>"):
-            if candidate in tokens:
-                eot = tokens.index(candidate)
-                break
+    eot = end_of_turn_id(_field(reader, "tokenizer.ggml.eot_token_id"), tokens)
     model_kind = str(_field(reader, "tokenizer.ggml.model", "gpt2"))
     return TokenizerData(
         model=model_kind,
@@ -197,6 +191,20 @@ def _required_tensors(n_layer: int) -> list[str]:
         names += [f"blk.{i}.{n}.weight" for n in ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
                                                   "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")]
     return names
+
+
+#: llama.cpp's end-of-turn texts (src/llama.cpp, llm_load_vocab), in its order
+END_OF_TURN_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<EOT>")
+
+
+def end_of_turn_id(key: Any, tokens: list[str]) -> Any:
+    """The GGUF's tokenizer.ggml.eot_token_id, else the first of llama.cpp's end-of-turn texts, in
+    its list's order, that the vocabulary holds (the KoboldCPP patch uses the same rule). llama.cpp
+    itself scans its vocabulary hash map, so of two such tokens (SmolLM2: <|endoftext|> and
+    <|im_end|>) it may take either."""
+    if key is not None:
+        return key
+    return next((tokens.index(t) for t in END_OF_TURN_TEXTS if t in tokens), None)
 
 
 def _maybe_int(value: Any) -> int | None:
