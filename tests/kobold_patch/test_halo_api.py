@@ -203,7 +203,7 @@ async def test_password_and_origin(srv: Running) -> None:
     assert refused.value.response.status_code == 403
     assert json.loads(refused.value.response.body)["error"]["code"] == "ORIGIN_NOT_ALLOWED"
     for origin in (ALLOWED, f"http://127.0.0.1:{srv.port}"):
-        async with websockets.connect(ws_url, additional_headers=AUTH, origin=origin) as ws:
+        async with websockets.connect(ws_url, additional_headers=AUTH, origin=origin) as ws:  # type: ignore[arg-type]
             await ws.send(json.dumps({"input_ids": [1, 2], "max_length": 1}))
             assert json.loads([m async for m in ws][-1])["type"] == "done"
 
@@ -557,9 +557,10 @@ def test_host_and_origin_rules_agree_with_the_project_servers(halo: ModuleType) 
     of ours): both must give the same answers."""
     from halo_client.serving import access
 
-    kw = {"allowed_hosts": ["Kobold.Lan"], "allowed_origins": ["https://proxy.example/"], "bind_host": "myhost"}
+    hosts, origins = ["Kobold.Lan"], ["https://proxy.example/"]
     for ours, theirs in ((halo.AccessPolicy(), access.AccessPolicy()),
-                         (halo.AccessPolicy(**kw), access.AccessPolicy(**kw))):
+                         (halo.AccessPolicy(allowed_hosts=hosts, allowed_origins=origins, bind_host="myhost"),
+                          access.AccessPolicy(allowed_hosts=hosts, allowed_origins=origins, bind_host="myhost"))):
         for host in HOSTS:
             assert ours.host_allowed(host) == theirs.host_allowed(host), host
             if host is not None:

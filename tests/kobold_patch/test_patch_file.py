@@ -35,8 +35,8 @@ HOOKED = {"Makefile", "expose.cpp", "expose.h", "gpttype_adapter.cpp", "koboldcp
 needs_git = pytest.mark.skipif(
     shutil.which("git") is None,
     reason="needs git (apt-get install git); CI clones the repo with git, so this runs there")
-needs_cxx = pytest.mark.skipif(shutil.which("g++") is None,
-                               reason="needs a C++ compiler (apt-get install g++), as building KoboldCPP does")
+needs_cxx = pytest.mark.skipif(
+    shutil.which("g++") is None, reason="needs a C++ compiler (apt-get install g++), as building KoboldCPP does")
 
 
 def test_hooks_touch_exactly_the_expected_existing_files() -> None:
@@ -71,6 +71,7 @@ def test_hunk_line_counts_add_up() -> None:
             assert old == 0 and new == 0, f"{path}: a hunk's line counts do not match its header"
 
 
+@pytest.mark.process  # starts git
 @needs_git
 def test_git_reads_the_patch() -> None:
     out = subprocess.run(["git", "apply", "--numstat", str(PATCH)], capture_output=True, text=True, check=True)
@@ -129,7 +130,8 @@ def _declared(text: str) -> set[str]:
 
 
 def test_every_function_the_cpp_hooks_call_is_declared_and_defined() -> None:
-    called, local = set(), set()
+    called: set[str] = set()
+    local: set[str] = set()
     for path in ("gpttype_adapter.cpp", "src/llama.cpp", "expose.cpp"):
         for line in added_lines(path):
             called.update(name for name in _CALL.findall(line) if not name.startswith("halo_api_"))
@@ -168,6 +170,7 @@ def test_the_python_side_matches_the_exports_and_the_routes() -> None:
     assert set(ast.literal_eval(f"({routed.group(1)},)")) == set(halo.PATHS)
 
 
+@pytest.mark.process  # starts g++
 @needs_cxx
 def test_attention_export_h_compiles_alone_as_cpp11() -> None:
     """The header is what expose.cpp sees: it must stand on its own (KoboldCPP builds C++11)."""
@@ -175,6 +178,7 @@ def test_attention_export_h_compiles_alone_as_cpp11() -> None:
                    input='#include "attention_export.h"\n', check=True, capture_output=True, text=True)
 
 
+@pytest.mark.process  # starts g++
 @needs_cxx
 def test_ctypes_structures_match_the_compiled_c_layout(tmp_path: Path) -> None:
     """halo_api.py's ctypes mirrors of attention_export.h's structs, against the compiler's layout."""
@@ -198,6 +202,7 @@ def test_ctypes_structures_match_the_compiled_c_layout(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not os.environ.get("HALO_KOBOLDCPP_SRC"),
                     reason="set HALO_KOBOLDCPP_SRC=DIR of a pristine KoboldCPP v1.76 tree to apply the patch for real")
+@pytest.mark.process  # starts git
 @needs_git
 def test_applies_to_a_real_v1_76_tree(tmp_path: Path) -> None:
     tree = tmp_path / "koboldcpp"
