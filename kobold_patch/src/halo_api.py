@@ -58,7 +58,8 @@ WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 TOKEN_ID_LIMIT = 2 ** 31
 DTYPES = ("float32", "float16")
 FINISH = {0: "length", 1: "eos", 2: "stop_token", 3: "aborted"}
-NEEDS_PASSWORD = "this server has a password: send Authorization: Bearer <password>"
+NO_PASSWORD = "This server has a password, and the request carried none (Authorization: Bearer <password>)."
+WRONG_PASSWORD = "The password is wrong."
 
 STATUS = {"INVALID_REQUEST": 400, "INVALID_TOKEN": 400, "CONTEXT_OVERFLOW": 400, "ATTENTION_UNAVAILABLE": 400,
           "UNAUTHORIZED": 401, "ORIGIN_NOT_ALLOWED": 403, "HOST_NOT_ALLOWED": 403, "NOT_FOUND": 404,
@@ -847,14 +848,18 @@ class HaloServer:
     def password(self) -> str:
         return getattr(self.kcpp, "password", "") or ""
 
-    def authorized(self, handler: BaseHTTPRequestHandler) -> bool:
+    def check_password(self, handler: BaseHTTPRequestHandler) -> None:
+        """`UNAUTHORIZED` for a missing or a wrong password, each saying which."""
         pw = self.password()
         if not pw:
-            return True
-        value = handler.headers.get("Authorization") or ""
+            return
+        value = handler.headers.get("Authorization")
+        if not value:
+            raise Rejected("UNAUTHORIZED", NO_PASSWORD)
         scheme, _, token = value.partition(" ")
         # constant time: the comparison must not tell how much of a guess was right
-        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode("utf-8"), pw.encode("utf-8"))
+        if not (scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode("utf-8"), pw.encode("utf-8"))):
+            raise Rejected("UNAUTHORIZED", WRONG_PASSWORD)
 
     def serve(self, handler: BaseHTTPRequestHandler, method: str) -> None:
         path = handler.path.split("?", 1)[0].rstrip("/")
@@ -871,8 +876,7 @@ class HaloServer:
                 self.upgrade(handler)
                 return
             body = read_body(handler) if method == "POST" else b""
-            if not self.authorized(handler):
-                raise Rejected("UNAUTHORIZED", NEEDS_PASSWORD)
+            self.check_password(handler)
             if path == STREAM_PATH:
                 raise Rejected("INVALID_REQUEST", f"{STREAM_PATH} is a WebSocket: connect with a WebSocket client")
             want = "GET" if path == "/api/v1/model/info" else "POST"
@@ -908,8 +912,7 @@ class HaloServer:
 
     def upgrade(self, handler: BaseHTTPRequestHandler) -> None:
         headers = handler.headers
-        if not self.authorized(handler):
-            raise Rejected("UNAUTHORIZED", NEEDS_PASSWORD)
+        self.check_password(handler)
         origin = headers.get("Origin")
         if not self.access.origin_allowed(origin, headers.get("Host")):
             raise Rejected("ORIGIN_NOT_ALLOWED", self.access.origin_refusal(origin or ""))

@@ -103,6 +103,7 @@ async def test_fragmented_request_ping_and_close_handshake(target: Target) -> No
 async def test_password(target: Target) -> None:
     if not target.password:
         pytest.skip("the server has no password: start it with --password and pass --server-password")
+    messages = {}
     async with httpx.AsyncClient(base_url=target.url) as http:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {target.password}"}):
             for method, path, body in (("GET", "/api/v1/model/info", None),
@@ -110,7 +111,10 @@ async def test_password(target: Target) -> None:
                                        ("POST", "/api/v1/detokenize", {"token_ids": [1]})):
                 response = await http.request(method, path, json=body, headers=headers)
                 assert response.status_code == 401
-                assert ErrorResponse.model_validate(response.json()).error.code == "UNAUTHORIZED"
+                error = ErrorResponse.model_validate(response.json()).error
+                assert error.code == "UNAUTHORIZED"
+                messages[bool(headers)] = error.message
+    assert messages[False] != messages[True]  # a missing password is told apart from a wrong one
     with pytest.raises(websockets.InvalidStatus) as refused:
         async with websockets.connect(ws_url(target)):
             pass
