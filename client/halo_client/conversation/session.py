@@ -11,13 +11,13 @@ from __future__ import annotations
 import base64
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
 
+from halo_client.atomic import write_atomic
 from halo_client.conversation.pruner import PrunerSettings
 from halo_client.conversation.state import COLUMNS, ConversationError, ConversationState, Turn
 from halo_client.conversation.tracker import TrackerSettings
@@ -69,34 +69,7 @@ def to_json(session: Session) -> dict[str, Any]:
 
 
 def save(session: Session, path: str | os.PathLike[str]) -> None:
-    target = Path(path)
-    data = json.dumps(to_json(session), separators=(",", ":"), allow_nan=False).encode()
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_directory(target.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename itself durable (POSIX); where directories cannot be opened (Windows),
-    the rename is as durable as the platform makes it."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    write_atomic(path, json.dumps(to_json(session), separators=(",", ":"), allow_nan=False).encode())
 
 
 def from_json(data: Any, source: str = "session") -> Session:
