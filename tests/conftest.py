@@ -10,6 +10,13 @@ from halo_client.client import KoboldClient
 from halo_client.testing import MockKoboldServer
 
 
+@pytest.fixture(autouse=True)
+def _no_user_settings(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads the developer's own settings file (halo_client/config.py), nor do the
+    processes tests start: each sees the defaults unless it writes a file of its own."""
+    monkeypatch.setenv("HALO_CONFIG", str(tmp_path_factory.getbasetemp() / "no-settings.json"))
+
+
 @pytest.fixture
 async def mock_server() -> AsyncIterator[MockKoboldServer]:
     async with MockKoboldServer() as server:

@@ -10,6 +10,8 @@ from typing import Any, ParamSpec, TypeVar
 
 import click
 
+from halo_client import config
+from halo_client.cli.defaults import default_map
 from halo_client.cli.errors import EXIT_USAGE, report
 from halo_client.client import DEFAULT_URL, KoboldClient
 from halo_client.errors import HaloError
@@ -82,8 +84,12 @@ class Settings:
 @click.version_option(package_name="halo-weave")
 @click.pass_context
 def main(ctx: click.Context, url: str, password: str | None, timeout: float) -> None:
-    """Halo Weave: see what a local model attends to, and keep long chats in its context."""
+    """Halo Weave: see what a local model attends to, and keep long chats in its context.
+
+    Defaults come from the settings file ($HALO_CONFIG, else ~/.config/halo-weave/settings.json),
+    which the workbench (`halo-client ui`) writes; flags override it."""
     ctx.obj = Settings(url, password, timeout)
+    ctx.default_map = default_map(config.load())  # read before the subcommand parses its options
 
 
 pass_settings = click.make_pass_decorator(Settings)

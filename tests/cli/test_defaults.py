@@ -1,0 +1,56 @@
+"""The settings file as the command line's defaults: flags win, then the file, then each
+option's own default; a bad file is one line and exit code 2."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from halo_client import config
+from halo_client.cli import main
+from halo_client.cli.defaults import default_map
+from halo_client.config import Config
+from halo_client.testing import MockKoboldServer
+from halo_client.testing.threaded import ServerThread
+
+
+@pytest.fixture(scope="module")
+def mock_url() -> Iterator[str]:
+    with ServerThread(MockKoboldServer) as thread:
+        yield thread.url
+
+
+def test_only_what_the_file_sets_is_mapped() -> None:
+    assert default_map(Config()) == {}
+    chosen = Config().merged({"tracker": {"decay": 0.2}, "sampler": {"max_length": 7, "sampler_seed": 3},
+                              "system_prompt": "Be brief.", "pruner": {"max_context_tokens": 500}})
+    mapped = default_map(chosen)
+    assert mapped["chat"] == {"decay": 0.2, "max_length": 7, "system": "Be brief.", "max_context_tokens": 500}
+    assert mapped["generate"] == {"decay": 0.2, "max_length": 7, "seed": 3, "max_context_tokens": 500}
+
+
+def test_generate_takes_its_defaults_from_the_file_and_flags_win(
+        mock_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "settings.json"
+    monkeypatch.setenv("HALO_CONFIG", str(path))
+    config.save(Config().merged({"sampler": {"max_length": 4, "temperature": 0.0}}), path)
+    runner = CliRunner()
+    result = runner.invoke(main, ["--url", mock_url, "generate", "hello"])
+    assert result.exit_code == 0, result.output
+    assert "[length: 4 tokens" in result.stderr
+    result = runner.invoke(main, ["--url", mock_url, "generate", "hello", "--max-length", "6"])
+    assert "[length: 6 tokens" in result.stderr
+    shown = runner.invoke(main, ["generate", "--help"]).output
+    assert "[default: 4]" in shown
+
+
+def test_a_bad_settings_file_is_one_line_and_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "settings.json"
+    path.write_text('{"tracker": {"decay": -1}}')
+    monkeypatch.setenv("HALO_CONFIG", str(path))
+    result = CliRunner().invoke(main, ["--url", "http://127.0.0.1:9", "info"])
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and "tracker.decay" in result.stderr and str(path) in result.stderr
