@@ -178,6 +178,26 @@ class Pruner:
         result.over_budget = result.active_after > budget
         return result
 
+    def prune_sentence(self, state: ConversationState, sentence: int) -> list[PruneEvent]:
+        """Prune one sentence by hand, whatever its brightness (the workbench's "Prune"), and
+        its message's template with it when nothing else of the message is left. A sentence that
+        is pinned, already pruned, or in a reply still streaming raises `ConversationError`."""
+        sentences = state.column("sentence")
+        mask = (sentences == sentence) & state.active_mask() & ~state.column("template")
+        positions = np.flatnonzero(mask)
+        if positions.size == 0:
+            raise ConversationError(f"sentence {sentence} has no active text to prune")
+        if state.column("pinned")[positions].any():
+            raise ConversationError(f"sentence {sentence} is pinned: unpin it first")
+        if state.turns and not state.turns[-1].complete and state.turns[-1].start <= positions[0]:
+            raise ConversationError(f"sentence {sentence} is in the reply being written")
+        protected = self.protected_mask(state)
+        values = state.brightness[positions]
+        score = float(values.max() if self.settings.reduce == "max" else values.mean())
+        turn_now = len(state.turns) - 1
+        event = self._delete(state, "sentence", sentence, positions, score, turn_now)
+        return [event, *self._drop_empty_messages(state, turn_now, protected)]
+
     @staticmethod
     def _template_freed(state: ConversationState, protected: npt.NDArray[np.bool_],
                         unit_turns: npt.NDArray[np.int32], ranking: npt.NDArray[np.intp]) -> npt.NDArray[np.int64]:
