@@ -21,7 +21,7 @@ $(RUN_STAMP): pyproject.toml
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip==26.3
-	$(BIN)/python -m pip install --quiet -e '.[reference,test,lint,agreement]'
+	$(BIN)/python -m pip install --quiet -e '.[reference,test,lint,agreement,ui]'
 	touch $(STAMP) $(RUN_STAMP)
 
 install: $(STAMP)  ## create .venv and install halo-weave with its test and lint tools

@@ -5,7 +5,7 @@ what they print is drawn by `render`, and every library error becomes one line a
 in one place (`errors`).
 """
 
-from halo_client.cli import chat_command, commands, evaluate, servers  # noqa: F401  (they register their commands)
+from halo_client.cli import chat_command, commands, evaluate, servers, ui_command  # noqa: F401  (they register their commands)
 from halo_client.cli.app import main
 
 __all__ = ["main"]
