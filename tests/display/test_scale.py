@@ -59,3 +59,15 @@ def test_empty_and_flat_inputs() -> None:
         flat = heat_scale(np.ones(4), np.ones(4, bool), mode).levels(np.ones(4))
         assert ((flat >= 0) & (flat <= 1)).all()
     assert "percentile" in heat_scale(np.arange(5.0), np.ones(5, bool)).legend()
+
+
+def test_percentile_levels_are_each_values_mid_rank_in_any_order() -> None:
+    # the levels are searched in sorted order for speed: the same as counting for each value
+    rng = np.random.default_rng(7)
+    for n in (1, 2, 9000):
+        values = np.round(rng.random(n) * 4, 2)  # ties included
+        scale = heat_scale(values, rng.random(n) < 0.7, "percentile")
+        ordered = scale.ordered
+        expected = np.array([(np.count_nonzero(ordered < v) + np.count_nonzero(ordered <= v)) / (2 * ordered.size)
+                             for v in values])
+        np.testing.assert_array_equal(scale.levels(values), expected.astype(np.float32))
