@@ -26,6 +26,7 @@ def is_subsequence(needle: list[int], haystack: list[int]) -> bool:
 
 
 async def test_each_token_sends_the_brightness_of_every_active_token_on_the_one_scale(bench: Bench) -> None:
+    bench.server.faults = FaultPlan(token_delay_s=0.03)  # slower than a display frame: an update per token
     await bench.say("Hello there. Tell me about the context window.")
     page, chat = bench.page, bench.workbench.chat
     assert chat is not None
@@ -48,6 +49,25 @@ async def test_each_token_sends_the_brightness_of_every_active_token_on_the_one_
     assert sorted(page.text) == list(range(len(state)))  # the page drew every token exactly once
     done = page.of("reply_done")[-1]
     assert done["finish_reason"] in ("eos", "length") and done["tokens"] == len(tokens)
+
+
+async def test_tokens_faster_than_a_display_frame_share_updates_and_the_last_one_is_never_lost(
+        bench: Bench) -> None:
+    await bench.say("Hello there.")  # the mock streams as fast as it can
+    page, chat = bench.page, bench.workbench.chat
+    assert chat is not None
+    positions = [t["position"] for t in page.of("token")]
+    updates = [decode_levels(m) for m in page.levels]
+    newest = [u[1] for u in updates if u[1] >= 0]
+    assert newest == sorted(newest) and set(newest) <= set(positions)
+    assert len(newest) < len(positions)  # (the mock is far faster than 60 tokens a second)
+    assert newest[0] == positions[0]  # the first token is never held back
+    final = updates[-1]
+    assert final[1] == -1  # the refresh after the reply (suffix, prunes)
+    # the last token was drawn: by its own update, or by the refresh standing in for the one a timer held
+    assert newest[-1] == positions[-1] or final[2] > 0
+    np.testing.assert_array_equal(final[3], chat.state.brightness[chat.state.active_positions()])
+    assert page.mismatches == []
 
 
 async def test_a_small_budget_prunes_and_a_restored_sentence_is_in_the_next_request(bench: Bench) -> None:

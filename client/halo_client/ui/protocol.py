@@ -4,7 +4,8 @@ update the UI server sends per generated token.
 One WebSocket carries everything. The page sends one JSON object per command (`Command`,
 validated here: an unknown type or field is refused, as in the contract). The server sends JSON
 objects (`{"type": ...}`, built by `workbench.py`) and, per generated token, one binary `levels`
-message: the brightness of every active position and its colour bucket on the heat scale,
+message (at most one per display frame: tokens faster than 60 a second share one) with the
+brightness of every active position and its colour bucket on the heat scale,
 
     offset size field
     0      4    magic b"HWLV"
@@ -14,7 +15,8 @@ message: the brightness of every active position and its colour bucket on the he
     12     4    count: active positions (n)
     16     4    newest: position of the token this update is for, -1 for a refresh
     20     4    reserved (0)
-    24     8    sent_ms: float64 Unix time in ms when the token reached the UI server (display lag)
+    24     8    sent_ms: float64 Unix time in ms when the newest token it covers reached the UI
+                server (the page's display lag is measured from it); 0: no token
     32     4n   brightness, float32, in position order of the active tokens
     32+4n  n    bucket, uint8 (palette.py)
 

@@ -12,11 +12,13 @@ the same ids mean other tokens in another vocabulary.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
 from typing import Any, Final
 
+from halo_client.atomic import write_atomic
 from halo_client.conversation.session import Session, SessionError, SessionModelMismatch, from_json, load, save
 
 _NAME: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_ .-]{0,79}$")
@@ -85,6 +87,14 @@ class SessionStore:
             raise SessionError(f"cannot create {path.parent}: {exc.strerror}") from exc
         try:
             save(session, path)
+        except OSError as exc:
+            raise SessionError(f"cannot write {path}: {exc.strerror}; the previous file is unchanged") from exc
+
+    def write(self, data: dict[str, Any], path: Path) -> None:
+        """A session already encoded (`session.to_json`): for writing off the event loop."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, json.dumps(data, separators=(",", ":"), allow_nan=False).encode())
         except OSError as exc:
             raise SessionError(f"cannot write {path}: {exc.strerror}; the previous file is unchanged") from exc
 

@@ -57,6 +57,9 @@ log = logging.getLogger("halo_client.ui")
 #: a subscriber: takes JSON text or a binary levels update; must not block (it queues)
 Emit = Callable[[str | bytes], None]
 POLL_S: Final = 2.0
+#: at most one levels update per display frame: a page draws no more often, and fitting the
+#: percentile scale to 10,000 tokens costs about a millisecond (see `_pace_levels`)
+LEVELS_INTERVAL_S: Final = 1 / 60
 BACKOFF_S: Final = (0.5, 1.0, 2.0, 4.0, 8.0)
 #: the columns whose changes the page is sent
 _SYNCED: Final = ("deleted", "pinned", "sentence", "template")
@@ -118,7 +121,6 @@ class _Streaming:
     decoder: Any
     request: npt.NDArray[np.int64] | None = None
     generated: list[int] = field(default_factory=list)
-    started: float = field(default_factory=time.perf_counter)
 
 
 class Workbench:
@@ -144,6 +146,10 @@ class Workbench:
         self._stop: asyncio.Event | None = None  # set by Stop while a reply streams
         self._monitor_task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one model-server request at a time, one structural change at a time
+        self._saving: asyncio.Task[None] | None = None  # the autosave being written
+        self._levels_at = 0.0  # loop time of the last paced levels update
+        self._levels_timer: asyncio.TimerHandle | None = None
+        self._due: tuple[int, float] | None = None  # (newest position, its arrival in ms) not yet sent
         self._wake = asyncio.Event()
         #: per-token CPU of this process (thread time), for the benchmark: the work after Chat's own
         self.token_seconds: list[float] = []
@@ -154,23 +160,31 @@ class Workbench:
         self._monitor_task = asyncio.create_task(self._monitor(), name="halo-ui-monitor")
 
     async def close(self) -> None:
-        """Stop the reply (it is discarded, as a dropped connection would) and the monitor."""
+        """Stop the reply (it is discarded, as a dropped connection would) and the monitor, and
+        let the last autosave finish."""
         for task in (self._reply_task, self._monitor_task):
             if task is not None and not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+        if self._levels_timer is not None:
+            self._levels_timer.cancel()
+        if self._saving is not None:
+            await asyncio.shield(self._saving)
 
     @property
     def busy(self) -> bool:
         return self._reply_task is not None and not self._reply_task.done()
 
     async def idle(self) -> None:
-        """Wait until the reply now streaming (if any) has ended and been sent to the pages."""
+        """Wait until the reply now streaming (if any) has ended and been sent to the pages, and
+        its autosave is written."""
         task = self._reply_task
         if task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(task)
+        if self._saving is not None:
+            await asyncio.shield(self._saving)
 
     async def wait_connected(self, timeout: float = 30.0) -> None:
         """Wait until a chat is set up with the model server (tests, tools)."""
@@ -301,12 +315,24 @@ class Workbench:
         return chat.session()
 
     def _autosave(self) -> None:
+        """Save the conversation to the model's autosave. The session is copied now (the chat may
+        go on while it is written); encoding and writing happen in a worker thread, one save after
+        the other, so a long chat's save never holds up the page's updates."""
         if self.chat is None or self.info is None:
             return
-        try:
-            self.sessions.save(self.session(), self.sessions.autosave_path(self.info.model_name))
-        except (SessionError, OSError) as exc:
-            self._notify("error", f"autosave failed: {exc}")
+        data = to_json(self.session())
+        path = self.sessions.autosave_path(self.info.model_name)
+        previous = self._saving
+
+        async def write() -> None:
+            if previous is not None:
+                await previous  # in order: an older save never lands after a newer one
+            try:
+                await asyncio.to_thread(self.sessions.write, data, path)
+            except SessionError as exc:
+                self._notify("error", f"autosave failed: {exc}")
+
+        self._saving = asyncio.create_task(write(), name="halo-ui-autosave")
 
     def _notify(self, kind: str, message: str, command: str | None = None) -> None:
         self._broadcast(_message("error", kind=kind, message=message, command=command))
@@ -360,10 +386,11 @@ class Workbench:
         return {"text": scale.legend(), "mode": scale.mode, "low": scale.low, "high": scale.high,
                 "count": scale.count}
 
-    def _levels(self, newest: int = -1, sent_ms: float = 0.0) -> bytes:
+    def _levels(self, newest: int = -1, sent_ms: float = 0.0,
+                active: npt.NDArray[np.int64] | None = None) -> bytes:
         chat = self._chat()
         state = chat.state
-        active = state.active_positions()
+        active = state.active_positions() if active is None else active
         levels, _scale = conversation_levels(state, active, self.config.view.scale)
         return protocol.encode_levels(self.epoch, state.brightness[active], buckets(levels), newest=newest,
                                       sent_ms=sent_ms)
@@ -642,6 +669,7 @@ class Workbench:
         except BaseException as exc:
             self._streaming = None
             self._stop = None
+            self._cancel_paced_levels()
             self.attention.forget_from(start)
             self._reset_sync()
             self._broadcast(self._snapshot(reset=True))
@@ -657,7 +685,11 @@ class Workbench:
         if streaming.request is not None:
             self.inspector.records.add(ReplyRecord(streaming.request, tuple(reply.positions)))
         self._sync(reply.pruned_before.events + reply.pruned_after.events)
-        self._broadcast(self._levels())
+        # if a timer still holds the last token's update, this one stands in for it: the page's
+        # display lag is then measured from that token's arrival
+        last = self._due[1] if self._due is not None else 0.0
+        self._cancel_paced_levels()
+        self._broadcast(self._levels(sent_ms=last))
         done = reply.done
         self._broadcast(_message("reply_done", finish_reason=done.finish_reason, tokens=done.token_count,
                                  tokens_per_second=done.timings.tokens_per_second,
@@ -684,5 +716,32 @@ class Workbench:
         if frame is not None:
             columns = active[: frame.ctx]
             self.attention.observe(columns, chat.tracker.aggregate(frame.values, frame.layout), position)
-        self._broadcast(self._levels(newest=position, sent_ms=arrived))
+        self._due = (position, arrived)
+        self._pace_levels(active)
         self.token_seconds.append(time.thread_time() - cpu)
+
+    def _pace_levels(self, active: npt.NDArray[np.int64] | None = None) -> None:
+        """Send the due levels update now, or, when the last one went out less than a display
+        frame ago, at that frame's end: tokens faster than 60 per second share updates (the page
+        could not draw them apart anyway), slower ones each get their own."""
+        loop = asyncio.get_running_loop()
+        wait = self._levels_at + LEVELS_INTERVAL_S - loop.time()
+        if wait <= 0:
+            self._send_due_levels(active)
+        elif self._levels_timer is None:
+            self._levels_timer = loop.call_later(wait, self._send_due_levels)
+
+    def _send_due_levels(self, active: npt.NDArray[np.int64] | None = None) -> None:
+        self._levels_timer = None
+        due, self._due = self._due, None
+        # only once the page has every token of the state (a timer fires between tokens)
+        if due is None or self.chat is None or self._drawn != len(self.chat.state):
+            return
+        self._levels_at = asyncio.get_running_loop().time()
+        self._broadcast(self._levels(newest=due[0], sent_ms=due[1], active=active))
+
+    def _cancel_paced_levels(self) -> None:
+        if self._levels_timer is not None:
+            self._levels_timer.cancel()
+            self._levels_timer = None
+        self._due = None

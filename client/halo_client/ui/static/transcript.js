@@ -243,7 +243,7 @@ export class Transcript {
     const stats = this.stats;
     const slot = stats.index % RING;
     stats.applyMs[slot] = measure.duration;
-    if (update.newest >= 0 && update.sent > 0) {
+    if (update.sent > 0) {  // the newest token this update covers reached the UI server then
       stats.lastLagMs = Date.now() - update.sent;
       stats.lagMs[slot] = stats.lastLagMs;
       stats.lastNewest = update.newest;
