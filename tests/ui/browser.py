@@ -1,116 +1,28 @@
-"""Driving the workbench in a real browser: Debian's chromium through Playwright (never a
-downloaded browser), `halo-client ui` as a real process, screenshots for CI's artifacts.
-
-Playwright's own waiting helpers evaluate strings, which the page's Content-Security-Policy
-forbids (no 'unsafe-eval'): waits here poll `page.evaluate`, which the policy allows."""
+"""Browser helpers of the end-to-end tests: screenshots and colour checks, on top of
+halo_client.testing.browser (the process, the browser, waiting, typing). The module skips its
+tests where Debian's chromium is missing, saying what provides it."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-               "--disable-sync", "--no-first-run", "--disable-quic"]
+from halo_client.testing.browser import CHROMIUM, MISSING_BROWSER
+
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "out" / "screenshots"
-VIEWPORT = {"width": 1280, "height": 800}
 
 if not CHROMIUM.exists():  # the skip says what provides it; CI installs it (.ci/run), so there it runs
-    pytest.skip("Debian's chromium is not installed at /usr/bin/chromium: `apt-get install -y chromium` "
-                "(as root; .ci/run does it)", allow_module_level=True)
+    pytest.skip(MISSING_BROWSER, allow_module_level=True)
 
-from playwright.sync_api import Browser, Page, Playwright, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, Locator, Page  # noqa: E402
 
-
-@contextlib.contextmanager
-def chromium(*extra: str) -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = launch(playwright, *extra)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-def launch(playwright: Playwright, *extra: str) -> Browser:
-    return playwright.chromium.launch(executable_path=str(CHROMIUM), args=[*LAUNCH_ARGS, *extra])
-
-
-@dataclass
-class WorkbenchProcess:
-    url: str
-    process: subprocess.Popen[str]
-    settings: Path
-    sessions: Path
-
-    @property
-    def port(self) -> int:
-        return int(self.url.rstrip("/").rsplit(":", 1)[1])
-
-
-@contextlib.contextmanager
-def workbench_process(server_url: str, tmp: Path, *, port: int = 0) -> Iterator[WorkbenchProcess]:
-    """`halo-client --url SERVER ui` in a process of its own, with its settings file and
-    sessions in `tmp`."""
-    settings, sessions = tmp / "settings.json", tmp / "sessions"
-    env = {**os.environ, "HALO_CONFIG": str(settings)}
-    env.pop("HALO_URL", None)
-    process = subprocess.Popen([sys.executable, "-m", "halo_client.cli", "--url", server_url, "ui", "--port",
-                                str(port), "--sessions", str(sessions)], stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        assert process.stderr is not None
-        line = process.stderr.readline()
-        found = re.search(r"workbench on (http://\S+/)", line)
-        if found is None:
-            raise RuntimeError(f"halo-client ui did not start: {line}{process.stderr.read()}")
-        url = found.group(1)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url, timeout=2).status_code == 200:
-                    break
-            time.sleep(0.1)
-        yield WorkbenchProcess(url, process, settings, sessions)
-    finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-
-
-def wait_until(page: Page, script: str, timeout: float = 15.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = page.evaluate(script)
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what or script}")
-        time.sleep(0.03)
-
-
-def open_page(browser: Browser, url: str) -> Page:
-    page = browser.new_page(viewport=VIEWPORT)  # type: ignore[arg-type]
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(url)
-    wait_until(page, "document.querySelectorAll('.tok').length > 0 && window.halo !== undefined", what="the page")
-    page.errors = errors  # type: ignore[attr-defined]
-    return page
+from halo_client.testing.browser import wait_until  # noqa: E402
 
 
 def shot(page: Page, name: str) -> Path:
@@ -120,16 +32,11 @@ def shot(page: Page, name: str) -> Path:
     return path
 
 
-def send(page: Page, text: str, *, wait: bool = True) -> None:
-    """Type a message and press Enter, as a user does; with `wait`, until the reply has ended."""
-    replies = page.evaluate("document.querySelectorAll('.turn.role-assistant').length")
-    box = page.get_by_role("textbox", name="Message")
-    box.fill(text)
-    box.press("Enter")
-    if wait:
-        wait_until(page, f"document.querySelectorAll('.turn.role-assistant').length > {replies} && !window.halo.busy",
-                   timeout=120, what="the reply")
-        time.sleep(0.2)  # the final levels update is drawn at the next frame
+def page_errors(page: Page) -> list[str]:
+    """Collects the page's uncaught errors from now on (a test ends by asserting there were none)."""
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    return errors
 
 
 def heat(page: Page) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
@@ -167,7 +74,43 @@ def assert_colours_order_as_brightness(page: Page) -> int:
     return int(b.size)
 
 
+def restore_with_budget_off(page: Page, item: Locator, first: int) -> None:
+    """Budget off (else the next request would prune the sentence again), then the Pruned list
+    item's Restore, until the token at `first` is back."""
+    budget = page.get_by_label("max_context_tokens")
+    budget.fill("0")
+    budget.dispatch_event("change")
+    wait_until(page, "window.halo.settings.pruner.max_context_tokens === 0", what="the budget")
+    item.locator("button").click()
+    wait_until(page, f"!document.querySelector('.tok[data-pos=\"{first}\"]').hasAttribute('data-pruned')",
+               what="the restore")
+
+
+def contains_run(request: list[int], wanted: list[int]) -> bool:
+    return any(request[i : i + len(wanted)] == wanted for i in range(len(request) - len(wanted) + 1))
+
+
+@contextlib.contextmanager
+def exported_offline(browser: Browser, page: Page, path: Path) -> Iterator[tuple[Page, list[str]]]:
+    """Export the HTML snapshot with the Sessions panel's button, save it to `path`, and open it
+    from file:// with the network off; yields that page and every URL it asked for."""
+    with page.expect_download() as download:
+        page.click("#sessions-panel summary")
+        page.click("#export-html")
+    download.value.save_as(path)
+    context = browser.new_context(offline=True, viewport={"width": 1280, "height": 800})
+    requests: list[str] = []
+    context.on("request", lambda request: requests.append(request.url))
+    offline = context.new_page()
+    offline.goto(path.as_uri())
+    try:
+        yield offline, requests
+    finally:
+        context.close()
+
+
 def colours_by_position(page: Page) -> dict[int, str]:
+    """Each active token's background colour and heat class (a selection outline aside)."""
     rows = page.evaluate("""() => Array.from(document.querySelectorAll('.tok:not([data-pruned])'))
         .map((el) => [Number(el.dataset.pos), getComputedStyle(el).backgroundColor, el.className])""")
-    return {int(p): f"{bg} {cls}" for p, bg, cls in rows}
+    return {int(p): f"{bg} {' '.join(c for c in cls.split() if c != 'sel')}" for p, bg, cls in rows}

@@ -12,16 +12,16 @@ import pytest
 
 from halo_client import config
 from halo_client.testing import FaultPlan, MockBackend, MockKoboldServer
+from halo_client.testing.browser import launch, open_page, send, wait_until, workbench_process
 from halo_client.testing.threaded import ServerThread
 from tests.ui.browser import (
     assert_colours_order_as_brightness,
     colours_by_position,
-    launch,
-    open_page,
-    send,
+    contains_run,
+    exported_offline,
+    page_errors,
+    restore_with_budget_off,
     shot,
-    wait_until,
-    workbench_process,
 )
 
 pytestmark = pytest.mark.process
@@ -63,9 +63,9 @@ def backend(mock: ServerThread) -> MockBackend:
 def page(browser: Browser, mock: ServerThread, tmp_path: Path) -> Iterator[Page]:
     with workbench_process(mock.url, tmp_path) as ui:
         page = open_page(browser, ui.url)
-        page.ui = ui  # type: ignore[attr-defined]
+        errors = page_errors(page)
         yield page
-        assert page.errors == []  # type: ignore[attr-defined]
+        assert errors == []
         page.close()
 
 
@@ -141,18 +141,11 @@ def test_a_small_budget_prunes_pin_protects_and_restore_puts_it_back(page: Page,
     drawn = "".join(page.locator(f'.tok[data-pos="{p}"]').text_content() or "" for p in positions)
     assert drawn.strip() == unit_text.strip()
     # budget off, then Restore: the sentence is back in the page and in the next request
-    budget.fill("0")
-    budget.dispatch_event("change")
-    wait_until(page, "window.halo.settings.pruner.max_context_tokens === 0", what="the budget")
-    item.locator("button").click()
-    wait_until(page, f"!document.querySelector('.tok[data-pos=\"{first_position}\"]').hasAttribute('data-pruned')",
-               what="the restore")
+    restore_with_budget_off(page, item, first_position)
     shot(page, "mock-06-restored")
     assert "restored" in (page.text_content("#activity") or "")
     send(page, "Do you remember?")
-    request = backend(mock).received[-1]
-    wanted = [before[p] for p in positions]
-    assert any(request[i : i + len(wanted)] == wanted for i in range(len(request))), "restored text was not sent"
+    assert contains_run(backend(mock).received[-1], [before[p] for p in positions]), "restored text was not sent"
 
 
 def test_settings_are_validated_and_survive_a_reload_and_a_restart(browser: Browser, mock: ServerThread,
@@ -189,24 +182,13 @@ def test_the_html_export_opens_offline_with_the_same_colours(browser: Browser, p
                                                              tmp_path: Path) -> None:
     send(page, "Export me. With colours.")
     live = colours_by_position(page)
-    with page.expect_download() as download:
-        page.click("#sessions-panel summary")
-        page.click("#export-html")
-    path = tmp_path / "export.html"
-    download.value.save_as(path)
-    context = browser.new_context(offline=True, viewport={"width": 1280, "height": 800})
-    requests: list[str] = []
-    context.on("request", lambda request: requests.append(request.url))
-    offline = context.new_page()
-    offline.goto(path.as_uri())
-    exported = colours_by_position(offline)
-    assert exported == live
-    offline.locator(".role-user .tok:not(.tpl)").nth(2).hover()
-    wait_until(offline, "!document.getElementById('tooltip').hidden", what="the exported tooltip")
-    assert "token id" in offline.inner_text("#tooltip")
-    assert all(url.startswith("file://") for url in requests), requests
-    shot(offline, "mock-08-html-export")
-    context.close()
+    with exported_offline(browser, page, tmp_path / "export.html") as (offline, requests):
+        assert colours_by_position(offline) == live
+        offline.locator(".role-user .tok:not(.tpl)").nth(2).hover()
+        wait_until(offline, "!document.getElementById('tooltip').hidden", what="the exported tooltip")
+        assert "token id" in offline.inner_text("#tooltip")
+        assert all(url.startswith("file://") for url in requests), requests
+        shot(offline, "mock-08-html-export")
 
 
 def test_the_inspector_shows_one_tokens_attention_by_layer_and_head(page: Page) -> None:
@@ -284,3 +266,38 @@ def test_another_site_and_a_rebinding_name_cannot_drive_it(playwright: Playwrigh
         assert page.evaluate("window.halo.busy") is False
         page.close()
     browser.close()
+
+
+def test_sessions_save_open_upload_and_the_other_exports(page: Page, tmp_path: Path) -> None:
+    send(page, "Keep this one.")
+    page.click("#sessions-panel summary")
+    page.fill("#session-input", "kept")
+    page.click("#save-session")
+    wait_until(page, "document.getElementById('session-name').textContent === 'session: kept'", what="the save")
+    wait_until(page, "document.querySelectorAll('#session-list li').length === 1", what="the list")
+    with page.expect_download() as json_download:
+        page.click("#export-session")
+    session_file = tmp_path / "kept.json"
+    json_download.value.save_as(session_file)
+    with page.expect_download() as png_download:
+        page.click("#export-png")
+    png = tmp_path / "heat.png"
+    png_download.value.save_as(png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000
+    page.click("#new-chat")
+    wait_until(page, "document.querySelectorAll('.turn').length === 1", what="the new chat")
+    page.locator("#session-list li button").first.click()
+    wait_until(page, "document.querySelectorAll('.turn').length === 3", what="the session")
+    assert "Keep this one." in page.inner_text("#transcript")
+    # a session of another model: refused, with the choice to open it anyway
+    other = session_file.read_text().replace('"model_name":"halo-mock"', '"model_name":"SmolLM2-135M-Instruct"')
+    assert other != session_file.read_text()
+    (tmp_path / "other.json").write_text(other)
+    page.click("#new-chat")
+    wait_until(page, "document.querySelectorAll('.turn').length === 1", what="the new chat")
+    page.set_input_files("#upload", str(tmp_path / "other.json"))
+    wait_until(page, "document.getElementById('banner').dataset.kind === 'mismatch'", what="the refusal")
+    assert "SmolLM2-135M-Instruct" in page.inner_text("#banner-text")
+    shot(page, "mock-11-other-model")
+    page.click("#banner-action")
+    wait_until(page, "document.querySelectorAll('.turn').length === 3", what="opening it anyway")
