@@ -26,10 +26,25 @@ def mock_url() -> Iterator[str]:
 def test_only_what_the_file_sets_is_mapped() -> None:
     assert default_map(Config()) == {}
     chosen = Config().merged({"tracker": {"decay": 0.2}, "sampler": {"max_length": 7, "sampler_seed": 3},
-                              "system_prompt": "Be brief.", "pruner": {"max_context_tokens": 500}})
+                              "system_prompt": "Be brief.", "pruner": {"max_context_tokens": 500},
+                              "view": {"scale": "log"}})
     mapped = default_map(chosen)
-    assert mapped["chat"] == {"decay": 0.2, "max_length": 7, "system": "Be brief.", "max_context_tokens": 500}
+    assert mapped["chat"] == {"decay": 0.2, "max_length": 7, "system": "Be brief.", "max_context_tokens": 500,
+                              "scale": "log"}
+    assert mapped["demo"] == mapped["chat"]
     assert mapped["generate"] == {"decay": 0.2, "max_length": 7, "seed": 3, "max_context_tokens": 500}
+
+
+def test_every_mapped_option_is_an_option_of_its_command() -> None:
+    everything = Config().merged({"tracker": {"decay": 0.2, "min_distance": 3, "distance_scale": 5.0, "boost": 2.0,
+                                              "aggregation": "max", "distance_mode": "linear",
+                                              "accumulation": "none"},
+                                  "pruner": {"max_context_tokens": 9, "granularity": "line", "protect_exchanges": 2},
+                                  "sampler": {"max_length": 7, "temperature": 0.1, "sampler_seed": 1},
+                                  "system_prompt": "x", "view": {"scale": "log"}})
+    for command, options in default_map(everything).items():
+        names = {p.name for p in main.commands[command].params}
+        assert set(options) <= names, (command, set(options) - names)
 
 
 def test_generate_takes_its_defaults_from_the_file_and_flags_win(
@@ -44,7 +59,7 @@ def test_generate_takes_its_defaults_from_the_file_and_flags_win(
     result = runner.invoke(main, ["--url", mock_url, "generate", "hello", "--max-length", "6"])
     assert "[length: 6 tokens" in result.stderr
     shown = runner.invoke(main, ["generate", "--help"]).output
-    assert "[default: 4]" in shown
+    assert "[default: 4;" in shown  # (the range follows the default)
 
 
 def test_a_bad_settings_file_is_one_line_and_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,7 +20,7 @@ def test_a_taken_port_is_one_line_and_exit_2() -> None:
         result = CliRunner().invoke(main, ["--url", "http://127.0.0.1:9", "ui", "--port", str(port)])
     assert result.exit_code == 2
     assert result.stderr.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port}" in result.stderr
-    assert "--port" in result.stderr
+    assert "another --port" in result.stderr
 
 
 def test_a_bad_settings_file_stops_it_before_it_listens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,13 +16,16 @@ from halo_client.config import Config
 _TUNING = {
     "max_context_tokens": ("pruner", "max_context_tokens"),
     "granularity": ("pruner", "granularity"),
+    "protect_exchanges": ("pruner", "protect_exchanges"),
     **{name: ("tracker", name) for name in ("aggregation", "distance_mode", "min_distance", "distance_scale",
                                             "accumulation", "decay", "boost")},
 }
 #: command -> option -> (section, field); section None: a top-level field of the file
+_CHAT = {**_TUNING, "max_length": ("sampler", "max_length"), "temperature": ("sampler", "temperature"),
+         "system": (None, "system_prompt"), "scale": ("view", "scale")}
 _OPTIONS: dict[str, dict[str, tuple[str | None, str]]] = {
-    "chat": {**_TUNING, "max_length": ("sampler", "max_length"), "temperature": ("sampler", "temperature"),
-             "system": (None, "system_prompt")},
+    "chat": _CHAT,
+    "demo": _CHAT,
     "generate": {**_TUNING, "max_length": ("sampler", "max_length"), "temperature": ("sampler", "temperature"),
                  "seed": ("sampler", "sampler_seed")},
 }
