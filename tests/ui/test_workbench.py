@@ -301,3 +301,15 @@ async def test_an_empty_chat_takes_a_new_system_prompt_at_once(bench: Bench) -> 
 
     await bench.page.wait_for(restarted)
     assert config_file.load(bench.tmp / "settings.json").system_prompt == "Be brief."
+
+
+async def test_a_setting_changed_on_an_opened_session_keeps_its_other_settings(bench: Bench) -> None:
+    await bench.say("Hello.")
+    session = bench.workbench.session()
+    tuned = session.tracker.model_copy(update={"decay": 0.25})
+    save(Session(session.state, tuned, session.pruner, session.meta), bench.tmp / "sessions" / "tuned.json")
+    await bench.command(type="open", name="tuned")
+    await bench.command(type="settings", changes={"tracker": {"boost": 2.0}})
+    chat = bench.workbench.chat
+    assert chat is not None and chat.tracker.settings.decay == 0.25 and chat.tracker.settings.boost == 2.0
+    assert config_file.load(bench.tmp / "settings.json").tracker.decay == 0.25

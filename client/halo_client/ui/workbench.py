@@ -27,7 +27,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -89,12 +89,11 @@ def _finite(value: float | None) -> float | None:
 
 
 def event_json(event: PruneEvent) -> dict[str, Any]:
-    """One prune or restore for the page's activity log. A restore's reason is shown as it
-    comes (`reason`, where the event has one: e.g. "recalled" by memory), so any kind of
-    restore displays without the page knowing it in advance."""
+    """One prune or restore for the page's activity log. An event's `reason`, where it has one
+    (e.g. a restore "recalled" by memory), is shown as it comes, so a restore of any reason
+    displays without the page knowing it in advance."""
     reason = getattr(event, "reason", None)
-    return {"action": "restored" if event.restored else "pruned",
-            "reason": str(reason) if reason else ("by hand or by the user" if event.restored else event.kind),
+    return {"action": "restored" if event.restored else "pruned", "reason": str(reason) if reason else None,
             "kind": event.kind, "unit": event.unit, "turn": event.turn, "positions": list(event.positions),
             "score": _finite(event.score), "tokens": abs(event.tokens_freed), "text": event.text}
 
@@ -116,11 +115,11 @@ def texts_for(state: ConversationState, positions: npt.NDArray[np.int64]) -> lis
 
 @dataclass
 class _Streaming:
-    """The reply streaming now."""
+    """The reply streaming now: its text decoder (a character may span tokens) and whether its
+    first token has come."""
 
-    decoder: Any
-    request: npt.NDArray[np.int64] | None = None
-    generated: list[int] = field(default_factory=list)
+    decoder: codecs.IncrementalDecoder
+    started: bool = False
 
 
 class Workbench:
@@ -151,8 +150,6 @@ class Workbench:
         self._levels_timer: asyncio.TimerHandle | None = None
         self._due: tuple[int, float] | None = None  # (newest position, its arrival in ms) not yet sent
         self._wake = asyncio.Event()
-        #: per-token CPU of this process (thread time), for the benchmark: the work after Chat's own
-        self.token_seconds: list[float] = []
 
     # ------------------------------------------------------------------ life
 
@@ -228,7 +225,7 @@ class Workbench:
                 except HaloError as exc:
                     delay = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
                     failures += 1
-                    self._set_connection(_kind_of(exc) if _kind_of(exc) != "error" else "error", str(exc), delay)
+                    self._set_connection(_kind_of(exc), str(exc), delay)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), delay)
                     continue
@@ -560,7 +557,9 @@ class Workbench:
     def _change_settings(self, changes: dict[str, Any]) -> None:
         """Validate (the settings file's models, the command line's ranges), apply to the chat
         now, and write the settings file. A new budget prunes at once."""
-        new = self.config.merged(changes)
+        # on top of what the page shows: an opened session's own tracker and pruner settings, so
+        # changing one of them keeps the others (and the file then holds what the page showed)
+        new = Config.model_validate(self._settings_json()).merged(changes)
         old, self.config = self.config, new
         chat = self.chat
         events: list[PruneEvent] = []
@@ -661,7 +660,7 @@ class Workbench:
             self._wake.set()
 
     async def _reply(self, chat: Chat) -> None:
-        self._streaming = streaming = _Streaming(codecs.getincrementaldecoder("utf-8")(errors="replace"))
+        self._streaming = _Streaming(codecs.getincrementaldecoder("utf-8")(errors="replace"))
         start = len(chat.state)
         self._stop = asyncio.Event()
         try:
@@ -682,8 +681,9 @@ class Workbench:
             raise
         self._streaming = None
         self._stop = None
-        if streaming.request is not None:
-            self.inspector.records.add(ReplyRecord(streaming.request, tuple(reply.positions)))
+        if reply.positions:
+            self.inspector.records.add(ReplyRecord(np.asarray(reply.context_positions, np.int64),
+                                                   tuple(reply.positions)))
         self._sync(reply.pruned_before.events + reply.pruned_after.events)
         # if a timer still holds the last token's update, this one stands in for it: the page's
         # display lag is then measured from that token's arrival
@@ -699,16 +699,14 @@ class Workbench:
     def _on_token(self, event: TokenEvent) -> None:
         """Per generated token, after Chat added it and the tracker applied its frame."""
         arrived = time.time() * 1000.0
-        cpu = time.thread_time()
         chat, streaming = self._chat(), self._streaming
         assert streaming is not None
         state = chat.state
         position = len(state) - 1
         active = state.active_positions()
-        if streaming.request is None:
-            streaming.request = active[:-1].copy()  # the request's columns, in order
+        if not streaming.started:
+            streaming.started = True
             self._sync(upto=position)  # the reply's opening template, and what Chat pruned to fit
-        streaming.generated.append(position)
         self._broadcast(_message("token", index=event.index, position=position, token_id=event.token_id,
                                  turn=len(state.turns) - 1, text=streaming.decoder.decode(event.piece)))
         self._drawn = position + 1
@@ -718,7 +716,6 @@ class Workbench:
             self.attention.observe(columns, chat.tracker.aggregate(frame.values, frame.layout), position)
         self._due = (position, arrived)
         self._pace_levels(active)
-        self.token_seconds.append(time.thread_time() - cpu)
 
     def _pace_levels(self, active: npt.NDArray[np.int64] | None = None) -> None:
         """Send the due levels update now, or, when the last one went out less than a display

@@ -359,7 +359,8 @@ class App {
       li.dataset.action = event.action;
       const text = document.createElement("span");
       text.className = "text";
-      text.textContent = `${event.action} (${event.reason}) ${event.kind} ${event.unit}, ${event.tokens} tokens: ${event.text.trim()}`;
+      const why = event.reason ? ` (${event.reason})` : "";
+      text.textContent = `${event.action}${why}: ${event.kind} ${event.unit}, ${event.tokens} tokens: ${event.text.trim()}`;
       li.append(text);
       list.prepend(li);
     }
