@@ -6,6 +6,7 @@
 
 #include "attention_export.h"
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -22,6 +23,9 @@ namespace halo_detail {
 static const size_t QUEUE_MAX_EVENTS = 8;
 static const size_t QUEUE_MAX_BYTES = 64u * 1024u * 1024u;
 static const int FRAME_HEADER_BYTES = 32;
+// attention_layout (api_spec websocket.md section 4), as generation_inputs.halo_attention_layout
+// and the frame header's u16 at offset 14 carry it
+enum layout_code { LAYOUT_FULL = 0, LAYOUT_LAYER_STATS = 1, LAYOUT_MODEL_STATS = 2 };
 
 typedef std::chrono::steady_clock clock_type;
 
@@ -32,6 +36,7 @@ struct capture_group
     ggml_backend_buffer_t buf = nullptr;
     ggml_tensor * tensor = nullptr;
     int n_layers = 0;
+    int last_layer = -1;             // the group's last layer, where model_stats reduces over its layers
 };
 
 struct queued_event
@@ -66,10 +71,15 @@ struct state
     bool graph_error = false;
     unsigned long long graph_seq = 0;      // graphs built with the capture on
     unsigned long long frame_graph_seq = 0; // the graph the last frame was read from
+    int planned_kind = -1;           // graph_kind() the graph allocator last planned for (-1: unknown)
 
     // ---- generation (generation thread)
     bool gen_active = false;
     int gen_attention = 0;          // 0 off, 1 float32, 2 float16
+    int gen_layout = LAYOUT_FULL;   // what the graph computes and the frame carries
+    long long capture_bytes = 0;    // this generation: bytes read from the capture (device->host off the CPU)
+    long long device_bytes = 0;     // ... of which copied from a device
+    int frames = 0;
     std::vector<int> input_ids;
     std::vector<int> stop_ids;
     std::vector<int> banned_ids;
@@ -82,6 +92,7 @@ struct state
     std::vector<int> cell_to_pos;
     std::vector<char> pos_seen;
     std::vector<float> f32_row;
+    std::vector<float> combined;    // model_stats over several devices
 
     // ---- queue (shared with the consumer thread)
     std::mutex mtx;
@@ -126,8 +137,9 @@ static void free_capture()
 
 // Capture tensors, allocated the way llama_kv_cache_init allocates the KV cache: one ggml
 // context and buffer per buffer type, each layer's rows on that layer's device. Each group
-// holds [layers_in_group][n_head][kv_size + 1] floats; a graph packs its rows with a stride of
-// n_kv + 1 (see the hook) so that one read per group gets every layer.
+// holds [layers_in_group][n_head][kv_size + 1] floats (or the statistics layouts' fewer rows); a
+// graph packs its rows with a stride of n_kv + 1 (see the hook) so that one read per group gets
+// every layer.
 static bool alloc_capture(llama_context * ctx, std::string & why)
 {
     state & s = S();
@@ -149,6 +161,7 @@ static bool alloc_capture(llama_context * ctx, std::string & why)
         }
         s.layer_group[il] = it->second;
         s.layer_slot[il] = s.groups[it->second].n_layers++;
+        s.groups[it->second].last_layer = il;
     }
     size_t total = 0;
     for (size_t gi = 0; gi < s.groups.size(); ++gi)
@@ -157,7 +170,10 @@ static bool alloc_capture(llama_context * ctx, std::string & why)
         struct ggml_init_params params = { 2 * ggml_tensor_overhead(), NULL, true };
         g.ctx = ggml_init(params);
         if (!g.ctx) { why = "could not create a ggml context for the attention capture"; return false; }
-        g.tensor = ggml_new_tensor_1d(g.ctx, GGML_TYPE_F32, (int64_t)g.n_layers * s.n_head * (s.kv_size + 1));
+        // full: [layers][n_head][kv + 1]; the statistics: [layers][2][kv + 1] and, for
+        // model_stats, the group's [2][kv + 1] after them
+        const int64_t rows = std::max((int64_t)g.n_layers * s.n_head, (int64_t)(g.n_layers + 1) * 2);
+        g.tensor = ggml_new_tensor_1d(g.ctx, GGML_TYPE_F32, rows * (s.kv_size + 1));
         ggml_format_name(g.tensor, "halo_attn_capture_%d", (int)gi);
         g.buf = ggml_backend_alloc_ctx_tensors_from_buft(g.ctx, g.buft);
         if (!g.buf) { why = "could not allocate the attention capture buffer (out of memory?)"; return false; }
@@ -192,6 +208,142 @@ static int end_of_turn_id(const llama_model & model)
         }
     }
     return -1;
+}
+
+// ---- the statistics layouts, computed in the graph next to the softmax ---------------------
+// CPU (the layer's rows in host memory): one custom op per layer, every thread on a share of the
+// columns, reading the softmax rows once. A GPU: ggml's pool_2d (AVG and MAX over the heads, a
+// kernel CUDA has), so the device->host copy carries the statistics only. Either way the ops
+// write into the capture tensor, as the full layout's copy does.
+
+// a = dst [n_kv, 2] (rows: mean, max; row stride free), b = the softmax rows [n_kv, heads]
+static void head_stats_op(struct ggml_tensor * dst, const struct ggml_tensor * a, const struct ggml_tensor * b, int ith, int nth, void * userdata)
+{
+    (void)a; (void)userdata;
+    const int64_t n_kv = b->ne[0];
+    const int64_t heads = b->ne[1];
+    const int64_t per = (n_kv + nth - 1) / nth;
+    const int64_t c0 = std::min(n_kv, per * ith);
+    const int64_t c1 = std::min(n_kv, c0 + per);
+    float * mean = (float *)dst->data;
+    float * max = (float *)((char *)dst->data + dst->nb[1]);
+    for (int64_t h = 0; h < heads; ++h)
+    {
+        const float * row = (const float *)((const char *)b->data + h * b->nb[1]);
+        if (h == 0)
+        {
+            for (int64_t c = c0; c < c1; ++c) { mean[c] = row[c]; max[c] = row[c]; }
+            continue;
+        }
+        for (int64_t c = c0; c < c1; ++c)
+        {
+            const float v = row[c];
+            mean[c] += v;
+            max[c] = v > max[c] ? v : max[c];
+        }
+    }
+    const float inv = 1.0f / (float)heads;
+    for (int64_t c = c0; c < c1; ++c) { mean[c] *= inv; }
+}
+
+// a = dst [n_kv, 2], b = the group's layer statistics [n_kv, 2, layers]: mean of the means (every
+// layer has the same heads), max of the maxima
+static void layer_stats_op(struct ggml_tensor * dst, const struct ggml_tensor * a, const struct ggml_tensor * b, int ith, int nth, void * userdata)
+{
+    (void)a; (void)userdata;
+    const int64_t n_kv = b->ne[0];
+    const int64_t layers = b->ne[2];
+    const int64_t per = (n_kv + nth - 1) / nth;
+    const int64_t c0 = std::min(n_kv, per * ith);
+    const int64_t c1 = std::min(n_kv, c0 + per);
+    float * mean = (float *)dst->data;
+    float * max = (float *)((char *)dst->data + dst->nb[1]);
+    for (int64_t l = 0; l < layers; ++l)
+    {
+        const float * lmean = (const float *)((const char *)b->data + l * b->nb[2]);
+        const float * lmax = (const float *)((const char *)b->data + l * b->nb[2] + b->nb[1]);
+        for (int64_t c = c0; c < c1; ++c)
+        {
+            mean[c] = l == 0 ? lmean[c] : mean[c] + lmean[c];
+            max[c] = l == 0 || lmax[c] > max[c] ? lmax[c] : max[c];
+        }
+    }
+    const float inv = 1.0f / (float)layers;
+    for (int64_t c = c0; c < c1; ++c) { mean[c] *= inv; }
+}
+
+// pool_2d of x [n, k] over its k rows, as [n, 1] (GPU path: CUDA has the kernel; it reads
+// whole rows, so a strided view is made contiguous first)
+static struct ggml_tensor * pool_rows(struct ggml_context * ctx, struct ggml_tensor * x, enum ggml_op_pool op)
+{
+    const int k = (int)x->ne[1];
+    return ggml_pool_2d(ctx, x, op, 1, k, 1, k, 0, 0);
+}
+
+static struct ggml_tensor * contiguous(struct ggml_context * ctx, struct ggml_tensor * x)
+{
+    return ggml_is_contiguous(x) ? x : ggml_cont(ctx, x);
+}
+
+// statistics of `src` ([n_kv, heads] rows, or [n_kv, 2, layers] layer statistics) into dst [n_kv, 2]
+static void add_stats(struct ggml_context * ctx, struct ggml_cgraph * gf, const capture_group & g, struct ggml_tensor * src, struct ggml_tensor * dst, bool over_layers)
+{
+    if (ggml_backend_buft_is_host(g.buft))
+    {
+        ggml_build_forward_expand(gf, ggml_map_custom2_inplace(ctx, dst, src, over_layers ? layer_stats_op : head_stats_op, GGML_N_TASKS_MAX, nullptr));
+        return;
+    }
+    struct ggml_tensor * means;
+    struct ggml_tensor * maxes;
+    if (over_layers)
+    {
+        // the mean of the layers' means (every layer has the same heads), the max of their maxima
+        means = contiguous(ctx, ggml_view_2d(ctx, src, src->ne[0], src->ne[2], src->nb[2], 0));
+        maxes = contiguous(ctx, ggml_view_2d(ctx, src, src->ne[0], src->ne[2], src->nb[2], src->nb[1]));
+    }
+    else
+    {
+        means = maxes = contiguous(ctx, src);
+    }
+    struct ggml_tensor * stats = ggml_concat(ctx, pool_rows(ctx, means, GGML_OP_POOL_AVG), pool_rows(ctx, maxes, GGML_OP_POOL_MAX), 1);
+    ggml_build_forward_expand(gf, ggml_cpy(ctx, stats, dst)); // dst's stride n_kv + 1: a copy kernel
+}
+
+// What the hook adds to a graph: 0 nothing, 1 + layout the capture of that layout.
+static int graph_kind()
+{
+    state & s = S();
+    return s.capture_on ? 1 + s.gen_layout : 0;
+}
+
+// ggml's graph allocator (v1.76) reuses its plan when a graph has as many nodes and leafs as the
+// last one, assuming the same graph; two kinds of capture can have the same counts with other
+// nodes (full: a copy per layer, layer_stats on the CPU: a custom op per layer), and a stale plan
+// reads out of its arrays. So when the kind changes, plan again, as llama.cpp does after a K-shift
+// (llama_kv_cache_update_internal): with the worst-case graph, here built with the new capture.
+static void plan_graph_kind(llama_context * ctx)
+{
+    state & s = S();
+    const int kind = graph_kind();
+    if (ctx == nullptr || !s.available || kind == s.planned_kind)
+    {
+        return; // (without export available the hook never adds a node: nothing to plan for)
+    }
+    const uint32_t n_seqs = 1;
+    const uint32_t n_tokens = std::min(ctx->cparams.n_ctx, ctx->cparams.n_ubatch);
+    llama_token token = llama_token_bos(&ctx->model);
+    llama_ubatch ubatch = { true, n_tokens, n_tokens / n_seqs, n_seqs, &token, nullptr, nullptr, nullptr, nullptr, nullptr};
+    ggml_cgraph * gf = llama_build_graph(*ctx, ubatch, true);
+    ggml_backend_sched_reset(ctx->sched);
+    if (ggml_backend_sched_reserve(ctx->sched, gf))
+    {
+        s.planned_kind = kind;
+    }
+    else
+    {
+        s.planned_kind = -1;
+        printf("\nAttention export: could not plan the compute buffers for this graph (out of memory?)\n");
+    }
 }
 
 static void reset_graph_record()
@@ -238,11 +390,28 @@ void halo_attn_graph_hook(struct ggml_context * ctx, struct ggml_cgraph * gf, st
     // stride n_kv + 1: the destination is never contiguous, so ggml-cuda copies it with a kernel
     // (CUDA graphs stay usable) rather than a memcpy node
     const int64_t stride = n_kv + 1;
-    const size_t offset = (size_t)s.layer_slot[il] * (size_t)heads * (size_t)stride * sizeof(float);
+    const size_t row_bytes = (size_t)stride * sizeof(float);
     // the last query row of every head: row (rows - 1) of [n_kv, rows, heads]
     struct ggml_tensor * src = ggml_view_2d(ctx, kq, n_kv, heads, kq->nb[2], (size_t)(rows - 1) * kq->nb[1]);
-    struct ggml_tensor * dst = ggml_view_2d(ctx, g.tensor, n_kv, heads, (size_t)stride * sizeof(float), offset);
-    ggml_build_forward_expand(gf, ggml_cpy(ctx, src, dst));
+    if (s.gen_layout == LAYOUT_FULL)
+    {
+        const size_t offset = (size_t)s.layer_slot[il] * (size_t)heads * row_bytes;
+        struct ggml_tensor * dst = ggml_view_2d(ctx, g.tensor, n_kv, heads, row_bytes, offset);
+        ggml_build_forward_expand(gf, ggml_cpy(ctx, src, dst));
+    }
+    else
+    {
+        // this layer's [mean, max] rows; model_stats then reduces the group's layers at its last
+        // one (graph order is execution order: every layer's statistics are written by then)
+        struct ggml_tensor * dst = ggml_view_2d(ctx, g.tensor, n_kv, 2, row_bytes, (size_t)s.layer_slot[il] * 2 * row_bytes);
+        add_stats(ctx, gf, g, src, dst, false);
+        if (s.gen_layout == LAYOUT_MODEL_STATS && il == g.last_layer)
+        {
+            struct ggml_tensor * layer_stats = ggml_view_3d(ctx, g.tensor, n_kv, 2, g.n_layers, row_bytes, 2 * row_bytes, 0);
+            struct ggml_tensor * model = ggml_view_2d(ctx, g.tensor, n_kv, 2, row_bytes, (size_t)g.n_layers * 2 * row_bytes);
+            add_stats(ctx, gf, g, layer_stats, model, true);
+        }
+    }
     s.graph_n_kv = (int)n_kv;
     s.graph_hooked += 1;
 }
@@ -334,8 +503,10 @@ void halo_attn_on_model_loaded(struct llama_context * ctx, bool requested, bool 
     llama_token probe = llama_token_bos(&model);
     if (probe < 0) { probe = 0; }
     reset_graph_record();
+    s.gen_layout = LAYOUT_FULL;
     s.capture_on = true;
     int rc = llama_decode(ctx, llama_batch_get_one(&probe, 1, 0, 0));
+    s.planned_kind = -1; // the allocator planned for the probe's one-token graph
     s.capture_on = false;
     llama_synchronize(ctx);
     llama_kv_cache_clear(ctx);
@@ -374,12 +545,17 @@ bool halo_gen_begin(const generation_inputs & inputs)
     if (!s.gen_active)
     {
         s.gen_attention = 0;
+        plan_graph_kind(s.lctx); // KoboldCPP's own generation: graphs without capture
         return false;
     }
     s.input_ids.assign(inputs.halo_input_ids, inputs.halo_input_ids + inputs.halo_input_count);
     s.stop_ids.assign(inputs.halo_stop_ids, inputs.halo_stop_ids + (inputs.halo_stop_ids ? inputs.halo_stop_count : 0));
     s.banned_ids.assign(inputs.halo_banned_ids, inputs.halo_banned_ids + (inputs.halo_banned_ids ? inputs.halo_banned_count : 0));
     s.gen_attention = inputs.halo_attention;
+    s.gen_layout = inputs.halo_attention_layout;
+    s.capture_bytes = 0;
+    s.device_bytes = 0;
+    s.frames = 0;
     if (s.gen_attention != 0)
     {
         if (!s.available)
@@ -387,13 +563,19 @@ bool halo_gen_begin(const generation_inputs & inputs)
             set_error("attention export is unavailable: " + s.reason);
             s.gen_error = true;
         }
+        else if (s.gen_layout < LAYOUT_FULL || s.gen_layout > LAYOUT_MODEL_STATS)
+        {
+            set_error("unknown attention layout code " + std::to_string(s.gen_layout));
+            s.gen_error = true;
+        }
         else
         {
-            reset_graph_record();
-            s.frame_graph_seq = s.graph_seq;
             s.capture_on = true;
         }
     }
+    plan_graph_kind(s.lctx);
+    reset_graph_record();
+    s.frame_graph_seq = s.graph_seq;
     return true;
 }
 
@@ -434,7 +616,8 @@ void halo_gen_apply_bans(float * logits, float lowest_logit, int n_vocab)
     }
 }
 
-// Reads the captured rows of the last decode and writes the frame [layers][heads][n_past].
+// Reads the captured rows of the last decode and writes the frame: [layers][heads][n_past] for
+// the full layout, [layers][2][n_past] for layer_stats, [1][2][n_past] for model_stats.
 static bool build_frame(llama_context * ctx, int n_past, std::vector<unsigned char> & frame, std::string & err)
 {
     state & s = S();
@@ -451,31 +634,56 @@ static bool build_frame(llama_context * ctx, int n_past, std::vector<unsigned ch
     s.frame_graph_seq = s.graph_seq;
     const int n_kv = s.graph_n_kv;
     const int64_t stride = (int64_t)n_kv + 1;
-    const int64_t per_layer = (int64_t)s.n_head * stride;
+    const int layout = s.gen_layout;
+    const int heads = layout == LAYOUT_FULL ? s.n_head : 2;       // rows per layer in the frame
+    const int layers = layout == LAYOUT_MODEL_STATS ? 1 : s.n_layer;
+    const int64_t per_layer = (int64_t)heads * stride;             // floats per layer in the capture
 
     // the normal synchronization (llama_get_logits did it already; this is a no-op then)
     llama_synchronize(ctx);
-    // one read per device: the group's layers are packed at the front of its tensor; a group in
-    // host memory (CPU backend) is read in place
+    // one read per device, of what the layout needs: the group's layers are packed at the front
+    // of its tensor (model_stats: the group's two rows after them); a group in host memory (CPU
+    // backend) is read in place
     std::vector<const float *> group_rows(s.groups.size(), nullptr);
+    std::vector<size_t> group_offset(s.groups.size(), 0), group_count(s.groups.size(), 0);
     size_t device_floats = 0;
     for (size_t gi = 0; gi < s.groups.size(); ++gi)
     {
-        if (!ggml_backend_buffer_is_host(s.groups[gi].buf)) { device_floats += (size_t)s.groups[gi].n_layers * per_layer; }
+        const int g_layers = s.groups[gi].n_layers;
+        group_offset[gi] = layout == LAYOUT_MODEL_STATS ? (size_t)g_layers * 2 * stride : 0;
+        group_count[gi] = layout == LAYOUT_MODEL_STATS ? (size_t)2 * stride : (size_t)g_layers * per_layer;
+        if (!ggml_backend_buffer_is_host(s.groups[gi].buf)) { device_floats += group_count[gi]; }
     }
     s.host_rows.resize(device_floats);
     size_t base = 0;
     for (size_t gi = 0; gi < s.groups.size(); ++gi)
     {
-        const size_t count = (size_t)s.groups[gi].n_layers * per_layer;
+        s.capture_bytes += (long long)(group_count[gi] * sizeof(float));
         if (ggml_backend_buffer_is_host(s.groups[gi].buf))
         {
-            group_rows[gi] = (const float *)s.groups[gi].tensor->data;
+            group_rows[gi] = (const float *)s.groups[gi].tensor->data + group_offset[gi];
             continue;
         }
-        ggml_backend_tensor_get(s.groups[gi].tensor, s.host_rows.data() + base, 0, count * sizeof(float));
+        ggml_backend_tensor_get(s.groups[gi].tensor, s.host_rows.data() + base, group_offset[gi] * sizeof(float), group_count[gi] * sizeof(float));
+        s.device_bytes += (long long)(group_count[gi] * sizeof(float));
         group_rows[gi] = s.host_rows.data() + base;
-        base += count;
+        base += group_count[gi];
+    }
+    s.frames += 1;
+    // model_stats from several devices: combine their partial statistics (weighted by their layers)
+    if (layout == LAYOUT_MODEL_STATS && s.groups.size() > 1)
+    {
+        s.combined.assign((size_t)2 * stride, 0.0f);
+        for (size_t gi = 0; gi < s.groups.size(); ++gi)
+        {
+            const float w = (float)s.groups[gi].n_layers / (float)s.n_layer;
+            for (int64_t c = 0; c < stride; ++c)
+            {
+                s.combined[c] += w * group_rows[gi][c];
+                s.combined[stride + c] = gi == 0 ? group_rows[gi][stride + c] : std::max(s.combined[stride + c], group_rows[gi][stride + c]);
+            }
+        }
+        group_rows[0] = s.combined.data();
     }
 
     // columns are KV cells: map each cell to the position it holds
@@ -509,29 +717,30 @@ static bool build_frame(llama_context * ctx, int n_past, std::vector<unsigned ch
     }
 
     const int itemsize = s.gen_attention == 2 ? 2 : 4;
-    const size_t values = (size_t)s.n_layer * s.n_head * ctx_len;
+    const size_t values = (size_t)layers * heads * ctx_len;
     frame.resize(FRAME_HEADER_BYTES + values * itemsize);
     unsigned char * h = frame.data();
     memcpy(h, "HWAF", 4);
-    put_u16(h + 4, 1);                       // version
+    put_u16(h + 4, layout == LAYOUT_FULL ? 1 : 2); // version: 1 is the full layout, as it always was
     put_u16(h + 6, FRAME_HEADER_BYTES);      // header_size
     put_u32(h + 8, (uint32_t)s.gen_index);   // token_index
     put_u16(h + 12, s.gen_attention == 2 ? 2 : 1);
-    put_u16(h + 14, 0);
-    put_u32(h + 16, (uint32_t)s.n_layer);
-    put_u32(h + 20, (uint32_t)s.n_head);
+    put_u16(h + 14, (uint32_t)layout);
+    put_u32(h + 16, (uint32_t)layers);
+    put_u32(h + 20, (uint32_t)heads);
     put_u32(h + 24, (uint32_t)ctx_len);
     put_u32(h + 28, 0);
     // payload: little-endian values (every platform KoboldCPP builds for is little-endian)
     unsigned char * payload = h + FRAME_HEADER_BYTES;
     if (!identity || itemsize == 2) { s.f32_row.resize(ctx_len); }
-    for (int il = 0; il < s.n_layer; ++il)
+    for (int il = 0; il < layers; ++il)
     {
-        const float * layer_rows = group_rows[s.layer_group[il]] + (int64_t)s.layer_slot[il] * per_layer;
-        for (int hd = 0; hd < s.n_head; ++hd)
+        const float * layer_rows = layout == LAYOUT_MODEL_STATS ? group_rows[0]
+            : group_rows[s.layer_group[il]] + (int64_t)s.layer_slot[il] * per_layer;
+        for (int hd = 0; hd < heads; ++hd)
         {
             const float * src = layer_rows + (int64_t)hd * stride;
-            const size_t row = ((size_t)il * s.n_head + hd) * ctx_len;
+            const size_t row = ((size_t)il * heads + hd) * ctx_len;
             const float * ordered = src;
             if (!identity)
             {
@@ -680,6 +889,13 @@ void halo_gen_end()
     if (s.gen_error || finish == HALO_FINISH_ERROR) { finish = HALO_FINISH_ERROR; }
     else if (finish < 0) { finish = aborted ? HALO_FINISH_ABORTED : HALO_FINISH_ERROR; }
     ev.meta.finish_reason = finish;
+    if (s.frames > 0)
+    {
+        static const char * const names[] = { "full", "layer_stats", "model_stats" };
+        printf("\nAttention export: %d frames (%s), %.1f KiB per frame read from the capture, %.1f KiB of it from a device\n",
+               s.frames, names[s.gen_layout], s.capture_bytes / 1024.0 / s.frames, s.device_bytes / 1024.0 / s.frames);
+        fflush(stdout);
+    }
     if (s.gen_index == 0) { s.t_first = t_end; }
     ev.meta.prompt_ms = std::chrono::duration<double, std::milli>(s.t_first - s.t_begin).count();
     ev.meta.generation_ms = std::chrono::duration<double, std::milli>(t_end - s.t_first).count();

@@ -8,6 +8,10 @@
 //    (allocated like the KV cache, on each layer's device). After the decode, the normal
 //    synchronization (llama_get_logits) has happened and the rows are read once per token.
 //    Without an attention request the hook adds nothing: the graph is the unpatched one.
+//  - reduced layouts (attention_layout layer_stats / model_stats): the hook adds, instead of the
+//    copy, the mean and max over heads of those rows (a custom op on the CPU, pool_2d on a GPU),
+//    and for model_stats their reduction over each device's layers, so the capture holds, and
+//    the device->host copy carries, 2 rows per layer (or per device) instead of n_head.
 //  - columns are KV cells: they are mapped to positions through the cache's cells, so a frame
 //    is always in token order, whatever the cache layout.
 //  - a bounded queue hands token events (and their frames) from the generation thread to the

@@ -4,7 +4,10 @@
     POST /api/v1/tokenize          token ids of a text, each with its exact bytes (base64)
     POST /api/v1/detokenize        the text of token ids
     WS   /api/v1/generate/stream   generation from input_ids: a `token` message per generated
-                                   token, each followed by one binary attention frame when asked
+                                   token, each followed by one binary attention frame when asked:
+                                   every head ("full"), or the mean and max over heads per layer
+                                   ("layer_stats") or over the whole model ("model_stats"),
+                                   computed in the graph (attention_export.cpp)
 
 The wire contract is halo-weave's api_spec/ (openapi.yaml, websocket.md). Standard library only,
 Python >= 3.9 (as KoboldCPP v1.76): koboldcpp.py imports this module the first time one of these
@@ -57,6 +60,8 @@ CLOSE_WAIT_S = 1.0
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 TOKEN_ID_LIMIT = 2 ** 31
 DTYPES = ("float32", "float16")
+#: attention_layout values, in the order of their code (frame header offset 14; generation_inputs)
+LAYOUTS = ("full", "layer_stats", "model_stats")
 FINISH = {0: "length", 1: "eos", 2: "stop_token", 3: "aborted"}
 NO_PASSWORD = "This server has a password, and the request carried none (Authorization: Bearer <password>)."
 WRONG_PASSWORD = "The password is wrong."
@@ -68,7 +73,7 @@ STATUS = {"INVALID_REQUEST": 400, "INVALID_TOKEN": 400, "CONTEXT_OVERFLOW": 400,
 GENERATE_DEFAULTS: dict[str, Any] = {
     "max_length": 100, "temperature": 0.7, "top_p": 0.92, "top_k": 100, "rep_pen": 1.1,
     "rep_pen_range": 320, "sampler_seed": -1, "stop_token_ids": [], "banned_token_ids": [],
-    "return_attention": False, "attention_dtype": "float32",
+    "return_attention": False, "attention_dtype": "float32", "attention_layout": "full",
 }
 
 #: a generation request, validated, with every default filled in
@@ -166,6 +171,7 @@ def parse_generate_request(text: str) -> Request:
     need(_is_int(v) and -1 <= v < 2 ** 32, "sampler_seed must be an integer in [-1, 2^32)")
     need(isinstance(req["return_attention"], bool), "return_attention must be true or false")
     need(req["attention_dtype"] in DTYPES, "attention_dtype must be one of " + ", ".join(DTYPES))
+    need(req["attention_layout"] in LAYOUTS, "attention_layout must be one of " + ", ".join(LAYOUTS))
     if errors:
         raise Rejected("INVALID_REQUEST", "; ".join(errors[:5]))
     if outside:
@@ -193,6 +199,9 @@ def check_generate_request(req: Request, info: dict[str, Any]) -> None:
         if req["attention_dtype"] not in att["dtypes"]:
             raise Rejected("ATTENTION_UNAVAILABLE", f"attention_dtype {req['attention_dtype']} is not offered; "
                            f"this server sends {', '.join(att['dtypes'])}")
+        if req["attention_layout"] not in att.get("layouts", ["full"]):
+            raise Rejected("ATTENTION_UNAVAILABLE", f"attention_layout {req['attention_layout']} is not offered; "
+                           f"this server sends {', '.join(att.get('layouts', ['full']))}")
 
 
 def parse_tokenize_request(body: bytes) -> tuple[str, bool]:
@@ -385,7 +394,7 @@ class KoboldBackend:
                     "chat_template": template,
                     "attention_api_version": API_VERSION,
                     "attention": {"available": bool(out.available), "reason": None if out.available else reason,
-                                  "dtypes": list(DTYPES)},
+                                  "dtypes": list(DTYPES), "layouts": list(LAYOUTS)},
                 }
             return self._info
 
@@ -494,6 +503,7 @@ class KoboldBackend:
         inputs.halo_banned_ids = keep["ban"]
         inputs.halo_banned_count = len(req["banned_token_ids"])
         inputs.halo_attention = (1 if req["attention_dtype"] == "float32" else 2) if req["return_attention"] else 0
+        inputs.halo_attention_layout = LAYOUTS.index(req["attention_layout"])
 
         def run() -> None:
             keep["result"] = self.handle.generate(inputs)  # keep holds the arrays until it returns

@@ -27,7 +27,7 @@ import websockets
 
 from halo_client.client import DoneEvent, KoboldClient, TokenEvent
 from halo_client.errors import ServerBusy, ServerError
-from halo_client.frame import encode_frame
+from halo_client.frame import encode_frame, reduce_attention
 from halo_client.messages import ModelInfo, TokenizeResponse
 from tests import raw_http, raw_ws
 from tests.kobold_patch.kobold_like import KoboldLikeServer
@@ -61,7 +61,8 @@ class FakeBackend:
                 "max_context_length": 512, "max_trained_context": 512, "bos_token_id": BOS, "eos_token_id": EOS,
                 "eot_token_id": None, "rope_freq_base": 10000.0, "rope_freq_scale": 1.0, "chat_template": None,
                 "attention_api_version": 1, "attention": {"available": True, "reason": None,
-                                                          "dtypes": ["float32", "float16"]}}
+                                                          "dtypes": ["float32", "float16"],
+                                                          "layouts": ["full", "layer_stats", "model_stats"]}}
 
     def tokenize(self, text: str, add_special: bool) -> list[int]:
         return ([BOS] if add_special else []) + list(text.encode())
@@ -98,7 +99,12 @@ class FakeBackend:
             frame = None
             if req["return_attention"]:
                 ctx = len(ids) + i
-                frame = encode_frame(i, np.full((LAYERS, HEADS, ctx), 1.0 / ctx), req["attention_dtype"])
+                # every head a different row, so that a reduction is not the identity
+                full = np.stack([np.stack([np.roll(np.linspace(1, 2, ctx), h + layer) for h in range(HEADS)])
+                                 for layer in range(LAYERS)])
+                full /= full.sum(axis=-1, keepdims=True)
+                layout = req["attention_layout"]
+                frame = encode_frame(i, reduce_attention(full, layout), req["attention_dtype"], layout)
             event = SimpleNamespace(kind=1, index=i, token_id=token, frame_bytes=len(frame or b""))
             if not self._put((event, frame)):
                 finish = 3
@@ -228,6 +234,17 @@ async def test_tokens_and_frames(srv: Running, dtype: str) -> None:
     assert done.finish_reason == "stop_token" and tokens[-1].token_id == stop and tokens[-1].attention is None
 
 
+@pytest.mark.parametrize(("layout", "shape"), [("layer_stats", (LAYERS, 2)), ("model_stats", (1, 2))])
+async def test_reduced_layouts_pass_through(srv: Running, layout: str, shape: tuple[int, int]) -> None:
+    """The request's layout reaches the backend, and its frames go out as they come (version 2)."""
+    full, _ = await collect(srv, [1, 2, 3], max_length=3, return_attention=True)
+    tokens, _ = await collect(srv, [1, 2, 3], max_length=3, return_attention=True, attention_layout=layout)
+    for whole, t in zip(full, tokens, strict=True):
+        assert t.attention is not None and whole.attention is not None and t.attention.layout == layout
+        assert t.attention.values.shape == (*shape, whole.attention.values.shape[2])
+        np.testing.assert_allclose(t.attention.values, reduce_attention(whole.attention.values, layout), atol=1e-6)
+
+
 @pytest.mark.parametrize(("message", "code"), [
     ("{not json", "INVALID_REQUEST"),
     ("[1]", "INVALID_REQUEST"),
@@ -238,6 +255,8 @@ async def test_tokens_and_frames(srv: Running, dtype: str) -> None:
     (json.dumps({"input_ids": [1], "max_lenght": 4}), "INVALID_REQUEST"),
     (json.dumps({"input_ids": [1], "top_p": 1.5}), "INVALID_REQUEST"),
     (json.dumps({"input_ids": [1], "attention_dtype": "int8"}), "INVALID_REQUEST"),
+    (json.dumps({"input_ids": [1], "attention_layout": "per_head_max"}), "INVALID_REQUEST"),
+    (json.dumps({"input_ids": [1], "attention_layout": None}), "INVALID_REQUEST"),
     (json.dumps({"input_ids": [1], "return_attention": 1}), "INVALID_REQUEST"),
     (json.dumps({"input_ids": [1, 2**31]}), "INVALID_TOKEN"),
     (json.dumps({"input_ids": [1], "stop_token_ids": [2**40]}), "INVALID_TOKEN"),
@@ -377,6 +396,15 @@ async def test_attention_unavailable(srv: Running) -> None:
     with pytest.raises(ServerError) as err:
         await collect(srv, [1], max_length=1, return_attention=True)
     assert err.value.code == "ATTENTION_UNAVAILABLE" and "flash attention" in str(err.value)
+
+
+async def test_a_layout_not_offered_is_attention_unavailable(srv: Running) -> None:
+    srv.backend.model_info = lambda: {**FakeBackend.model_info(srv.backend),  # type: ignore[method-assign]
+                                      "attention": {"available": True, "reason": None,
+                                                    "dtypes": ["float32", "float16"], "layouts": ["full"]}}
+    with pytest.raises(ServerError) as err:
+        await collect(srv, [1], max_length=1, return_attention=True, attention_layout="model_stats")
+    assert err.value.code == "ATTENTION_UNAVAILABLE" and "model_stats" in str(err.value)
 
 
 def test_seed_mapping(halo: ModuleType) -> None:
