@@ -72,17 +72,33 @@ cd "$abs_dir"
 # the tree keeps a copy of the patch it carries, so that a newer Halo Weave can swap its own in
 # (and the build stays incremental) instead of asking for a fresh tree
 APPLIED=.halo-weave-applied.patch
+# Swapping patches rewrites every file either touches; a file that ends as it was gets its old
+# time back, so that make rebuilds only what changed (a new halo_api.py alone rebuilds nothing)
+save_times() {
+    { git apply --numstat "$APPLIED"; git apply --numstat "$PATCH"; } | cut -f3 | sort -u | while read -r f; do
+        if [ -f "$f" ]; then mkdir -p "$WORK/before/$(dirname "$f")" && cp -p "$f" "$WORK/before/$f"; fi
+    done
+}
+restore_times() {
+    [ -d "$WORK/before" ] || return 0
+    (cd "$WORK/before" && find . -type f) | while read -r f; do
+        if cmp -s "$f" "$WORK/before/$f"; then touch -r "$WORK/before/$f" "$f"; fi
+    done
+}
 if git apply --reverse --check "$PATCH" 2>/dev/null; then
     say "patch already applied to $DIR"
     cmp -s "$PATCH" "$APPLIED" || cp "$PATCH" "$APPLIED"  # (touch nothing that needs no change)
 elif [ -f "$APPLIED" ] && git apply --reverse --check "$APPLIED" 2>/dev/null; then
+    save_times
     git apply --reverse "$APPLIED"
     if ! git apply --check "$PATCH" 2>/dev/null; then
         git apply "$APPLIED"  # leave the tree as it was
+        restore_times
         git apply --check "$PATCH" || true
         die "$DIR carries an older Halo Weave patch and this one does not fit the tree under it; start from a clean $TAG tree (make kobold-clean)"
     fi
     git apply "$PATCH"
+    restore_times
     cp "$PATCH" "$APPLIED"
     say "the older Halo Weave patch in $DIR was replaced by this one"
 elif git apply --check "$PATCH" 2>/dev/null; then

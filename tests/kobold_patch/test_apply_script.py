@@ -6,6 +6,7 @@ the hooks and files say, so a stand-in tree, hooks and files exercise every bran
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -82,16 +83,20 @@ def test_a_newer_patch_replaces_the_older_one(kit: Path) -> None:
     assert (tree / "model.cpp").read_text() == "line one\nline two, hooked better\nline three\n"
 
 
-def test_newer_files_replace_the_older_ones(kit: Path) -> None:
+def test_newer_files_replace_the_older_ones_and_only_they_are_rewritten(kit: Path) -> None:
+    """make rebuilds by file times: a swap that leaves a file as it was must leave its time too."""
     tree = kit.parent / "tree"
     assert run(kit, tree).returncode == 0
-    untouched = (tree / "model.cpp").stat().st_mtime_ns
-    _write_files(kit, "v2")
+    old = 1_000_000_000_000_000_000
+    for p in (tree / "model.cpp", tree / "attention_export.h", tree / "halo_api.py"):
+        os.utime(p, ns=(old, old))
+    (kit / "src" / "halo_api.py").write_text("halo_api.py, v2\n")
     upgraded = run(kit, tree)
     assert upgraded.returncode == 0 and "replaced" in upgraded.stdout
-    assert _files(tree) == {name: f"{name}, v2\n" for name in NEW_FILES}
+    assert (tree / "halo_api.py").read_text() == "halo_api.py, v2\n"
     assert (tree / "model.cpp").read_text() == "line one\nline two, hooked\nline three\n"
-    assert (tree / "model.cpp").stat().st_mtime_ns >= untouched
+    assert (tree / "halo_api.py").stat().st_mtime_ns != old
+    assert (tree / "model.cpp").stat().st_mtime_ns == old and (tree / "attention_export.h").stat().st_mtime_ns == old
 
 
 def test_a_tree_patched_when_the_files_lived_inside_the_diff_is_upgraded(kit: Path) -> None:
