@@ -216,38 +216,51 @@ static int end_of_turn_id(const llama_model & model)
 // kernel CUDA has), so the device->host copy carries the statistics only. Either way the ops
 // write into the capture tensor, as the full layout's copy does.
 
-// a = dst [n_kv, 2] (rows: mean, max; row stride free), b = the softmax rows [n_kv, heads]
-static void head_stats_op(struct ggml_tensor * dst, const struct ggml_tensor * a, const struct ggml_tensor * b, int ith, int nth, void * userdata)
+// Column blocks small enough for the L1 cache: each input row is read once, the running mean and
+// max stay in the block (a loop of adds and maxima the compiler vectorizes)
+static const int64_t STATS_BLOCK = 256;
+
+// mean and max over the ne1 rows of `b` ([n_kv, rows], any row stride) into dst's two rows, for
+// this thread's share of the columns
+static void rows_mean_max(struct ggml_tensor * dst, const struct ggml_tensor * b, int64_t rows, size_t row_stride, int ith, int nth)
 {
-    (void)a; (void)userdata;
     const int64_t n_kv = b->ne[0];
-    const int64_t heads = b->ne[1];
     const int64_t per = (n_kv + nth - 1) / nth;
     const int64_t c0 = std::min(n_kv, per * ith);
     const int64_t c1 = std::min(n_kv, c0 + per);
     float * mean = (float *)dst->data;
     float * max = (float *)((char *)dst->data + dst->nb[1]);
-    for (int64_t h = 0; h < heads; ++h)
+    const float inv = 1.0f / (float)rows;
+    float m[STATS_BLOCK];
+    float x[STATS_BLOCK];
+    for (int64_t b0 = c0; b0 < c1; b0 += STATS_BLOCK)
     {
-        const float * row = (const float *)((const char *)b->data + h * b->nb[1]);
-        if (h == 0)
+        const int64_t n = std::min(c1 - b0, STATS_BLOCK);
+        const float * r = (const float *)b->data + b0;
+        for (int64_t c = 0; c < n; ++c) { m[c] = r[c]; x[c] = r[c]; }
+        for (int64_t h = 1; h < rows; ++h)
         {
-            for (int64_t c = c0; c < c1; ++c) { mean[c] = row[c]; max[c] = row[c]; }
-            continue;
+            r = (const float *)((const char *)b->data + h * row_stride) + b0;
+            for (int64_t c = 0; c < n; ++c)
+            {
+                const float v = r[c];
+                m[c] += v;
+                x[c] = v > x[c] ? v : x[c];
+            }
         }
-        for (int64_t c = c0; c < c1; ++c)
-        {
-            const float v = row[c];
-            mean[c] += v;
-            max[c] = v > max[c] ? v : max[c];
-        }
+        for (int64_t c = 0; c < n; ++c) { mean[b0 + c] = m[c] * inv; max[b0 + c] = x[c]; }
     }
-    const float inv = 1.0f / (float)heads;
-    for (int64_t c = c0; c < c1; ++c) { mean[c] *= inv; }
 }
 
-// a = dst [n_kv, 2], b = the group's layer statistics [n_kv, 2, layers]: mean of the means (every
-// layer has the same heads), max of the maxima
+// a = dst [n_kv, 2] (rows: mean, max; row stride free), b = the softmax rows [n_kv, heads]
+static void head_stats_op(struct ggml_tensor * dst, const struct ggml_tensor * a, const struct ggml_tensor * b, int ith, int nth, void * userdata)
+{
+    (void)a; (void)userdata;
+    rows_mean_max(dst, b, b->ne[1], b->nb[1], ith, nth);
+}
+
+// a = dst [n_kv, 2], b = the group's layer statistics [n_kv, 2, layers]: the mean of the layers'
+// means (every layer has the same heads), the max of their maxima
 static void layer_stats_op(struct ggml_tensor * dst, const struct ggml_tensor * a, const struct ggml_tensor * b, int ith, int nth, void * userdata)
 {
     (void)a; (void)userdata;
@@ -258,18 +271,24 @@ static void layer_stats_op(struct ggml_tensor * dst, const struct ggml_tensor * 
     const int64_t c1 = std::min(n_kv, c0 + per);
     float * mean = (float *)dst->data;
     float * max = (float *)((char *)dst->data + dst->nb[1]);
-    for (int64_t l = 0; l < layers; ++l)
-    {
-        const float * lmean = (const float *)((const char *)b->data + l * b->nb[2]);
-        const float * lmax = (const float *)((const char *)b->data + l * b->nb[2] + b->nb[1]);
-        for (int64_t c = c0; c < c1; ++c)
-        {
-            mean[c] = l == 0 ? lmean[c] : mean[c] + lmean[c];
-            max[c] = l == 0 || lmax[c] > max[c] ? lmax[c] : max[c];
-        }
-    }
     const float inv = 1.0f / (float)layers;
-    for (int64_t c = c0; c < c1; ++c) { mean[c] *= inv; }
+    for (int64_t b0 = c0; b0 < c1; b0 += STATS_BLOCK)
+    {
+        const int64_t n = std::min(c1 - b0, STATS_BLOCK);
+        float m[STATS_BLOCK];
+        float x[STATS_BLOCK];
+        for (int64_t l = 0; l < layers; ++l)
+        {
+            const float * lm = (const float *)((const char *)b->data + l * b->nb[2]) + b0;
+            const float * lx = (const float *)((const char *)b->data + l * b->nb[2] + b->nb[1]) + b0;
+            for (int64_t c = 0; c < n; ++c)
+            {
+                m[c] = l == 0 ? lm[c] : m[c] + lm[c];
+                x[c] = l == 0 || lx[c] > x[c] ? lx[c] : x[c];
+            }
+        }
+        for (int64_t c = 0; c < n; ++c) { mean[b0 + c] = m[c] * inv; max[b0 + c] = x[c]; }
+    }
 }
 
 // pool_2d of x [n, k] over its k rows, as [n, 1] (GPU path: CUDA has the kernel; it reads
