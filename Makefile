@@ -78,6 +78,7 @@ clean:
 #   make patch-and-build [BACKEND=cuda|cpu] [KOBOLDCPP_SRC=DIR] [CUDA_ARCH=sm_90] [CUBLAS_ROOT=DIR]
 #   make serve MODEL=PATH.gguf [KOBOLD_ARGS="--contextsize 8192 ..."]
 #   make kobold-bench MODEL=PATH.gguf [UNPATCHED_DIR=DIR of a built unpatched v1.76]
+#   make bench-context [MODEL=SmolLM2.gguf] [UNPATCHED_DIR=DIR] [BENCH_ARGS="--large-contexts 16384 32768"]
 KOBOLDCPP_TAG ?= v1.76
 KOBOLDCPP_GIT ?= https://github.com/LostRuins/koboldcpp.git
 KOBOLDCPP_DIR ?= build/koboldcpp-$(KOBOLDCPP_TAG)
@@ -93,7 +94,7 @@ KOBOLD_ARGS   ?=
 UNPATCHED_DIR ?=
 BENCH_ARGS    ?=
 
-.PHONY: patch-and-build kobold-patch serve kobold-bench kobold-clean
+.PHONY: patch-and-build kobold-patch serve kobold-bench bench-context kobold-clean
 
 kobold-patch:  ## get KoboldCPP $(KOBOLDCPP_TAG) into $(KOBOLDCPP_DIR) and apply the patch (idempotent)
 	KOBOLDCPP_SRC="$(KOBOLDCPP_SRC)" KOBOLDCPP_TAG="$(KOBOLDCPP_TAG)" KOBOLDCPP_GIT="$(KOBOLDCPP_GIT)" \
@@ -109,6 +110,11 @@ serve:  ## run the patched server on 127.0.0.1:$(PORT) with attention export: ma
 kobold-bench: $(STAMP)  ## tokens/s ratios of the patched server (needs MODEL; UNPATCHED_DIR for the third ratio)
 	$(BIN)/python bench/bench_kobold.py --kobold-dir "$(KOBOLDCPP_DIR)" --model "$(MODEL)" \
 		$(if $(UNPATCHED_DIR),--unpatched-dir "$(UNPATCHED_DIR)") $(BENCH_ARGS)
+
+bench-context: $(STAMP)  ## attention export's cost by context length and frame layout (SmolLM2; a random 32x32 llama)
+	$(BIN)/python bench/bench_context.py --kobold-dir "$(KOBOLDCPP_DIR)" $(if $(MODEL),--smollm2 "$(MODEL)") \
+		$(if $(UNPATCHED_DIR),--unpatched-dir "$(UNPATCHED_DIR)") --json out/bench_context.json \
+		--svg-dir out $(BENCH_ARGS)
 
 kobold-clean:  ## remove $(KOBOLDCPP_DIR)
 	rm -rf "$(KOBOLDCPP_DIR)"
