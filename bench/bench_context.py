@@ -37,9 +37,14 @@ from typing import Any
 
 import numpy as np
 
-from bench_kobold import FILLER, Series, http_json, kobold_generate_rate, kobold_server  # bench/ on sys.path
-from halo_client.client import DoneEvent, KoboldClient, TokenEvent
-from halo_client.conversation.tracker import AttentionTracker
+from bench_kobold import (  # bench/ is on sys.path when this runs as a script
+    FILLER,
+    Series,
+    http_json,
+    kobold_generate_rate,
+    kobold_server,
+    stream_measure,
+)
 from halo_client.evaluation.report import markdown_table, svg_line_plot
 from halo_client.reference.model_store import cache_dir, default_model
 
@@ -72,37 +77,7 @@ def last_capture(log: Path, layout: str) -> float | None:
 
 
 async def stream(url: str, ids: list[int], tokens: int, banned: list[int], layout: str | None) -> dict[str, float]:
-    """One greedy generation: decode tokens/s, frame bytes per token, client CPU s per token."""
-    tracker = AttentionTracker()
-    brightness = np.zeros(len(ids) + tokens + 1, np.float32)
-    positions = np.arange(len(ids) + tokens + 1, dtype=np.int64)
-    first = last = 0.0
-    count = 0
-    frame_bytes = 0
-    cpu0 = time.process_time()
-    params: dict[str, Any] = {"return_attention": layout is not None}
-    if layout is not None and layout != "full":
-        params["attention_layout"] = layout
-    async with KoboldClient(url, timeout=3600) as client, client.generate_stream(
-            ids, max_length=tokens, temperature=0, rep_pen=1.0, banned_token_ids=banned, **params) as s:
-        async for event in s:
-            now = time.perf_counter()
-            if isinstance(event, DoneEvent):
-                last = now
-                if event.token_count != tokens:
-                    raise RuntimeError(f"generation stopped after {event.token_count} tokens ({event.finish_reason})")
-                break
-            assert isinstance(event, TokenEvent)
-            if count == 0:
-                first = now
-            count += 1
-            if event.attention is not None:
-                frame = event.attention
-                frame_bytes += 32 + frame.values.nbytes
-                tracker.update(brightness, positions[: frame.values.shape[2]], frame.values, frame.layout)
-    cpu = time.process_time() - cpu0
-    return {"tps": (count - 1) / (last - first), "frame_bytes": frame_bytes / count,
-            "client_cpu_ms": 1000 * cpu / count}
+    return await stream_measure(url, ids, tokens, banned, layout is not None, layout or "full")
 
 
 def prompt_ids(url: str, info: dict[str, Any], ctx: int, random_vocab: bool) -> list[int]:

@@ -94,15 +94,22 @@ def kobold_generate_rate(url: str, prompt: str, tokens: int) -> float:
     return 1000.0 / float(perf["last_eval"])
 
 
-async def stream_rate(url: str, ids: list[int], tokens: int, banned: list[int], attention: bool) -> float:
+async def stream_measure(url: str, ids: list[int], tokens: int, banned: list[int], attention: bool,
+                         layout: str = "full") -> dict[str, float]:
+    """One greedy generation streamed as the chat reads it (each frame applied to an
+    AttentionTracker): decode tokens/s, frame bytes per token, the client's CPU ms per token."""
     tracker = AttentionTracker()
     brightness = np.zeros(len(ids) + tokens + 1, np.float32)
     positions = np.arange(len(ids) + tokens + 1, dtype=np.int64)
     first = last = 0.0
     count = 0
-    async with KoboldClient(url, timeout=600) as client, client.generate_stream(
-            ids, max_length=tokens, temperature=0, rep_pen=1.0, banned_token_ids=banned,
-            return_attention=attention) as stream:
+    frame_bytes = 0
+    cpu0 = time.process_time()
+    params: dict[str, Any] = {"return_attention": attention}
+    if attention and layout != "full":  # (a full-frame request leaves the field out, as old clients do)
+        params["attention_layout"] = layout
+    async with KoboldClient(url, timeout=3600) as client, client.generate_stream(
+            ids, max_length=tokens, temperature=0, rep_pen=1.0, banned_token_ids=banned, **params) as stream:
         async for event in stream:
             now = time.perf_counter()
             if isinstance(event, DoneEvent):
@@ -116,9 +123,16 @@ async def stream_rate(url: str, ids: list[int], tokens: int, banned: list[int], 
             count += 1
             if attention:
                 assert event.attention is not None
-                frame = event.attention.values
-                tracker.update(brightness, positions[: frame.shape[2]], frame)
-    return (count - 1) / (last - first)
+                frame = event.attention
+                frame_bytes += 32 + frame.values.nbytes
+                tracker.update(brightness, positions[: frame.values.shape[2]], frame.values, frame.layout)
+    cpu = time.process_time() - cpu0
+    return {"tps": (count - 1) / (last - first), "frame_bytes": frame_bytes / count,
+            "client_cpu_ms": 1000 * cpu / count}
+
+
+async def stream_rate(url: str, ids: list[int], tokens: int, banned: list[int], attention: bool) -> float:
+    return (await stream_measure(url, ids, tokens, banned, attention))["tps"]
 
 
 @dataclass

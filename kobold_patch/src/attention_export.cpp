@@ -220,14 +220,20 @@ static int end_of_turn_id(const llama_model & model)
 // max stay in the block (a loop of adds and maxima the compiler vectorizes)
 static const int64_t STATS_BLOCK = 256;
 
+// this thread's share [c0, c1) of n columns
+static void thread_columns(int64_t n, int ith, int nth, int64_t & c0, int64_t & c1)
+{
+    const int64_t per = (n + nth - 1) / nth;
+    c0 = std::min(n, per * ith);
+    c1 = std::min(n, c0 + per);
+}
+
 // mean and max over the ne1 rows of `b` ([n_kv, rows], any row stride) into dst's two rows, for
 // this thread's share of the columns
 static void rows_mean_max(struct ggml_tensor * dst, const struct ggml_tensor * b, int64_t rows, size_t row_stride, int ith, int nth)
 {
-    const int64_t n_kv = b->ne[0];
-    const int64_t per = (n_kv + nth - 1) / nth;
-    const int64_t c0 = std::min(n_kv, per * ith);
-    const int64_t c1 = std::min(n_kv, c0 + per);
+    int64_t c0, c1;
+    thread_columns(b->ne[0], ith, nth, c0, c1);
     float * mean = (float *)dst->data;
     float * max = (float *)((char *)dst->data + dst->nb[1]);
     const float inv = 1.0f / (float)rows;
@@ -264,11 +270,9 @@ static void head_stats_op(struct ggml_tensor * dst, const struct ggml_tensor * a
 static void layer_stats_op(struct ggml_tensor * dst, const struct ggml_tensor * a, const struct ggml_tensor * b, int ith, int nth, void * userdata)
 {
     (void)a; (void)userdata;
-    const int64_t n_kv = b->ne[0];
     const int64_t layers = b->ne[2];
-    const int64_t per = (n_kv + nth - 1) / nth;
-    const int64_t c0 = std::min(n_kv, per * ith);
-    const int64_t c1 = std::min(n_kv, c0 + per);
+    int64_t c0, c1;
+    thread_columns(b->ne[0], ith, nth, c0, c1);
     float * mean = (float *)dst->data;
     float * max = (float *)((char *)dst->data + dst->nb[1]);
     const float inv = 1.0f / (float)layers;
