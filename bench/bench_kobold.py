@@ -108,7 +108,8 @@ async def stream_measure(url: str, ids: list[int], tokens: int, banned: list[int
     params: dict[str, Any] = {"return_attention": attention}
     if attention and layout != "full":  # (a full-frame request leaves the field out, as old clients do)
         params["attention_layout"] = layout
-    async with KoboldClient(url, timeout=3600) as client, client.generate_stream(
+    # a long prompt's first token can take long on a CPU (the 32x32 model's 16k prompt: most of an hour)
+    async with KoboldClient(url, timeout=4 * 3600) as client, client.generate_stream(
             ids, max_length=tokens, temperature=0, rep_pen=1.0, banned_token_ids=banned, **params) as stream:
         async for event in stream:
             now = time.perf_counter()
