@@ -59,6 +59,34 @@ def test_prefix_reuse_and_divergence_give_fresh_results(tiny: ReferenceBackend) 
     np.testing.assert_allclose(same.logits, after_prune.logits, atol=1e-5)
 
 
+def test_rows_give_what_decoding_one_token_at_a_time_gives(tiny: ReferenceBackend) -> None:
+    """A teacher-forced reply in one pass: every row's logits and attention are those of the
+    decode step at that position; a prefix in the cache is reused, and nothing more."""
+    ids = tiny.tokenize(TEXT, False)
+    rows = 7
+    fresh = ReferenceBackend(tiny.path, n_ctx=512)
+    step = fresh.prefill(ids[: len(ids) - rows + 1], True)
+    expected = [step]
+    for t in ids[len(ids) - rows + 1 :]:
+        expected.append(fresh.decode(t, True))
+    tiny.prefill(ids[:10], False)
+    logits, attention = tiny.prefill_rows(ids, rows, True)
+    assert logits.shape == (rows, tiny.model_info().vocab_size)
+    assert attention is not None and attention.shape[2:] == (rows, len(ids))
+    for r, want in enumerate(expected):
+        assert want.attention is not None
+        np.testing.assert_allclose(logits[r], want.logits, atol=1e-4)
+        ctx = len(ids) - rows + 1 + r
+        np.testing.assert_allclose(attention[:, :, r, :ctx], want.attention, atol=1e-5)
+        assert not attention[:, :, r, ctx:].any()  # causal: later columns are 0
+    again, none = tiny.prefill_rows(ids, rows, False)  # all cached: only the rows rerun
+    assert none is None
+    np.testing.assert_allclose(again, logits, atol=1e-5)
+    assert tiny.prefill_rows(ids[:3], 10, False)[0].shape[0] == 3  # no more rows than tokens
+    with pytest.raises(ValueError, match="rows"):
+        tiny.model.forward_rows(ids[:2], 0, False)
+
+
 def test_tokenizer_bytes_are_exact(tiny: ReferenceBackend) -> None:
     for text in (TEXT, "<|im_start|>user\nhi<|im_end|>", "  spaces\tand\nlines  ", "🧑‍🚀 ok"):
         ids = tiny.tokenize(text, False)
@@ -99,13 +127,13 @@ def test_context_limit(tiny: ReferenceBackend) -> None:
 def test_prefill_computes_only_the_new_suffix(tiny: ReferenceBackend) -> None:
     ids = tiny.tokenize(TEXT, False)
     computed: list[int] = []
-    forward = tiny.model.forward
+    forward = tiny.model.forward_rows  # every path (prefill, rows, decode) runs through it
 
-    def counting(tokens: list[int], want_attention: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    def counting(tokens: list[int], rows: int, want_attention: bool) -> tuple[np.ndarray, np.ndarray | None]:
         computed.append(len(tokens))
-        return forward(tokens, want_attention)
+        return forward(tokens, rows, want_attention)
 
-    tiny.model.forward = counting  # type: ignore[method-assign]
+    tiny.model.forward_rows = counting  # type: ignore[method-assign]
     tiny.prefill(ids[:10], False)
     tiny.prefill(ids, True)  # extends: only the new tokens
     tiny.decode(7, True)

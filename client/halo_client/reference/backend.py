@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
+
 from halo_client.messages import AttentionSupport, ModelInfo
 from halo_client.reference.gguf_model import load_gguf
 from halo_client.reference.llama import KVCacheType, LlamaModel
@@ -71,20 +74,29 @@ class ReferenceBackend:
         return self.tokenizer.token_bytes(token_id)
 
     def prefill(self, input_ids: Sequence[int], want_attention: bool) -> ForwardResult:
+        logits, attention = self.prefill_rows(input_ids, 1, want_attention)
+        return ForwardResult(logits[0], None if attention is None else attention[:, :, 0])
+
+    def prefill_rows(self, input_ids: Sequence[int], rows: int, want_attention: bool) -> tuple[
+            npt.NDArray[np.float32], npt.NDArray[np.float32] | None]:
+        """`prefill`, with the logits `[rows, vocab]` and attention `[layers, heads, rows, ctx]` of
+        the last `rows` positions (`LlamaModel.forward_rows`): a teacher-forced reply in one pass.
+        Positions shared with the cached sequence are not recomputed, except the rows asked for."""
         ids = list(input_ids)
         if not ids:
             raise ValueError("prefill needs at least one token")
+        rows = max(1, min(rows, len(ids)))
         common = 0
         for a, b in zip(self._sequence, ids, strict=False):
             if a != b:
                 break
             common += 1
-        common = min(common, len(ids) - 1, self.model.length)  # the last position must run: its logits are the answer
+        common = min(common, len(ids) - rows, self.model.length)  # the rows asked for must run
         self.model.truncate(common)
         self._sequence = ids[:common]  # what the cache holds, should the forward pass fail
-        logits, attention = self.model.forward(ids[common:], want_attention)
+        logits, attention = self.model.forward_rows(ids[common:], rows, want_attention)
         self._sequence = ids
-        return ForwardResult(logits, attention)
+        return logits, attention
 
     def reset(self) -> None:
         """Forget the cached sequence (the next prefill computes every position)."""

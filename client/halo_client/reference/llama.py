@@ -4,8 +4,9 @@ RMSNorm, RoPE (llama.cpp's "normal" mode: adjacent pairs, which is what GGUF's p
 rows expect; with the file's base, linear scale and Llama 3 `rope_freqs` factors),
 grouped-query attention (query head h reads KV head h // (n_head / n_head_kv)), SwiGLU,
 tied or untied output. Prompts run as matrix-matrix products; a generated token is one more
-row. The attention of the newest position is returned for every layer and query head,
-post-softmax, so it is the exact reference for what a server should export.
+row. The attention of the newest position (or of the last few, `forward_rows`) is returned for
+every layer and query head, post-softmax, so it is the exact reference for what a server should
+export.
 """
 
 from __future__ import annotations
@@ -87,18 +88,33 @@ class LlamaModel:
         return out
 
     def forward(self, tokens: list[int], want_attention: bool) -> tuple[F32, F32 | None]:
-        """Append `tokens` at the cache's end; logits and attention of the last of them."""
+        """Append `tokens` at the cache's end; logits `[vocab]` and attention `[layers, heads, ctx]`
+        of the last of them."""
+        logits, attention = self.forward_rows(tokens, 1, want_attention)
+        return logits[0], None if attention is None else attention[:, :, 0]
+
+    def forward_rows(self, tokens: list[int], rows: int, want_attention: bool) -> tuple[F32, F32 | None]:
+        """Append `tokens` at the cache's end; logits `[rows, vocab]` and attention
+        `[layers, heads, rows, ctx]` of the last `rows` of them (at most all of them). Row r's
+        attention covers the columns it can see; later columns are 0.
+
+        One pass for a whole teacher-forced reply: what a token-by-token decode would give for
+        each of its positions, at the cost of a prompt."""
         p: LlamaParams = self.params
         start, t = self.length, len(tokens)
         if t == 0:
             raise ValueError("forward needs at least one token")
+        if rows < 1:
+            raise ValueError(f"rows must be at least 1, not {rows}")
         if start + t > self.n_ctx:
             raise ValueError(f"{start + t} positions exceed the context of {self.n_ctx}")
+        rows = min(rows, t)
+        first_row = t - rows  # index in `tokens` of the first row returned
         hd, nh, nkv = p.head_dim, p.n_head, p.n_head_kv
         group = nh // nkv
         pos = np.arange(start, start + t)
         x = self.embedding[np.asarray(tokens)]
-        attention = np.empty((p.n_layer, nh, start + t), np.float32) if want_attention else None
+        attention = np.empty((p.n_layer, nh, rows, start + t), np.float32) if want_attention else None
         scale = np.float32(1.0 / np.sqrt(hd))
         for li, layer in enumerate(self.layers):
             h = self._rmsnorm(x, layer["attn_norm"], p.rms_eps)
@@ -120,23 +136,25 @@ class LlamaModel:
                 b = min(a + QUERY_BLOCK, t)
                 scores = np.matmul(qg[:, :, a:b], keys[:, None].transpose(0, 1, 3, 2)) * scale  # [nkv,g,blk,ctx]
                 # causal: query at position start+i sees keys 0..start+i
-                rows = np.arange(start + a, start + b)[:, None]
-                scores = np.where(np.arange(start + t)[None, :] <= rows, scores, -np.inf)
+                block_rows = np.arange(start + a, start + b)[:, None]
+                scores = np.where(np.arange(start + t)[None, :] <= block_rows, scores, -np.inf)
                 scores -= scores.max(axis=-1, keepdims=True)
                 np.exp(scores, out=scores)
                 scores /= scores.sum(axis=-1, keepdims=True)
                 weights = _round_f16(scores) if self.kv_f16 else scores
                 out[:, :, a:b] = np.matmul(weights, values[:, None])
-                if attention is not None and b == t:
-                    attention[li] = scores[:, :, -1, :].reshape(nh, start + t)
+                if attention is not None and b > first_row:
+                    lo = max(a, first_row)
+                    attention[li, :, lo - first_row : b - first_row] = \
+                        scores[:, :, lo - a : b - a].reshape(nh, b - lo, start + t)
             attn = out.reshape(nh, t, hd).transpose(1, 0, 2).reshape(t, nh * hd)
             x = x + attn @ layer["wo"]
             h = self._rmsnorm(x, layer["ffn_norm"], p.rms_eps)
             gate_up = h @ layer["gate_up"]
             gate, up = gate_up[:, : p.n_ff], gate_up[:, p.n_ff :]
             x = x + ((gate / (1.0 + np.exp(-gate))) * up) @ layer["down"]
-        last = self._rmsnorm(x[-1:], self.output_norm, p.rms_eps)
-        logits = (self.output @ last[0]).astype(np.float32)
+        last = self._rmsnorm(x[first_row:], self.output_norm, p.rms_eps)
+        logits = (last @ self.output.T).astype(np.float32, copy=False)
         self.length = start + t
         return logits, attention
 
