@@ -83,3 +83,15 @@ def test_load_progress_is_plain_lines_off_a_terminal(tty: bool, capsys: pytest.C
     else:
         assert "\r" not in err and "\x1b" not in err
         assert err.splitlines() == ["loading model.gguf: 1/30 tensors", "loading model.gguf: 30/30 tensors"]
+
+
+def test_each_recall_is_one_line_naming_what_came_back() -> None:
+    import click
+
+    from halo_client.cli.render import recall_report
+    from halo_client.conversation.memory import Recall
+
+    event = PruneEvent("sentence", 12, 3, (40, 41, 42), 0.2, -5, " My locker\ncode is 4821. ", restored=True)
+    [line] = recall_report([Recall(event, 3.14159, "What is my locker code?")])
+    assert click.unstyle(line) == "  recalled sentence 12 (relevance 3.14, 5 tokens): My locker code is 4821."
+    assert recall_report([]) == []

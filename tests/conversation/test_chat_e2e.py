@@ -33,14 +33,23 @@ async def test_twenty_turns_under_budget(tmp_path: Path) -> None:
         chat = await Chat.open(client, system="You are a helpful assistant.", max_length=60,
                                pruner=PrunerSettings(max_context_tokens=budget), sampler={"temperature": 0})
         pruned = 0
+        recalled = []
         for text in MESSAGES:
             await chat.add_message("user", text)
             reply = await chat.reply()
+            recalled += [(text, r) for r in reply.recalled]
             assert reply.done.finish_reason in ("eos", "length")
             assert len(reply.input_ids) + chat.max_length <= chat.info.max_context_length
             assert chat.state.active_count <= budget or reply.pruned_after.over_budget
             pruned += len(reply.pruned_before.events) + len(reply.pruned_after.events)
         assert pruned > 0
+        # whatever memory brought back shares words with the message that asked
+        for text, r in recalled:
+            assert r.relevance > 0 and r.query == text
+            def words(t: str) -> set[str]:
+                return {w.lower().strip(".?!,") for w in t.split()}
+
+            assert words(text) & words(r.event.text)
         assert len(backend.received) == len(MESSAGES)  # every request passed the strict ChatML check
         assert max(len(r) for r in backend.received) <= budget + 5 + 60
         path = tmp_path / "chat.json"
@@ -92,3 +101,28 @@ async def test_the_chat_asks_for_the_smallest_frames_and_tracks_the_same_brightn
         reduced, full = chats
         assert reduced.state.input_ids() == full.state.input_ids()
         np.testing.assert_allclose(reduced.state.brightness, full.state.brightness, atol=1e-5, rtol=1e-5)
+
+
+async def test_a_question_recalls_a_fact_pruned_long_ago() -> None:
+    backend = MockBackend(strict_template=True)
+    async with MockKoboldServer(backend=backend) as server, KoboldClient(server.url, timeout=10) as client:
+        chat = await Chat.open(client, system="Be brief.", max_length=20,
+                               pruner=PrunerSettings(max_context_tokens=200), sampler={"temperature": 0})
+        await chat.add_message("user", "My locker code is 4821.")
+        await chat.reply()
+        for i in range(3):
+            await chat.add_message("user", f"Filler message number {i}. Nothing to see here. Moving on.")
+            await chat.reply()
+        # the oldest sentence goes first, whatever the mock's attention made of it
+        chat.pruner.prune(chat.state, chat.state.active_count - 1, scores=np.arange(len(chat.state), dtype=float))
+        assert "locker code is 4821" not in chat.state.text(chat.state.active_positions())
+        await chat.add_message("user", "What is my locker code?")
+        reply = await chat.reply()
+        assert [r.event.text.strip() for r in reply.recalled] == ["My locker code is 4821."]
+        code = reply.recalled[0].event.positions
+        question_turn = len(chat.state.turns) - 2  # the reply came after it
+        assert all(chat.state.row(p).recalled_turn == question_turn for p in code)
+        sent = backend.received[-1]
+        fact = [int(t) for t in chat.state.column("token_id")[list(code)]]
+        assert any(sent[i : i + len(fact)] == fact for i in range(len(sent)))  # the model saw it again
+        assert len(sent) <= 200 + 5  # the budget held: something else went to make room

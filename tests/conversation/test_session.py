@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from halo_client.conversation.memory import Memory, MemorySettings
 from halo_client.conversation.pruner import Pruner, PrunerSettings
 from halo_client.conversation.session import Session, SessionError, load, save, to_json
 from halo_client.conversation.tracker import TrackerSettings
@@ -21,7 +22,8 @@ def session() -> Session:
     state.end_reply([])
     state.brightness[:] = np.linspace(0, 3, len(state), dtype=np.float32)
     Pruner().prune(state, len(state) - 3)
-    return Session(state, TrackerSettings(decay=0.01), PrunerSettings(max_context_tokens=99), {"model_name": "m"})
+    return Session(state, TrackerSettings(decay=0.01), PrunerSettings(max_context_tokens=99), {"model_name": "m"},
+                   MemorySettings(max_recalled=1))
 
 
 def test_round_trip_is_identical(tmp_path: Path) -> None:
@@ -35,6 +37,34 @@ def test_round_trip_is_identical(tmp_path: Path) -> None:
         np.testing.assert_array_equal(a.column(name), b.column(name))
     assert a.pieces == b.pieces and a.input_ids() == b.input_ids()
     assert loaded.tracker == original.tracker and loaded.pruner == original.pruner
+    assert loaded.memory == original.memory
+
+
+def test_recalls_are_saved_with_the_rest(tmp_path: Path) -> None:
+    original = session()
+    state = original.state
+    pruned = Pruner().pruned_units(state)
+    assert pruned, "the session has something pruned to recall"
+    recalled = Memory().recall(state, Pruner(), pruned[0].text)
+    assert [r.event.positions for r in recalled] == [pruned[0].positions]
+    save(original, tmp_path / "s.json")
+    loaded = load(tmp_path / "s.json").state
+    turn = len(state.turns) - 1
+    assert [loaded.row(p).recalled_turn for p in pruned[0].positions] == [turn] * len(pruned[0].positions)
+    assert not loaded.column("deleted")[list(pruned[0].positions)].any()
+
+
+def test_a_version_1_file_loads_as_never_recalled(tmp_path: Path) -> None:
+    data = to_json(session())
+    del data["memory"], data["columns"]["recalled_turn"]
+    data["version"] = 1
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data))
+    loaded = load(path)
+    assert loaded.memory == MemorySettings()
+    assert (loaded.state.column("recalled_turn") == -1).all()
+    save(loaded, path)
+    assert json.loads(path.read_text())["version"] == 2
 
 
 def test_a_crash_mid_write_keeps_the_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -55,7 +85,9 @@ def test_a_crash_mid_write_keeps_the_previous_file(tmp_path: Path, monkeypatch: 
 @pytest.mark.parametrize(
     ("mutate", "words"),
     [
-        (lambda d: d.update(version=2), "version 2"),
+        (lambda d: d.update(version=3), "version 3, this halo-client reads versions 1, 2"),
+        (lambda d: d["memory"].update(max_recalled=-1), "damaged"),
+        (lambda d: d["columns"]["recalled_turn"].__setitem__(0, 99), "recall at a turn"),
         (lambda d: d.update(format="other"), "not a Halo Weave session"),
         (lambda d: d["columns"]["brightness"].pop(), "column brightness"),
         (lambda d: d["pieces"].__setitem__(0, "!!"), "damaged"),

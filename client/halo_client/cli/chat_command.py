@@ -21,8 +21,9 @@ import click
 from halo_client.cli.app import Settings, main, pass_settings, run_async
 from halo_client.cli.commands import print_reply
 from halo_client.cli.options import layout_from, sampler_options, settings_from, tracker_options
-from halo_client.cli.render import prune_line, prune_report, pruned_list, render_conversation, stats_lines
+from halo_client.cli.render import prune_line, prune_report, pruned_list, recall_report, render_conversation, stats_lines
 from halo_client.conversation.chat import Chat
+from halo_client.conversation.memory import MemorySettings
 from halo_client.display.scale import SCALE_MODES, ScaleMode
 from halo_client.errors import HaloError
 
@@ -151,6 +152,7 @@ async def _send(repl: Repl, line: str) -> None:
     reply = await print_reply(chat, repl.stop)
     if reply.done.finish_reason == "aborted":
         repl.say("  [stopped: what was written stays in the conversation]")
+    repl.say(*recall_report(reply.recalled))
     pruned = [*prune_report(reply.pruned_before), *prune_report(reply.pruned_after)]
     repl.say(*pruned)
     if pruned and repl.interactive and chat.info.attention.available:
@@ -260,11 +262,13 @@ async def run_repl(repl: Repl) -> None:
                    "will not mean the same to this one).")
 @click.option("--scale", type=click.Choice(SCALE_MODES), default="percentile", show_default=True,
               help="The colour scale of /show: percentile (each colour used equally often) or log.")
+@click.option("--memory/--no-memory", default=True, show_default=True,
+              help="Before each reply, bring back the pruned sentences the message matches (shown as 'recalled').")
 @tracker_options
 @pass_settings  # type: ignore[arg-type]
 @run_async
 async def chat(settings: Settings, max_length: int, temperature: float, system: str, session_path: str | None,
-               force_model: bool, scale: ScaleMode, **kw: Any) -> None:
+               force_model: bool, scale: ScaleMode, memory: bool, **kw: Any) -> None:
     """Chat with the model, pruning the dimmest sentences when it outgrows --max-context-tokens.
     /show colours the conversation by brightness; /help lists the commands. Without a
     terminal, reads one user message per line."""
@@ -273,7 +277,8 @@ async def chat(settings: Settings, max_length: int, temperature: float, system: 
     async with settings.client() as client:
         conversation = await Chat.open(client, system=system, session_path=session_path, tracker=tracker,
                                        pruner=pruner, max_length=max_length, sampler={"temperature": temperature},
-                                       attention_layout=layout, force_model=force_model)
+                                       attention_layout=layout, force_model=force_model,
+                                       memory=MemorySettings(enabled=memory))
         repl = Repl(conversation, session_path, sys.stdin.isatty(), scale)
         if repl.interactive:
             repl.say(f"  chatting with {conversation.info.model_name}; /help lists the commands")

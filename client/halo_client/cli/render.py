@@ -17,6 +17,7 @@ import click
 import numpy as np
 import numpy.typing as npt
 
+from halo_client.conversation.memory import Recall
 from halo_client.conversation.pruner import PruneEvent, PruneResult
 from halo_client.conversation.state import ROLES, ConversationState
 from halo_client.display.scale import HeatScale, ScaleMode, conversation_levels
@@ -111,6 +112,13 @@ def prune_line(event: PruneEvent) -> str:
     """`pruned sentence 12 (brightness 0.42, 9 tokens): text` — the number `/restore` takes."""
     score = "" if math.isnan(event.score) else f"brightness {event.score:.2f}, "
     return f"{event.kind} {event.unit} ({score}{event.tokens_freed} tokens): {_one_line(event.text)}"
+
+
+def recall_report(recalls: Sequence[Recall]) -> list[str]:
+    """One styled line per sentence memory brought back for the message."""
+    return [click.style(f"  recalled {r.event.kind} {r.event.unit} (relevance {r.relevance:.2f}, "
+                        f"{-r.event.tokens_freed} tokens): {' '.join(r.event.text.split())[:70]}", fg="cyan")
+            for r in recalls]
 
 
 def prune_report(result: PruneResult) -> list[str]:

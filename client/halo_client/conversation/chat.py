@@ -1,7 +1,9 @@
 """`Chat`: a conversation driven against a server, with brightness tracking and pruning.
 
-Order of one turn: the user's message is tokenized once and added; the conversation is pruned
-to fit (the budget, and the server's context minus the reply); the reply streams, each token
+Order of one turn: the user's message is tokenized once and added; with memory on, it brings
+back the pruned sentences it matches best (`memory.Memory`: each one an audit-trail event,
+"recalled"); the conversation is pruned to fit (the budget, and the server's context minus the
+reply), keeping what was just recalled; the reply streams, each token
 joining the state and each frame updating brightness; the reply is closed with the
 template's suffix and the conversation is pruned again. If the stream fails, the reply and
 its brightness updates are undone: the conversation is exactly as before the request.
@@ -18,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from halo_client.client import DoneEvent, GenerationStream, KoboldClient, TokenEvent
+from halo_client.conversation.memory import Memory, MemorySettings, Recall, prune_keeping
 from halo_client.conversation.pruner import Pruner, PruneResult, PrunerSettings
 from halo_client.conversation.session import Session, SessionModelMismatch, load, save
 from halo_client.conversation.state import ConversationState, FrameColumns, Role
@@ -42,6 +45,8 @@ class Reply:
     #: the state positions of the generated tokens, and of `input_ids`
     positions: list[int] = field(default_factory=list)
     context_positions: list[int] = field(default_factory=list)
+    #: pruned sentences the user's message brought back before the reply
+    recalled: list[Recall] = field(default_factory=list)
 
     @property
     def text(self) -> str:
@@ -52,7 +57,8 @@ class Chat:
     def __init__(self, client: KoboldClient, info: ModelInfo, *, state: ConversationState | None = None,
                  tracker: TrackerSettings | None = None, pruner: PrunerSettings | None = None,
                  max_length: int = 200, sampler: dict[str, Any] | None = None,
-                 meta: dict[str, Any] | None = None, attention_layout: AttentionLayout | None = None) -> None:
+                 meta: dict[str, Any] | None = None, attention_layout: AttentionLayout | None = None,
+                 memory: MemorySettings | None = None) -> None:
         """`attention_layout`: the frames to ask for; None (the default) asks for the smallest the
         tracker's aggregation can use (`TrackerSettings.smallest_layout`) among those the server
         offers, so long contexts do not pay for full frames; `full` keeps every head (to save them)."""
@@ -60,6 +66,7 @@ class Chat:
         self.info = info
         self.tracker = AttentionTracker(tracker)
         self.pruner = Pruner(pruner)
+        self.memory = Memory(memory)
         self.state = state or ConversationState(initial_brightness=self.tracker.settings.initial_brightness)
         self.turns = TurnBuilder(info)
         self.turns.rebuild_history(self.state)
@@ -101,8 +108,9 @@ class Chat:
                 # a resumed chat keeps the tracker and pruner settings it was saved with
                 kw.pop("tracker", None)
                 kw.pop("pruner", None)
+                kw.pop("memory", None)
                 return cls(client, info, state=session.state, tracker=session.tracker, pruner=session.pruner,
-                           meta=session.meta, **kw)
+                           meta=session.meta, memory=session.memory, **kw)
         chat = cls(client, info, **kw)
         if system:
             await chat.add_message("system", system)
@@ -125,14 +133,21 @@ class Chat:
     def prune(self, budget: int | None = None) -> PruneResult:
         return self.pruner.prune(self.state, budget)
 
-    def _fit_for_request(self, reserve: int) -> PruneResult:
+    def recall(self) -> list[Recall]:
+        """Bring back the pruned sentences the newest user message matches (memory)."""
+        last = self.turns.history[-1] if self.turns.history else None
+        if last is None or last["role"] != "user":
+            return []
+        return self.memory.recall(self.state, self.pruner, last["content"])
+
+    def _fit_for_request(self, reserve: int, recalled: list[Recall] | None = None) -> PruneResult:
         hard = self.info.max_context_length - self.max_length - reserve
         soft = self.pruner.settings.max_context_tokens
         budget = min(hard, soft) if soft else hard
         if self.state.active_count <= budget:
             return PruneResult(active_before=self.state.active_count, active_after=self.state.active_count,
                                budget=budget)
-        result = self.pruner.prune(self.state, budget)
+        result = prune_keeping(self.pruner, self.state, budget, recalled or [])
         if self.state.active_count > hard:
             raise ContextBudgetExceeded(
                 f"the conversation needs {self.state.active_count + reserve} tokens plus a "
@@ -150,7 +165,8 @@ class Chat:
         call or a failed stream instead leaves the conversation exactly as before it."""
         prefix = self.turns.plan_reply()
         prefix_tokens = self.turns.reply_prefix(prefix, await self._tokens(prefix))
-        before = self._fit_for_request(len(prefix_tokens))
+        recalled = self.recall()
+        before = self._fit_for_request(len(prefix_tokens), recalled)
         brightness_before = self.state.brightness.copy()
         turns_before = len(self.state.turns)
         self.turns.begin_reply(self.state, prefix_tokens)
@@ -196,7 +212,7 @@ class Chat:
         suffix = self.turns.plan_reply_suffix()
         self.turns.end_reply(self.state, [t.token_id for t in tokens], suffix, await self._tokens(suffix))
         after = self.pruner.prune(self.state)
-        return Reply(tokens, done, before, after, input_ids, positions, request_positions.tolist())
+        return Reply(tokens, done, before, after, input_ids, positions, request_positions.tolist(), recalled)
 
     @staticmethod
     async def _abort_on(stop: asyncio.Event, stream: GenerationStream) -> None:
@@ -207,7 +223,7 @@ class Chat:
 
     def session(self) -> Session:
         return Session(self.state, self.tracker.settings, self.pruner.settings,
-                       {**self.meta, "model_name": self.info.model_name})
+                       {**self.meta, "model_name": self.info.model_name}, self.memory.settings)
 
     def save(self, path: str) -> None:
         save(self.session(), path)

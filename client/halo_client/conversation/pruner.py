@@ -117,9 +117,12 @@ class Pruner:
         return mask
 
     def prune(self, state: ConversationState, budget: int | None = None, *,
-              current_turn: int | None = None) -> PruneResult:
+              current_turn: int | None = None, scores: npt.NDArray[np.floating] | None = None,
+              protect: npt.NDArray[np.bool_] | None = None) -> PruneResult:
         """Remove the dimmest units until `state.active_count <= budget` (default: the
-        settings' max_context_tokens; 0 = off)."""
+        settings' max_context_tokens; 0 = off). `scores`: one per position, in place of
+        brightness (another policy's view of what matters); `protect`: positions that must
+        stay this time (e.g. what memory just recalled)."""
         budget = self.settings.max_context_tokens if budget is None else budget
         result = PruneResult(active_before=state.active_count, budget=budget)
         result.active_after = result.active_before
@@ -130,6 +133,8 @@ class Pruner:
         extra = (current_turn,) if current_turn is not None else ()
         active = state.active_mask()
         protected = self.protected_mask(state, extra)
+        if protect is not None:
+            protected = protected | protect
         turn_col = state.column("turn")
         if kind == "turn":
             # a whole message goes, template included; protected turns stay whole
@@ -146,16 +151,19 @@ class Pruner:
         if units.size == 0:
             result.over_budget = True
             return result
-        scores = state.brightness[positions].astype(np.float64)
+        source = state.brightness if scores is None else scores
+        if len(source) != len(state):
+            raise ConversationError(f"{len(source)} scores for a conversation of {len(state)} tokens")
+        values = np.asarray(source, np.float64)[positions]
         # group by unit id: units are contiguous in position order, so one sort by unit is stable
         order = np.argsort(units, kind="stable")
-        units, positions, scores = units[order], positions[order], scores[order]
+        units, positions, values = units[order], positions[order], values[order]
         starts = np.flatnonzero(np.r_[True, units[1:] != units[:-1]])
         sizes = np.diff(np.r_[starts, units.size])
         if self.settings.reduce == "max":
-            unit_scores = np.maximum.reduceat(scores, starts)
+            unit_scores = np.maximum.reduceat(values, starts)
         else:
-            unit_scores = np.add.reduceat(scores, starts) / sizes
+            unit_scores = np.add.reduceat(values, starts) / sizes
         ranking = np.lexsort((units[starts], unit_scores))  # dimmest first, older first on ties
         # Removing units one at a time, dimmest first, until within budget is the same as
         # taking the shortest prefix of this ranking that frees enough: a unit's score does

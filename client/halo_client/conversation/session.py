@@ -4,6 +4,10 @@ Versioned JSON, written atomically: a temporary file in the same directory, flus
 fsynced, then renamed over the old one, so a crash mid-write leaves the previous session
 intact. Loading checks everything before building anything: a file of another version or a
 damaged one raises `SessionError` and loads nothing.
+
+Version 2 added memory: its settings and, per token, the turn at which memory last recalled it
+(`recalled_turn`). A version-1 file loads as a chat that has never recalled anything, with
+memory's default settings; it is written back as version 2.
 """
 
 from __future__ import annotations
@@ -11,20 +15,23 @@ from __future__ import annotations
 import base64
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
 
 from halo_client.atomic import write_atomic
+from halo_client.conversation.memory import MemorySettings
 from halo_client.conversation.pruner import PrunerSettings
-from halo_client.conversation.state import COLUMNS, ConversationError, ConversationState, Turn
+from halo_client.conversation.state import COLUMNS, NOT_DELETED, ConversationError, ConversationState, Turn
 from halo_client.conversation.tracker import TrackerSettings
 from halo_client.errors import HaloError
 
 FORMAT: Final = "halo-weave-session"
-VERSION: Final = 1
+VERSION: Final = 2
+#: versions this halo-client reads (older ones are migrated on load)
+READABLE: Final = (1, 2)
 
 
 class SessionError(HaloError):
@@ -42,6 +49,7 @@ class Session:
     pruner: PrunerSettings
     #: free-form facts about the chat (model name, server URL, system prompt)
     meta: dict[str, Any]
+    memory: MemorySettings = field(default_factory=MemorySettings)
 
 
 def to_json(session: Session) -> dict[str, Any]:
@@ -58,6 +66,7 @@ def to_json(session: Session) -> dict[str, Any]:
         "version": VERSION,
         "tracker": session.tracker.model_dump(),
         "pruner": session.pruner.model_dump(),
+        "memory": session.memory.model_dump(),
         "meta": session.meta,
         "initial_brightness": state.initial_brightness,
         "next_ids": list(state.next_ids),
@@ -78,12 +87,15 @@ def from_json(data: Any, source: str = "session") -> Session:
 
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise bad("it is not a Halo Weave session file")
-    if data.get("version") != VERSION:
-        raise bad(f"it is version {data.get('version')!r}, this halo-client reads version {VERSION}")
+    version = data.get("version")
+    if version not in READABLE:
+        raise bad(f"it is version {version!r}, this halo-client reads versions {', '.join(map(str, READABLE))}")
     try:
         n = int(data["count"])
         pieces = [base64.b64decode(p, validate=True) for p in data["pieces"]]
         columns = data["columns"]
+        if version == 1 and isinstance(columns, dict) and "recalled_turn" not in columns:
+            columns = {**columns, "recalled_turn": [NOT_DELETED] * n}  # nothing was ever recalled
         if len(pieces) != n or set(columns) != set(COLUMNS):
             raise bad("its token table is incomplete")
         arrays: dict[str, np.ndarray[Any, Any]] = {}
@@ -97,6 +109,7 @@ def from_json(data: Any, source: str = "session") -> Session:
         turns = [Turn(int(t), r, int(a), int(b), bool(c)) for t, r, a, b, c in data["turns"]]
         tracker = TrackerSettings.model_validate(data["tracker"])
         pruner = PrunerSettings.model_validate(data["pruner"])
+        memory = MemorySettings.model_validate(data["memory"]) if version >= 2 else MemorySettings()
         next_sentence, next_line = (int(v) for v in data["next_ids"])
         meta = data.get("meta", {})
         if not isinstance(meta, dict):
@@ -109,7 +122,7 @@ def from_json(data: Any, source: str = "session") -> Session:
         raise bad(str(exc)) from exc
     except (KeyError, TypeError, ValueError, OverflowError) as exc:  # pydantic's errors are ValueErrors
         raise bad(f"it is damaged ({type(exc).__name__}: {exc})") from exc
-    return Session(state, tracker, pruner, dict(meta))
+    return Session(state, tracker, pruner, dict(meta), memory)
 
 
 def load(path: str | os.PathLike[str]) -> Session:

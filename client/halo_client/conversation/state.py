@@ -47,6 +47,8 @@ COLUMNS: Final[dict[str, tuple[type, object]]] = {
     "deleted_turn": (np.int32, NOT_DELETED),
     "deleted_score": (np.float32, np.nan),
     "deleted_reason": (np.int8, 0),
+    #: the turn at which memory last brought the token back (NOT_DELETED: never)
+    "recalled_turn": (np.int32, NOT_DELETED),
 }
 
 
@@ -72,6 +74,7 @@ class TokenRow:
     deleted_turn: int | None
     deleted_score: float | None
     deleted_reason: str | None
+    recalled_turn: int | None
 
 
 @dataclass
@@ -151,6 +154,7 @@ class ConversationState:
             deleted_turn=int(c["deleted_turn"][position]) if deleted else None,
             deleted_score=float(c["deleted_score"][position]) if deleted else None,
             deleted_reason=REASONS[int(c["deleted_reason"][position])] if deleted else None,
+            recalled_turn=int(c["recalled_turn"][position]) if c["recalled_turn"][position] >= 0 else None,
         )
 
     def rows(self) -> Iterator[TokenRow]:
@@ -320,6 +324,12 @@ class ConversationState:
         c["deleted_score"][positions] = np.nan
         c["deleted_reason"][positions] = 0
 
+    def mark_recalled(self, positions: npt.NDArray[np.int64], *, turn: int) -> None:
+        """Record that memory brought `positions` back (active again) at `turn`."""
+        if self._cols["deleted"][positions].any():
+            raise ConversationError("only an active token can be marked recalled: undelete it first")
+        self._cols["recalled_turn"][positions] = turn
+
     # ------------------------------------------------------------------ saved states
 
     @property
@@ -413,5 +423,7 @@ def _check_consistent(arrays: Mapping[str, npt.NDArray[Any]], turns: list[Turn],
     deleted = arrays["deleted"]
     if not np.array_equal(deleted, reasons > 0) or not np.array_equal(deleted, arrays["deleted_turn"] >= 0):
         raise bad("its audit trail disagrees with its deleted tokens")
+    if arrays["recalled_turn"].min() < NOT_DELETED or arrays["recalled_turn"].max() >= max(len(turns), 1):
+        raise bad("it has a recall at a turn it does not have")
     if int(arrays["sentence"].max()) >= next_ids[0] or int(arrays["line"].max()) >= next_ids[1]:
         raise bad("its sentence or line ids run past its next ids")
