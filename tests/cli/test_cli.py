@@ -339,3 +339,23 @@ def test_make_demo_takes_chat_options_and_installs_only_what_it_needs(tmp_path: 
     assert "--max-context-tokens 300" in dry.stdout
     installs = [line for line in dry.stdout.splitlines() if "pip install" in line and "-e" in line]
     assert installs and all("'.[reference]'" in line for line in installs), installs
+
+
+def test_eval_pruning_on_your_own_conversations(tmp_path: Path) -> None:
+    model = write_tiny_llama(tmp_path / "tiny.gguf", n_ctx=2048)
+    good = tmp_path / "mine.jsonl"
+    good.write_text('{"messages": [{"role": "user", "content": "My code is 4821. Hi!"}, '
+                    '{"role": "assistant", "content": null}, {"role": "user", "content": "And now?"}], '
+                    '"questions": [{"question": "What is my code?", "answer": "4821"}]}\n')
+    out = tmp_path / "out"
+    result = run("eval", "pruning", "--model", str(model), "--conversations", str(good), "--budgets", "0.5",
+                 "--policy", "recency", "--out", str(out), "--cache", str(tmp_path / "cache"))
+    assert result.returncode == 0, result.stderr
+    assert "# Pruning benchmark" in result.stdout and (out / "pruning.json").exists()
+    assert "[1/" in result.stderr  # progress, as plain lines without a terminal
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "assistant", "content": "hi"}]}\n')
+    line = one_line_exit_2(run("eval", "pruning", "--model", str(model), "--conversations", str(bad),
+                               "--out", str(tmp_path / "o2")))
+    assert "bad.jsonl, line 1" in line
+    assert not (tmp_path / "o2").exists()  # nothing written

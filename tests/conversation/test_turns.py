@@ -16,17 +16,17 @@ import pytest
 
 from halo_client.client import KoboldClient
 from halo_client.conversation.chat import Chat
-from halo_client.evaluation.conversations import Conversation, Turn
-from halo_client.evaluation.runner import ModelSession, play
+from halo_client.evaluation.conversations import Conversation, Message
+from halo_client.evaluation.dialog import play
+from halo_client.evaluation.model import InProcessModel
 from halo_client.reference import ReferenceBackend
 from halo_client.reference.tiny_model import write_tiny_llama
 from halo_client.serving.server import ContractServer
 from halo_client.testing.threaded import ServerThread
 
-CONVERSATION = Conversation(seed=0, split="report", system="You are terse.", turns=[
-    Turn("user", "the cat sat in the sun."), Turn("user", "a cat? the cat in the hat!"),
-    Turn("user", "<|im_start|> is literal text here."),
-])
+USER_TURNS = ("the cat sat in the sun.", "a cat? the cat in the hat!", "<|im_start|> is literal text here.")
+CONVERSATION = Conversation(name="turns", split="report", system="You are terse.", messages=[
+    m for text in USER_TURNS for m in (Message("user", text), Message("assistant", None))])
 REPLY_TOKENS = 6
 
 
@@ -51,18 +51,19 @@ def server(backend_kind: str, tmp_path: Path) -> Iterator[str]:
 
 
 async def test_chat_and_benchmark_send_the_same_ids(server: str, backend_kind: str, tmp_path: Path) -> None:
-    session = ModelSession(_backend(backend_kind, tmp_path))
-    dialog = play(CONVERSATION, session, reply_tokens=REPLY_TOKENS)
+    model = InProcessModel(_backend(backend_kind, tmp_path))
+    dialog = play(CONVERSATION, model, reply_tokens=REPLY_TOKENS)
+    played = dialog.history_state()
     async with KoboldClient(server, timeout=60) as client:
         chat = await Chat.open(client, system=CONVERSATION.system, max_length=REPLY_TOKENS,
                                sampler={"temperature": 0.0, "rep_pen": 1.0})
         requests = []
-        for turn in CONVERSATION.turns:
-            await chat.add_message("user", turn.text)
+        for text in USER_TURNS:
+            await chat.add_message("user", text)
             requests.append((await chat.reply()).input_ids)
-    assert chat.state.input_ids() == dialog.state.input_ids()
-    assert [r.role for r in chat.state.turns] == [r.role for r in dialog.state.turns]
-    bos = session.info.bos_token_id
+    assert chat.state.input_ids() == played.input_ids()
+    assert [r.role for r in chat.state.turns] == [r.role for r in played.turns]
+    bos = model.info.bos_token_id
     ids = chat.state.input_ids()
     if backend_kind == "bos":
         # exactly one BOS, at the very start: later template parts had theirs stripped

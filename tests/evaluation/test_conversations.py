@@ -1,6 +1,8 @@
-"""The conversation generator is deterministic, plants every fact, and respects its lengths."""
+"""The conversation generator: deterministic, every fact planted early and asked later."""
 
 from __future__ import annotations
+
+import pytest
 
 from halo_client.evaluation.conversations import FACT_KINDS, make_conversation, make_conversations
 
@@ -10,32 +12,39 @@ def words(text: str) -> int:  # a stand-in tokenizer: about one token per word
 
 
 def test_same_seed_same_conversation() -> None:
-    a = make_conversation(7, count_tokens=words)
-    b = make_conversation(7, count_tokens=words)
-    assert a == b
-    assert make_conversation(8, count_tokens=words) != a
+    assert make_conversation(7, count_tokens=words) == make_conversation(7, count_tokens=words)
+    assert make_conversation(8, count_tokens=words) != make_conversation(7, count_tokens=words)
 
 
-def test_facts_are_planted_early_and_answers_are_in_their_statements() -> None:
-    for seed in range(30):
-        conv = make_conversation(seed, count_tokens=words, n_facts=4)
+def test_facts_are_planted_in_the_history_and_asked_in_the_tail() -> None:
+    for seed in range(40):
+        conv = make_conversation(seed, count_tokens=words, tail="FQQFQQ")
         assert len(conv.facts) == 4 and len({f.kind for f in conv.facts}) == 4
         assert {f.kind for f in conv.facts} <= set(FACT_KINDS)
-        planted = [t for t in conv.turns if t.facts]
-        assert [f for t in planted for f in t.facts] == conv.facts
+        users = [m.content for m in conv.messages if m.role == "user"]
+        assert all(m.content is None for m in conv.messages if m.role == "assistant")  # the model writes them
         for fact in conv.facts:
-            assert fact.answer in fact.statement and fact.statement in next(
-                t.text for t in conv.turns if fact in t.facts)
-            assert fact.answer not in fact.question
-        last_fact = max(i for i, t in enumerate(conv.turns) if t.facts)
-        assert last_fact < len(conv.turns) / 2  # distractors fill the rest
+            assert fact.answer in fact.statement and fact.answer not in fact.question
+            assert any(fact.statement in (u or "") for u in users)
+        assert [s.kind for s in conv.tail] == ["fidelity", "question", "question", "fidelity", "question", "question"]
+        asked = [s.fact for s in conv.questions if s.fact is not None]
+        assert sorted(asked, key=conv.facts.index) == conv.facts  # each fact asked once
+        assert all(s.text == s.fact.question for s in conv.questions if s.fact is not None)
+        answers = [f.answer for f in conv.facts]
+        assert len(set(answers)) == len(answers)
 
 
-def test_lengths_land_in_range_and_kinds_vary() -> None:
-    convs = make_conversations(12, count_tokens=words, min_tokens=1000, max_tokens=4000)
+def test_lengths_and_splits() -> None:
+    convs = make_conversations(2, 5, count_tokens=words, min_tokens=600, max_tokens=1200, reply_tokens=32)
+    assert [c.split for c in convs] == ["tune"] * 2 + ["report"] * 5
+    assert len({c.name for c in convs}) == 7
     for conv in convs:
-        total = words(conv.system) + sum(words(t.text) + 40 for t in conv.turns)
-        assert 900 <= total <= 4000
-    kinds = {t.kind for c in convs for t in c.turns}
-    assert {"small_talk", "list", "code", "recipe", "boilerplate", "fact"} <= kinds
-    assert {c.split for c in convs} == {"tune", "report"}
+        total = words(conv.system) + sum(words(m.content or "") + 32 * (m.content is None) + 10 for m in conv.messages)
+        assert 300 <= total <= 1200
+
+
+def test_a_bad_tail_is_refused() -> None:
+    with pytest.raises(ValueError, match="tail"):
+        make_conversation(1, count_tokens=words, tail="QQQQQ")
+    with pytest.raises(ValueError, match="tail"):
+        make_conversation(1, count_tokens=words, tail="FX")

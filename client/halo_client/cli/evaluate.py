@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 
 import click
@@ -15,25 +17,71 @@ def eval_group() -> None:
     """Benchmarks of what Halo Weave does."""
 
 
+class ProgressLine:
+    """On a terminal, one line redrawn in place: a bar, the share done, the time left. Elsewhere
+    (a log, CI), one plain line per step."""
+
+    def __init__(self, stream: object = None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.started = time.monotonic()
+
+    def __call__(self, done: int, total: int, message: str) -> None:
+        elapsed = time.monotonic() - self.started
+        left = elapsed / done * (total - done) if done else 0.0
+        if not self.tty:
+            click.echo(f"[{done}/{total}, {elapsed:.0f} s] {message}", err=True)
+            return
+        width = 30
+        filled = int(width * done / max(total, 1))
+        bar = "#" * filled + "-" * (width - filled)
+        line = f"\r[{bar}] {done}/{total} {elapsed / 60:.1f} min, ~{left / 60:.1f} min left: {message}"
+        click.echo(line[:160].ljust(160) + ("\n" if done >= total else ""), err=True, nl=False)
+
+
+def _budgets(value: str) -> tuple[float, ...]:
+    try:
+        budgets = tuple(float(v) for v in value.split(","))
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r}: shares like 0.25,0.5") from exc
+    if not budgets or not all(0 < b < 1 for b in budgets):
+        raise click.BadParameter(f"{value!r}: each budget is a share between 0 and 1")
+    return budgets
+
+
 @eval_group.command("pruning")
 @click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
               help="GGUF to run in process (default: SmolLM2-135M-Instruct, fetched on first use).")
 @click.option("--backend", type=click.Choice(["reference", "mock"]), default="reference", show_default=True,
               help="mock: the test double, for a quick check of the pipeline (its numbers mean nothing).")
-@click.option("--conversations", default=6, show_default=True, help="How many (a third tune, the rest report).")
-@click.option("--min-tokens", default=1000, show_default=True)
-@click.option("--max-tokens", default=4000, show_default=True)
-@click.option("--reply-tokens", default=40, show_default=True, help="Most tokens per model reply.")
+@click.option("--conversations", "conversations_file", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Your own conversations (JSON Lines; format in docs/pruning.md) instead of "
+              "generated ones.")
+@click.option("--count", default=40, show_default=True, help="Generated held-out conversations.")
+@click.option("--tune", "tune_count", default=8, show_default=True, help="Generated tuning conversations.")
+@click.option("--budgets", default="0.25,0.5", show_default=True, callback=lambda _c, _p, v: _budgets(v),
+              help="Shares of the conversation the pruned context may keep.")
+@click.option("--min-tokens", default=600, show_default=True, help="Shortest generated history.")
+@click.option("--max-tokens", default=1200, show_default=True, help="Longest generated history.")
+@click.option("--reply-tokens", default=32, show_default=True, help="Most tokens per model reply in the history.")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--policy", "policies", multiple=True, help="Only this policy (repeatable; default: all).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out/pruning"),
               show_default=True, help="Where pruning.md, pruning.svg and pruning.json go.")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("out/pruning/cache"), show_default=True, help="Model replies, reused by reruns.")
-def eval_pruning(model_path: str | None, backend: str, conversations: int, min_tokens: int, max_tokens: int,
-                 reply_tokens: int, seed: int, out_dir: Path, cache_dir: Path) -> None:
-    """Prune long chats with brightness and the known baselines; measure what each loses."""
-    from halo_client.evaluation.benchmark import BenchmarkConfig, run
+def eval_pruning(model_path: str | None, backend: str, conversations_file: Path | None, count: int, tune_count: int,
+                 budgets: tuple[float, ...], min_tokens: int, max_tokens: int, reply_tokens: int, seed: int,
+                 policies: tuple[str, ...], out_dir: Path, cache_dir: Path) -> None:
+    """Prune chats with brightness, memory and the known baselines; measure what each loses."""
+    from halo_client.evaluation.benchmark import BenchmarkConfig, Tuned, policy_factories, run
+    from halo_client.evaluation.dataset import load_conversations
 
+    known = policy_factories(Tuned())
+    unknown = [p for p in policies if p not in known]
+    if unknown:
+        raise click.BadParameter(f"{unknown[0]!r}; known: {', '.join(known)}", param_hint="--policy")
+    conversations = load_conversations(conversations_file) if conversations_file is not None else None
     model: ModelBackend
     if backend == "mock":
         from halo_client.testing import MockBackend
@@ -42,9 +90,11 @@ def eval_pruning(model_path: str | None, backend: str, conversations: int, min_t
     else:
         from halo_client.reference import load_backend
 
-        model = load_backend(model_path, n_ctx=8192)  # conversations run up to ~4,000 tokens plus questions
-    config = BenchmarkConfig(conversations=conversations, seed=seed, min_tokens=min_tokens,
-                             max_tokens=max_tokens, reply_tokens=reply_tokens, cache_dir=cache_dir)
-    table = run(model, config, out_dir, progress=lambda line: click.echo(line, err=True))
+        model = load_backend(model_path, n_ctx=8192)
+    config = BenchmarkConfig(tune=tune_count, report=count, seed=seed, min_tokens=min_tokens, max_tokens=max_tokens,
+                             reply_tokens=reply_tokens, budgets=budgets, cache_dir=cache_dir,
+                             conversations=conversations, policies=policies or None)
+    result = run(model, config, out_dir, ProgressLine())
     click.echo((out_dir / "pruning.md").read_text())
-    click.echo(f"[{len(table)} rows; table {out_dir / 'pruning.md'}, plot {out_dir / 'pruning.svg'}]", err=True)
+    click.echo(f"[{len(result['rows'])} rows in {result['seconds'] / 60:.1f} min; table {out_dir / 'pruning.md'}, "
+               f"plot {out_dir / 'pruning.svg'}]", err=True)

@@ -1,122 +1,212 @@
-"""`halo-client eval pruning`: the whole benchmark, from conversations to the table and plot."""
+"""`halo-client eval pruning`: the whole benchmark, from conversations to tables with confidence
+intervals and a plot.
+
+1. Conversations: generated (a tuning split and a held-out split) or a user's own file.
+2. Each is played against the model (`dialog.play`): the full-context run.
+3. Tuning, on the tuning split only: the hybrid's weight and memory's threshold.
+4. Every policy at every budget over every held-out conversation (`replay.replay`).
+5. Per policy and budget, each measure's mean over conversations with a bootstrap 95 %
+   interval (`stats`), and the product default against every other policy, paired.
+"""
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
-from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from halo_client.conversation.tracker import TrackerSettings
-from halo_client.evaluation.conversations import make_conversations
-from halo_client.evaluation.report import markdown_table, svg_line_plot
-from halo_client.evaluation.runner import Dialog, ModelSession, brightness_scorer, evaluate, play, policies
+from halo_client.conversation.memory import MemorySettings
+from halo_client.evaluation.conversations import Conversation, make_conversations
+from halo_client.evaluation.dialog import Dialog, play
+from halo_client.evaluation.model import InProcessModel
+from halo_client.evaluation.policies import (
+    FIRST_DESIGN,
+    Brightness,
+    Gold,
+    HeavyHitters,
+    Hybrid,
+    LastQuery,
+    Policy,
+    QuestionAttention,
+    RandomOrder,
+    Recency,
+    SelfInformation,
+    Streaming,
+)
+from halo_client.evaluation.replay import Measured, replay, summary_row
+from halo_client.evaluation.report import DEFAULT_POLICY, write_report
 from halo_client.serving.backend import ModelBackend
 
-#: the tuning split's search space: the original defaults (decay 0.003, min_distance 20,
-#: logarithmic) are one point of it
-GRID = [
-    *(TrackerSettings(decay=decay, min_distance=m) for decay, m in itertools.product((0.0, 0.003, 0.02), (0, 20))),
-    TrackerSettings(min_distance=20, decay=0.003, distance_mode="none"),
-    TrackerSettings(min_distance=5, decay=0.003, distance_mode="linear"),
-]
+#: Progress: (units done, units in all, what just happened)
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class Tuned:
+    hybrid_weight: float = 1.0
+    memory: MemorySettings = field(default_factory=MemorySettings)
 
 
 @dataclass
 class BenchmarkConfig:
-    conversations: int = 6
+    tune: int = 8
+    report: int = 40
     seed: int = 0
-    min_tokens: int = 1000
-    max_tokens: int = 4000
-    reply_tokens: int = 40
-    budgets: tuple[float, ...] = (0.25, 0.5, 0.75)
+    min_tokens: int = 600
+    max_tokens: int = 1200
+    reply_tokens: int = 32
+    probe_tokens: int = 64
+    tail: str = "FQQFQQ"
+    budgets: tuple[float, ...] = (0.25, 0.5)
     cache_dir: Path | None = None
-    grid: tuple[TrackerSettings, ...] = tuple(GRID)
+    #: a user's own conversations instead of generated ones
+    conversations: list[Conversation] | None = None
+    #: only these policies (None: all)
+    policies: tuple[str, ...] | None = None
+    hybrid_weights: tuple[float, ...] = (0.5, 1.0, 2.0)
+    memory_grid: tuple[MemorySettings, ...] = (MemorySettings(max_recalled=1), MemorySettings(max_recalled=2),
+                                               MemorySettings(max_recalled=2, min_relevance=2.0))
+    resamples: int = 2000
 
 
-def tune(dialogs: Sequence[Dialog], session: ModelSession, progress: Callable[[str], None],
-         grid: Sequence[TrackerSettings] = GRID, budgets: Sequence[float] = (0.25, 0.5, 0.75)) -> TrackerSettings:
-    """The grid point with the lowest mean NLL gap on the tuning dialogs."""
-    if not dialogs:
-        return TrackerSettings()
-    best, best_gap = TrackerSettings(), float("inf")
-    for i, settings in enumerate(grid):
-        rows = [r for d in dialogs for r in evaluate(d, session, {"b": brightness_scorer(settings)}, budgets)]
-        gap = float(np.mean([r["nll_gap"] for r in rows]))
-        progress(f"tuning {i + 1}/{len(grid)}: decay {settings.decay}, min_distance {settings.min_distance}, "
-                 f"{settings.distance_mode}: NLL gap {gap:.3f}")
-        if gap < best_gap:
-            best, best_gap = settings, gap
-    return best
+def policy_factories(tuned: Tuned) -> dict[str, tuple[Callable[[Dialog], Policy], MemorySettings | None]]:
+    """Every policy the benchmark compares: a factory (per conversation) and memory, if on."""
+    def brightness(name: str, **kw: Any) -> Callable[[Dialog], Policy]:
+        return lambda _d: Brightness(name, **kw)
+
+    return {
+        "brightness": (brightness("brightness"), None),
+        DEFAULT_POLICY: (brightness("brightness"), tuned.memory),
+        "brightness (first design)": (brightness("first design", settings=FIRST_DESIGN), None),
+        "brightness (content-renormalized)": (brightness("content", reduction="content"), None),
+        "brightness (head-normalized)": (brightness("head-normalized", reduction="head_max"), None),
+        "brightness (per frame)": (brightness("per frame", per_frame=True), None),
+        "hybrid": (lambda _d: Hybrid(Brightness("brightness"), tuned.hybrid_weight), None),
+        "h2o": (lambda _d: HeavyHitters(), None),
+        "tova": (lambda _d: LastQuery(), None),
+        "streaming": (lambda _d: Streaming(), None),
+        "recency": (lambda _d: Recency(), None),
+        "recency + memory": (lambda _d: Recency(), tuned.memory),
+        # one draw per conversation; the seed follows the conversation, three seeds in turn
+        "random": (lambda d: RandomOrder(_conversation_index(d) % 3), None),
+        "self-information": (lambda _d: SelfInformation(), None),
+        "question-attention": (lambda _d: QuestionAttention(), None),
+        "gold": (lambda _d: Gold(), None),
+    }
 
 
-def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean gaps per (budget, policy) over the report split; random seeds averaged into one."""
-    groups: dict[tuple[float, str], list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        name = "random" if r["policy"].startswith("random#") else r["policy"]
-        groups[(r["budget"], name)].append(r)
-    table: list[dict[str, Any]] = []
-    for (budget, name), rs in sorted(groups.items()):
-        table.append({"budget": budget, "policy": name, "nll_gap": float(np.mean([r["nll_gap"] for r in rs])),
-                      "recall": float(np.mean([r["recall"] for r in rs])),
-                      "recall_gap": float(np.mean([r["recall_gap"] for r in rs])),
-                      "kl": float(np.mean([r["kl"] for r in rs])), "n": len(rs)})
-    for budget in sorted({t["budget"] for t in table}):
-        ranked = sorted((t for t in table if t["budget"] == budget and t["policy"] != "gold"),
-                        key=lambda t: t["nll_gap"])
-        for rank, t in enumerate(ranked, 1):
-            t["rank"] = rank
-    return table
+def _conversation_index(dialog: Dialog) -> int:
+    digits = "".join(c for c in dialog.conversation.name if c.isdigit())
+    return int(digits) if digits else 0
 
 
-def run(backend: ModelBackend, config: BenchmarkConfig, out_dir: Path,
-        progress: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    session = ModelSession(backend)
-    started = time.perf_counter()
-    convs = make_conversations(config.conversations, seed=config.seed,
-                               count_tokens=lambda t: len(backend.tokenize(t, False)),
-                               min_tokens=config.min_tokens, max_tokens=config.max_tokens,
-                               reply_tokens=config.reply_tokens)
-    dialogs = []
-    for i, conv in enumerate(convs):
-        dialogs.append(play(conv, session, reply_tokens=config.reply_tokens, cache_dir=config.cache_dir))
-        progress(f"conversation {i + 1}/{len(convs)} ({conv.split}): {dialogs[-1].tokens} tokens, "
-                 f"{len(dialogs[-1].units)} sentences [{time.perf_counter() - started:.0f} s]")
-    tuned = tune([d for d in dialogs if d.conversation.split == "tune"], session, progress, config.grid,
-                 config.budgets)
+def evaluate(dialogs: Sequence[Dialog], model: InProcessModel, policies: dict[str, tuple[Callable[[Dialog], Policy],
+             MemorySettings | None]], budgets: Sequence[float], tick: Callable[[str], None]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    report = [d for d in dialogs if d.conversation.split == "report"]
-    for i, dialog in enumerate(report):
-        rows.extend(evaluate(dialog, session, policies(tuned), config.budgets))
-        progress(f"measured {i + 1}/{len(report)} held-out conversations [{time.perf_counter() - started:.0f} s]")
-    table = summarize(rows)
-    write_report(table, rows, tuned, out_dir, backend.model_info().model_name)
-    return table
+    for dialog in dialogs:
+        for fraction in budgets:
+            measured: Measured = {}
+            for name, (factory, memory) in policies.items():
+                for result in replay(dialog, model, factory(dialog), fraction, memory=memory, measured=measured):
+                    rows.append(summary_row(dialog, name, fraction, result))
+                tick(f"{dialog.conversation.name}, {fraction:.0%}, {name}")
+    return rows
 
 
-def write_report(table: list[dict[str, Any]], rows: list[dict[str, Any]], tuned: TrackerSettings,
-                 out_dir: Path, model: str) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    columns = [("budget", "Budget"), ("policy", "Policy"), ("nll_gap", "NLL gap"), ("recall", "Recall"),
-               ("recall_gap", "Recall gap"), ("kl", "KL"), ("rank", "Rank (NLL)"), ("n", "Runs")]
-    tuned_text = ", ".join(f"{k}={v}" for k, v in tuned.model_dump().items()
-                           if v != getattr(TrackerSettings(), k))
-    text = (f"# Pruning benchmark ({model})\n\nHeld-out conversations only. Gaps are pruned minus full "
-            f"context (lower NLL gap and KL are better). Tuned brightness: {tuned_text or 'the defaults'}.\n\n"
-            + markdown_table(table, columns))
-    (out_dir / "pruning.md").write_text(text)
-    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for t in table:
-        series[t["policy"]].append((t["budget"], t["nll_gap"]))
-    (out_dir / "pruning.svg").write_text(svg_line_plot(series, title=f"NLL gap of the gold answer vs budget ({model})",
-                                                       x_label="budget (share of the conversation kept)",
-                                                       y_label="NLL gap (nats/token)"))
-    (out_dir / "pruning.json").write_text(json.dumps({"table": table, "rows": rows,
-                                                      "tuned": tuned.model_dump()}, indent=1))
+def tune(dialogs: Sequence[Dialog], model: InProcessModel, config: BenchmarkConfig,
+         tick: Callable[[str], None]) -> Tuned:
+    """On the tuning split: the hybrid weight with the lowest KL at 50 %, and memory's settings
+    with the best recall at the lowest budget among those whose KL at 50 % is within 0.01 of the
+    lowest."""
+    tuned = Tuned()
+    if not dialogs:
+        return tuned
+    middle = min(config.budgets, key=lambda b: abs(b - 0.5))
+    low = min(config.budgets)
+
+    def score(factory: Callable[[Dialog], Policy], memory: MemorySettings | None, fraction: float,
+              measure: str) -> float:
+        values: list[float] = []
+        for dialog in dialogs:
+            values.extend(r.measures[measure] for r in replay(dialog, model, factory(dialog), fraction, memory=memory)
+                          if measure in r.measures)
+        return float(np.mean(values)) if values else float("nan")
+
+    def hybrid(weight: float) -> Callable[[Dialog], Policy]:
+        return lambda _d: Hybrid(Brightness("brightness"), weight)
+
+    weights = {}
+    for weight in config.hybrid_weights:
+        weights[weight] = score(hybrid(weight), None, middle, "kl")
+        tick(f"tuning the hybrid: weight {weight}, KL {weights[weight]:.4f}")
+    tuned.hybrid_weight = min(weights, key=lambda w: weights[w])
+    options = []
+    for memory in config.memory_grid:
+        kl = score(lambda _d: Brightness("brightness"), memory, middle, "kl")
+        recall = score(lambda _d: Brightness("brightness"), memory, low, "recall")
+        options.append((memory, kl, recall))
+        tick(f"tuning memory: {memory.max_recalled} at most, relevance >= {memory.min_relevance}: "
+             f"KL {kl:.4f} at {middle:.0%}, recall {recall:.3f} at {low:.0%}")
+    best_kl = min(kl for _m, kl, _r in options)
+    tuned.memory = max((o for o in options if o[1] <= best_kl + 0.01), key=lambda o: o[2])[0]
+    return tuned
+
+
+def run(backend: ModelBackend, config: BenchmarkConfig, out_dir: Path, progress: Progress) -> dict[str, Any]:
+    """The benchmark; writes pruning.md, pruning.json and pruning.svg to `out_dir`."""
+    started = time.perf_counter()
+    model = InProcessModel(backend)
+    if config.conversations is not None:
+        conversations = config.conversations
+    else:
+        conversations = make_conversations(
+            config.tune, config.report, seed=config.seed, count_tokens=lambda t: len(backend.tokenize(t, False)),
+            min_tokens=config.min_tokens, max_tokens=config.max_tokens, reply_tokens=config.reply_tokens,
+            tail=config.tail)
+    tuning = [c for c in conversations if c.split == "tune"]
+    held_out = [c for c in conversations if c.split == "report"]
+    factories = policy_factories(Tuned())
+    names = [n for n in factories if config.policies is None or n in config.policies]
+    units = (len(conversations) + (len(config.hybrid_weights) + len(config.memory_grid) if tuning else 0)
+             + len(held_out) * len(config.budgets) * len(names))
+    done = 0
+
+    def tick(message: str) -> None:
+        nonlocal done
+        done += 1
+        progress(done, units, message)
+
+    dialogs: dict[str, Dialog] = {}
+    for conversation in conversations:
+        dialog = play(conversation, model, reply_tokens=config.reply_tokens, probe_tokens=config.probe_tokens,
+                      cache_dir=config.cache_dir)
+        dialogs[conversation.name] = dialog
+        tick(f"played {conversation.name} ({conversation.split}): {dialog.history_tokens} tokens, "
+             f"{len(dialog.tail)} later messages")
+    tuned = tune([dialogs[c.name] for c in tuning], model, config, tick)
+    factories = policy_factories(tuned)
+    chosen = {n: factories[n] for n in names}
+    rows = evaluate([dialogs[c.name] for c in held_out], model, chosen, config.budgets, tick)
+    elapsed = time.perf_counter() - started
+    result = {
+        "model": model.info.model_name,
+        "config": {"tune": len(tuning), "report": len(held_out), "budgets": list(config.budgets),
+                   "tail": config.tail, "min_tokens": config.min_tokens, "max_tokens": config.max_tokens,
+                   "reply_tokens": config.reply_tokens, "probe_tokens": config.probe_tokens, "seed": config.seed},
+        "tuned": {"hybrid_weight": tuned.hybrid_weight, "memory": tuned.memory.model_dump()},
+        "rows": rows,
+        "seconds": elapsed,
+        "tokens_computed": model.computed,
+    }
+    write_report(result, out_dir, config.resamples)
+    return result
+
+
+def load_result(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data

@@ -1,10 +1,20 @@
-"""Deterministic long chats with planted facts, for measuring what pruning keeps.
+"""Conversations for the pruning benchmark: planted facts, distractors, and later messages.
 
-A conversation is a system prompt, user turns that plant facts early (names, numbers, places,
-preferences, a short list), distractor turns of several kinds (small talk, lists, code, a
-recipe, repeated boilerplate), and questions whose gold answers are the planted facts. The
-assistant turns are left empty here: the evaluation has the model itself write them, so that
-brightness accumulates from real attention as it does in use.
+A conversation is a system prompt, a history of user messages (the model writes every reply)
+and a *tail*: the messages that come after the history, one at a time, with the pruner running
+before each as in a live chat. A tail step is either
+
+- a **fidelity** probe: an ordinary next message; the full-context model's reply to it is the
+  reference every pruned context is measured against, or
+- a **question** about a fact planted early in the history, answered after a lead-in ("Your
+  locker code is"): did the pruned context keep what the answer needs?
+
+The facts are designed so that SmolLM2-135M-Instruct can answer them with the full context
+(docs/pruning.md reports the rate): each fact kind states a key and an arbitrary value (a name,
+a number, a made-up place), the question names the key, and the lead-in repeats it, so the
+model has to copy the value from where it was planted. Kinds whose values the model guesses
+from its priors (colours, fruit, streets: "the 12th Street") were dropped for that reason.
+The values are drawn from pools large enough that guessing rarely hits.
 
 Everything is a function of the seed: the same seed gives the same conversation, byte for byte.
 """
@@ -12,100 +22,126 @@ Everything is a function of the seed: the same seed gives the same conversation,
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 Split = Literal["tune", "report"]
+StepKind = Literal["fidelity", "question"]
+Role = Literal["user", "assistant"]
 
 NAMES = ("Marta", "Ilya", "Priya", "Tomasz", "Aiko", "Kwame", "Lucia", "Oskar", "Nadia", "Rafael",
          "Ingrid", "Mateo", "Yusuf", "Elena", "Bram", "Chiara", "Dmitri", "Amara", "Soren", "Leila")
-CITIES = ("Lisbon", "Tbilisi", "Valparaiso", "Kraków", "Nagoya", "Accra", "Tromsø", "Cusco",
-          "Ljubljana", "Hobart", "Marrakesh", "Galway", "Quebec", "Bergen", "Mombasa", "Riga")
-FRUITS = ("mango", "quince", "lychee", "gooseberry", "persimmon", "apricot", "durian",
-          "blackcurrant", "papaya", "fig", "kumquat", "pomegranate")
-ITEMS = ("compass", "harmonica", "flashlight", "sketchbook", "thermos", "rope", "kite",
-         "telescope", "umbrella", "whistle", "lantern", "notebook", "scarf", "camera")
-PETS = ("parrot", "tortoise", "ferret", "beagle", "goldfish", "hedgehog", "rabbit", "iguana")
+PETS = ("Biscuit", "Pepper", "Noodle", "Waffles", "Ziggy", "Pickles", "Bramble", "Muffin", "Gizmo", "Tofu")
+BOATS = ("Seagull", "Albatross", "Kestrel", "Nautilus", "Marigold", "Osprey")
+PROJECTS = ("Falcon", "Quartz", "Bluebird", "Tundra", "Meridian", "Cobalt")
+RESTAURANTS = ("Osteria Fiore", "Blue Lantern", "Casa Verde", "Golden Carp", "Little Saigon", "Red Fox Inn")
+BAKERIES = ("Golden Crust", "Sweet Pea", "Flour Tower", "Honey Loaf", "Rye Corner", "Sugar Mill")
+VILLAGES = ("Little Wickham", "Ashby Hollow", "Nether Stowe", "Kirkby Dale", "Elmsworth", "Brackenfield")
+OPENERS = ("By the way, {}.", "I should mention that {}.", "Oh, and {}.", "Just so you know, {}.",
+           "Please remember that {}.", "{}.")
+FILLERS = ("I hope that is useful.", "Just so you know.", "Thanks for listening.", "")
 
 
 @dataclass(frozen=True)
 class Fact:
     kind: str
-    statement: str  # the user's sentence that plants it
+    #: the sentence that plants it (in a user message); empty for a user's own conversation,
+    #: where the gold policy looks for the answer itself
+    statement: str
     question: str
-    answer: str  # the gold string a correct answer contains
-    #: how the reply starts before the answer: scoring the answer right after it measures what
-    #: the model recalls rather than how it likes to phrase a reply (a 135M model rambles)
+    #: the gold string a correct answer contains
+    answer: str
+    #: how the reply starts before the answer: scoring what follows measures what the model
+    #: recalls rather than how it likes to phrase a reply
     lead: str = ""
 
 
 @dataclass(frozen=True)
-class Turn:
-    role: Literal["system", "user", "assistant"]
+class Step:
+    """A message after the history."""
+
+    kind: StepKind
     text: str
-    #: the facts this turn plants (their statements are sentences of `text`)
-    facts: tuple[Fact, ...] = ()
-    kind: str = ""
+    fact: Fact | None = None
+
+
+@dataclass(frozen=True)
+class Message:
+    role: Role
+    #: None: the model writes it (assistant messages only)
+    content: str | None
 
 
 @dataclass
 class Conversation:
-    seed: int
+    name: str
     split: Split
     system: str
-    #: user turns; the evaluation inserts the model's reply after each
-    turns: list[Turn] = field(default_factory=list)
+    #: the history after the system prompt
+    messages: list[Message] = field(default_factory=list)
+    tail: list[Step] = field(default_factory=list)
+    #: what the history plants (the gold policy keeps the sentences that hold them)
     facts: list[Fact] = field(default_factory=list)
 
+    @property
+    def questions(self) -> list[Step]:
+        return [s for s in self.tail if s.kind == "question"]
 
-def _fact(rng: random.Random, kind: str) -> Fact:
+
+def _fact(rng: random.Random, kind: str, used: set[str]) -> Fact:
+    def pick(pool: Sequence[str]) -> str:
+        value = rng.choice([v for v in pool if v not in used])
+        used.add(value)
+        return value
+
+    if kind == "code":
+        key = rng.choice(("locker code", "door code", "safe code", "bike lock code"))
+        value = str(rng.randint(1000, 9899))
+        return Fact(kind, f"my {key} is {value}", f"What is my {key}?", value, f"Your {key} is")
     if kind == "name":
-        relation = rng.choice(("sister", "landlord", "piano teacher", "best friend", "neighbour"))
-        name = rng.choice(NAMES)
-        statement = rng.choice((
-            f"By the way, my {relation}'s name is {name}.",
-            f"I should mention that my {relation} is called {name}.",
-            f"You might need this later: my {relation} goes by {name}.",
-        ))
-        return Fact(kind, statement, f"What is my {relation}'s name?", name, f"Your {relation}'s name is")
-    if kind == "number":
-        thing = rng.choice(("locker code", "flat number", "bike lock combination", "gym member number"))
-        number = str(rng.randint(1000, 9899))
-        statement = rng.choice((
-            f"My {thing} is {number}.",
-            f"Please remember that my {thing} is {number}.",
-            f"Note for later: the {thing} I use is {number}.",
-        ))
-        return Fact(kind, statement, f"What is my {thing}?", number, f"Your {thing} is")
-    if kind == "place":
-        city = rng.choice(CITIES)
-        statement = rng.choice((
-            f"I grew up in {city}, near the harbour.",
-            f"My childhood was spent in {city}.",
-            f"Before moving here I lived in {city} for many years.",
-        ))
-        return Fact(kind, statement, "In which city did I grow up?", city, "You grew up in")
-    if kind == "preference":
-        fruit = rng.choice(FRUITS)
-        statement = rng.choice((
-            f"My favourite fruit is the {fruit}.",
-            f"Of all fruits, I like {fruit} best.",
-            f"If I could eat one fruit forever, it would be {fruit}.",
-        ))
-        return Fact(kind, statement, "What is my favourite fruit?", fruit, "Your favourite fruit is the")
+        relation = rng.choice(("landlord", "sister", "neighbour", "boss", "piano teacher", "cousin"))
+        value = pick(NAMES)
+        return Fact(kind, f"my {relation}'s name is {value}", f"What is my {relation}'s name?", value,
+                    f"Your {relation}'s name is")
     if kind == "pet":
-        pet = rng.choice(PETS)
-        name = rng.choice(NAMES)
-        statement = f"We have a {pet} at home named {name}."
-        return Fact(kind, statement, "What kind of animal is our pet?", pet, "Your pet is a")
-    items = rng.sample(ITEMS, 3)
-    statement = rng.choice((
-        f"For the hiking trip I packed a {items[0]}, a {items[1]} and a {items[2]}.",
-        f"My bag for the trip holds a {items[0]}, a {items[1]} and a {items[2]}.",
-    ))
-    return Fact("list", statement, "What was the first thing I packed for the trip?", items[0],
-                "The first thing you packed was a")
+        animal = rng.choice(("dog", "cat", "parrot", "tortoise"))
+        value = pick(PETS)
+        return Fact(kind, f"my {animal}'s name is {value}", f"What is my {animal}'s name?", value,
+                    f"Your {animal}'s name is")
+    if kind == "boat":
+        value = pick(BOATS)
+        return Fact(kind, f"my boat is called the {value}", "What is my boat called?", value,
+                    "Your boat is called the")
+    if kind == "room":
+        value = str(rng.randint(100, 989))
+        return Fact(kind, f"my hotel room number is {value}", "What is my hotel room number?", value,
+                    "Your hotel room number is")
+    if kind == "project":
+        value = pick(PROJECTS)
+        return Fact(kind, f"my project's code name is {value}", "What is my project's code name?", value,
+                    "Your project's code name is")
+    if kind == "restaurant":
+        value = pick(RESTAURANTS)
+        return Fact(kind, f"the restaurant I booked for Friday is called {value}",
+                    "What is the restaurant I booked called?", value, "The restaurant you booked is called")
+    if kind == "membership":
+        value = str(rng.randint(10000, 98999))
+        return Fact(kind, f"my gym membership number is {value}", "What is my gym membership number?", value,
+                    "Your gym membership number is")
+    if kind == "bakery":
+        value = pick(BAKERIES)
+        return Fact(kind, f"the bakery near my office is called {value}", "What is the bakery near my office called?",
+                    value, "The bakery near your office is called")
+    if kind == "village":
+        value = pick(VILLAGES)
+        return Fact(kind, f"my grandmother lives in a village called {value}",
+                    "What is the village my grandmother lives in called?", value,
+                    "The village your grandmother lives in is called")
+    raise ValueError(f"unknown fact kind {kind!r}")
+
+
+FACT_KINDS = ("code", "name", "pet", "boat", "room", "project", "restaurant", "membership", "bakery", "village")
 
 
 def _small_talk(rng: random.Random) -> str:
@@ -121,7 +157,7 @@ def _small_talk(rng: random.Random) -> str:
     ], k=4))
 
 
-def _list(rng: random.Random) -> str:
+def _todo_list(rng: random.Random) -> str:
     chores = rng.sample(["water the plants", "pay the electricity bill", "call the plumber",
                          "return the library books", "clean the oven", "buy stamps",
                          "sort the recycling", "book a dentist appointment", "fix the shelf"], k=5)
@@ -143,65 +179,88 @@ def _recipe(rng: random.Random) -> str:
             "until it is very hot. Cook for ten minutes on each side. Does that sound right?")
 
 
+def _advice(rng: random.Random) -> str:
+    thing = rng.choice(("learn to cook", "sleep better", "start running", "save money", "read more books"))
+    return f"I want to {thing}. What would you suggest as a first step? Please give me two ideas."
+
+
 def _boilerplate(rng: random.Random) -> str:
     return ("Please keep your answers short and friendly. Thank you for your help, as always. "
             "Please keep your answers short and friendly.")
 
 
 DISTRACTORS: dict[str, Callable[[random.Random], str]] = {
-    "small_talk": _small_talk, "list": _list, "code": _code, "recipe": _recipe,
+    "small_talk": _small_talk, "list": _todo_list, "code": _code, "recipe": _recipe, "advice": _advice,
     "boilerplate": _boilerplate,
 }
-FACT_KINDS = ("name", "number", "place", "preference", "pet", "list")
 SYSTEMS = (
     "You are a helpful assistant. Answer briefly.",
     "You are a friendly assistant who remembers what the user says. Keep replies short.",
 )
+#: tokens a message's chat template adds around it (SmolLM2's ChatML: about 5 per message)
+TEMPLATE_ALLOWANCE = 10
 
 
 def make_conversation(
     seed: int,
     *,
     count_tokens: Callable[[str], int],
-    min_tokens: int = 1000,
-    max_tokens: int = 4000,
+    split: Split = "report",
+    min_tokens: int = 600,
+    max_tokens: int = 1200,
     n_facts: int = 4,
-    reply_tokens: int = 40,
+    reply_tokens: int = 32,
+    tail: str = "FQQFQQ",
 ) -> Conversation:
-    """One conversation; its user text (plus `reply_tokens` per reply) lands in
-    [min_tokens, max_tokens]. Facts come in the first third, distractors after."""
+    """One conversation. The history (with `reply_tokens` per reply) lands in
+    [min_tokens, max_tokens]; facts come first, 0-2 distractors after each, then distractors.
+    `tail`: one letter per later message, F a fidelity probe, Q a question (one per fact, in a
+    random order; at most `n_facts`)."""
+    if tail.count("Q") > n_facts or set(tail) - {"F", "Q"}:
+        raise ValueError(f"tail {tail!r}: F and Q only, at most {n_facts} Qs")
     rng = random.Random(seed)
     target = rng.randint(min_tokens, max_tokens)
-    split: Split = "tune" if seed % 3 == 0 else "report"
-    conv = Conversation(seed=seed, split=split, system=rng.choice(SYSTEMS))
-    kinds = rng.sample(FACT_KINDS, n_facts)
-    facts = [_fact(rng, k) for k in kinds]
-    conv.facts = facts
+    conv = Conversation(name=f"seed {seed}", split=split, system=rng.choice(SYSTEMS))
+    used: set[str] = set()
+    for kind in rng.sample(FACT_KINDS, n_facts):
+        fact = _fact(rng, kind, used)
+        statement = rng.choice(OPENERS).format(fact.statement)
+        conv.facts.append(Fact(fact.kind, statement[0].upper() + statement[1:], fact.question, fact.answer, fact.lead))
+
+    def distractor() -> str:
+        return DISTRACTORS[rng.choice(list(DISTRACTORS))](rng)
+
     total = count_tokens(conv.system)
-    openers = ("Hi! I want to tell you a few things about myself.", "Hello again.",
-               "Something else about me.", "One more thing.")
-    for i, fact in enumerate(facts):
-        filler = rng.choice(("I hope that is useful.", "Just so you know.", "Thanks for listening."))
-        text = f"{openers[min(i, len(openers) - 1)]} {fact.statement} {filler}"
-        conv.turns.append(Turn("user", text, (fact,), "fact"))
-        total += count_tokens(text) + reply_tokens
-        if rng.random() < 0.5:  # a distractor between facts, so they are not one block
-            kind = rng.choice(list(DISTRACTORS))
-            text = DISTRACTORS[kind](rng)
-            conv.turns.append(Turn("user", text, (), kind))
-            total += count_tokens(text) + reply_tokens
-    while total < target:
-        kind = rng.choice(list(DISTRACTORS))
-        text = DISTRACTORS[kind](rng)
-        cost = count_tokens(text) + reply_tokens
-        if total + cost > max_tokens:
+
+    def add(text: str) -> None:
+        nonlocal total
+        conv.messages.extend((Message("user", text), Message("assistant", None)))
+        total += count_tokens(text) + reply_tokens + 2 * TEMPLATE_ALLOWANCE
+
+    for fact in conv.facts:
+        add(f"{fact.statement} {rng.choice(FILLERS)}".strip())
+        for _ in range(rng.randint(0, 2)):
+            add(distractor())
+    while True:
+        text = distractor()
+        if total + count_tokens(text) + reply_tokens + 2 * TEMPLATE_ALLOWANCE > target:
             break
-        conv.turns.append(Turn("user", text, (), kind))
-        total += cost
+        add(text)
+    asked = iter(rng.sample(conv.facts, len(conv.facts)))
+    for letter in tail:
+        if letter == "F":
+            conv.tail.append(Step("fidelity", distractor()))
+        else:
+            fact = next(asked)
+            conv.tail.append(Step("question", fact.question, fact))
     return conv
 
 
 def make_conversations(
-    count: int, *, seed: int = 0, count_tokens: Callable[[str], int], **kw: int
+    tune: int, report: int, *, seed: int = 0, count_tokens: Callable[[str], int], **kw: int | str
 ) -> list[Conversation]:
-    return [make_conversation(seed * 100_003 + i, count_tokens=count_tokens, **kw) for i in range(count)]
+    """`tune` conversations for tuning, then `report` held-out ones, with distinct seeds."""
+    base = seed * 100_003
+    return [make_conversation(base + i, count_tokens=count_tokens, split="tune" if i < tune else "report",
+                              **kw)  # type: ignore[arg-type]
+            for i in range(tune + report)]

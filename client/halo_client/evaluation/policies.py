@@ -1,10 +1,14 @@
-"""Pruning policies compared by the benchmark, all at sentence granularity.
+"""Pruning policies compared by the benchmark: each says how much every token matters.
 
-Every policy sees the same conversation split into units (sentences, with the template tokens
-of a message attached to it) and the same per-frame attention, reduced to one value per
-context position (the mean over layers and heads). Each gives every unit a score; the pruner
-then drops the lowest-scoring unprotected unit until the conversation fits the budget, the
-same rule for all of them, so the policies differ only in what they believe matters.
+Every policy sees the same conversation, the same attention frames (from the played
+conversation, then from the pruned context as the tail goes on) and the same pruner
+(`conversation.pruner.Pruner`, sentence units, the same protection rules): a policy only gives
+every position a score, the pruner turns scores into sentence scores (their max, or mean) and
+drops the lowest until the conversation fits. So policies differ only in what they believe
+matters.
+
+A policy is incremental, like the chat's tracker: `start` with the history's frames, `observe`
+each later reply's frames, `scores` before each prune.
 """
 
 from __future__ import annotations
@@ -15,99 +19,309 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from halo_client.conversation.memory import relevance
+from halo_client.conversation.pruner import Reduce
+from halo_client.conversation.state import ConversationState
+from halo_client.conversation.tracker import AttentionTracker, TrackerSettings
+from halo_client.evaluation.dialog import Dialog, Frame, Reduction
+
 FloatArray = npt.NDArray[np.float64]
+#: the first design's tracker defaults, kept as a policy so the benchmark shows what changing them did
+FIRST_DESIGN = TrackerSettings(min_distance=20, decay=0.003)
+#: far above any score: what a policy keeps first
+KEEP_FIRST = 1e9
 
 
 @dataclass(frozen=True)
-class Unit:
-    """A prunable span of positions `[start, end)` in the conversation's token order."""
+class StepView:
+    """What a policy may look at before a prune: the newest user message and the budget."""
 
-    start: int
-    end: int
-    protected: bool = False
-    holds_fact: bool = False
-
-    @property
-    def size(self) -> int:
-        return self.end - self.start
+    message: str
+    budget: int
+    #: the attention of the message's tokens over the context before it: positions and values
+    question_positions: npt.NDArray[np.int64]
+    question_attention: npt.NDArray[np.float32]
 
 
-class AttentionLog:
-    """What the baselines need from the frames, accumulated as they stream.
+class Policy:
+    name = "policy"
+    #: how a sentence's token scores make its score
+    reduce: Reduce = "max"
+    #: reads `StepView.question_attention` after the first message (it costs the replay a few
+    #: more tokens per step, so only policies that read it get it)
+    uses_question_attention = False
 
-    `accumulated[p]`: the sum over frames of the mean attention position p received (H2O's
-    heavy-hitter score, no decay, no distance weighting). `last[p]`: the mean attention of the
-    latest frame (TOVA's score: the newest query's view).
-    """
+    def start(self, dialog: Dialog) -> None:
+        """Before the tail: the played history."""
 
-    def __init__(self, capacity: int) -> None:
-        self.accumulated = np.zeros(capacity, np.float64)
-        self.last = np.zeros(capacity, np.float64)
-        self.frames = 0
+    def observe(self, frames: Sequence[Frame]) -> None:
+        """A reply's frames, in the context the policy pruned."""
 
-    def add(self, positions: npt.NDArray[np.int64], frame: npt.NDArray[np.floating]) -> None:
-        """`frame`: `[layers, heads, ctx]`; column j is position `positions[j]`."""
-        mean = frame.mean(axis=(0, 1), dtype=np.float64)
-        self.accumulated[positions] += mean
-        self.last[:] = 0.0
-        self.last[positions] = mean
-        self.frames += 1
+    def scores(self, state: ConversationState, view: StepView) -> FloatArray:
+        """One score per position of `state` (deleted ones included; they are ignored)."""
+        raise NotImplementedError
 
 
-def unit_scores(units: Sequence[Unit], per_position: FloatArray, reduce: str = "max") -> FloatArray:
-    """One score per unit from per-position scores: its max (default) or mean."""
-    starts = np.asarray([u.start for u in units], dtype=np.int64)
-    ends = np.asarray([u.end for u in units], dtype=np.int64)
-    if reduce == "mean":
-        csum = np.concatenate([[0.0], np.cumsum(per_position)])
-        return np.asarray((csum[ends] - csum[starts]) / np.maximum(ends - starts, 1), np.float64)
-    if reduce == "max":
-        return np.asarray([per_position[s:e].max() if e > s else 0.0
-                           for s, e in zip(starts, ends, strict=True)], np.float64)
-    raise ValueError(f"unknown reduction {reduce!r}: use 'max' or 'mean'")
+class Brightness(Policy):
+    """The chat's tracker replayed: accumulated, distance-weighted (optionally decayed)
+    attention. `reduction` says how a frame becomes one value per column; `per_frame` divides
+    the accumulation by the frames a token has been in, so old tokens are not favoured just for
+    having been there longer."""
+
+    def __init__(self, name: str, settings: TrackerSettings | None = None, reduction: Reduction = "mean",
+                 per_frame: bool = False) -> None:
+        self.name = name
+        self.settings = (settings or TrackerSettings()).model_copy(update={"aggregation": "mean"})
+        self.reduction = reduction
+        self.per_frame = per_frame
+
+    def start(self, dialog: Dialog) -> None:
+        self.tracker = AttentionTracker(self.settings)
+        capacity = len(dialog.surprisal)
+        self.brightness = np.zeros(capacity, np.float32)
+        self.seen = np.zeros(capacity, bool)
+        self.frames_in = np.zeros(capacity, np.float32)
+        self.observe(dialog.frames)
+
+    def observe(self, frames: Sequence[Frame]) -> None:
+        for frame in frames:
+            positions = frame.positions
+            fresh = ~self.seen[positions]
+            if fresh.any():
+                # as in a live chat, a token starts at the mean brightness of those already there
+                old = positions[~fresh]
+                start = 0.0 if self.per_frame else max(self.settings.initial_brightness,
+                                                         float(self.brightness[old].mean()) if old.size else 0.0)
+                self.brightness[positions[fresh]] = start
+                self.seen[positions[fresh]] = True
+            self.tracker.update(self.brightness, positions, frame.values[self.reduction][None, None, :])
+            self.frames_in[positions] += 1
+
+    def scores(self, state: ConversationState, view: StepView) -> FloatArray:
+        n = len(state)
+        scores = self.brightness[:n].astype(np.float64)
+        if self.per_frame:
+            counted = self.frames_in[:n] > 0
+            scores[counted] /= self.frames_in[:n][counted]
+            # a token no frame has seen yet starts level with the others, as brightness does
+            scores[~counted] = scores[counted].mean() if counted.any() else 0.0
+        return scores
 
 
-def recency_scores(units: Sequence[Unit]) -> FloatArray:
-    return np.asarray([u.end for u in units], np.float64)
+class HeavyHitters(Policy):
+    """H2O's score: the plain sum of the attention each token received (no decay, no distance
+    weighting)."""
+
+    name = "h2o"
+
+    def start(self, dialog: Dialog) -> None:
+        self.accumulated: FloatArray = np.zeros(len(dialog.surprisal), np.float64)
+        self.observe(dialog.frames)
+
+    def observe(self, frames: Sequence[Frame]) -> None:
+        for frame in frames:
+            self.accumulated[frame.positions] += frame.values["mean"]
+
+    def scores(self, state: ConversationState, view: StepView) -> FloatArray:
+        out: FloatArray = self.accumulated[: len(state)].copy()
+        return out
 
 
-def streaming_scores(units: Sequence[Unit], sinks: int = 4) -> FloatArray:
-    """StreamingLLM-style: the first `sinks` units (attention sinks) outrank everything, then
-    the newest."""
-    scores = recency_scores(units)
-    scores[: min(sinks, len(units))] = np.inf
-    return scores
+class LastQuery(Policy):
+    """TOVA's score: the attention of the newest generated token."""
+
+    name = "tova"
+
+    def start(self, dialog: Dialog) -> None:
+        self.last: FloatArray = np.zeros(len(dialog.surprisal), np.float64)
+        self.observe(dialog.frames[-1:])
+
+    def observe(self, frames: Sequence[Frame]) -> None:
+        if frames:
+            self.last[:] = 0.0
+            self.last[frames[-1].positions] = frames[-1].values["mean"]
+
+    def scores(self, state: ConversationState, view: StepView) -> FloatArray:
+        out: FloatArray = self.last[: len(state)].copy()
+        return out
 
 
-def random_scores(units: Sequence[Unit], seed: int) -> FloatArray:
-    return np.random.default_rng(seed).random(len(units))
+def _content(state: ConversationState) -> npt.NDArray[np.bool_]:
+    """Prunable content: not template, not the system prompt."""
+    mask: npt.NDArray[np.bool_] = ~state.column("template") & (state.column("role") != 0)
+    return mask
 
 
-def gold_scores(units: Sequence[Unit]) -> FloatArray:
-    """The upper bound: units holding planted facts outrank all, then the newest."""
-    scores = recency_scores(units)
-    scores[[i for i, u in enumerate(units) if u.holds_fact]] += 1e9
-    return scores
+class Recency(Policy):
+    name = "recency"
+
+    def scores(self, state: ConversationState, view: StepView) -> FloatArray:
+        return np.arange(len(state), dtype=np.float64)
 
 
-def keep_within_budget(units: Sequence[Unit], scores: FloatArray, budget: int) -> npt.NDArray[np.bool_]:
-    """Drop the lowest-scoring unprotected units until the kept size is at most `budget`.
+class Streaming(Policy):
+    """StreamingLLM at sentence level: the first `sinks` sentences outrank everything, then the newest."""
 
-    Ties break towards dropping the older unit; afterwards, dropped units that fit again are
-    put back, highest score first. Returns which units are kept. If protected
-    units alone exceed the budget, everything unprotected goes and the result is over budget.
-    """
-    keep = np.ones(len(units), dtype=bool)
-    total = sum(u.size for u in units)
-    order = sorted((i for i, u in enumerate(units) if not u.protected), key=lambda i: (scores[i], i))
-    for i in order:
-        if total <= budget:
-            break
-        keep[i] = False
-        total -= units[i].size
-    # Dropping a long unit can free more than needed: put back, best first, what still fits.
-    for i in reversed(order):
-        if not keep[i] and total + units[i].size <= budget:
-            keep[i] = True
-            total += units[i].size
-    return keep
+    name = "streaming"
+
+    def __init__(self, sinks: int = 4) -> None:
+        self.sinks = sinks
+
+    def scores(self, state: ConversationState, view: StepView) -> FloatArray:
+        scores = np.arange(len(state), dtype=np.float64)
+        content = _content(state)
+        sentence = state.column("sentence")
+        first = np.unique(sentence[content])[: self.sinks]
+        scores[content & np.isin(sentence, first)] += KEEP_FIRST
+        return scores
+
+
+class RandomOrder(Policy):
+    """Sentences in a random order (the same sentence gets the same draw at every prune)."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.name = f"random#{seed}"
+
+    def scores(self, state: ConversationState, view: StepView) -> FloatArray:
+        sentence = state.column("sentence").astype(np.int64)
+        draws = np.random.default_rng(self.seed).random(int(sentence.max(initial=0)) + 2)
+        return draws[sentence]
+
+
+def holds_fact(text: str, dialog: Dialog) -> bool:
+    """Whether a sentence holds a planted fact (its statement, or for a user's own conversation,
+    the gold answer of one of its questions)."""
+    text = text.strip()
+    if not text:
+        return False
+    for fact in dialog.conversation.facts:
+        if fact.answer.lower() not in text.lower():
+            continue
+        if not fact.statement or text in fact.statement or fact.statement in text:
+            return True
+    return False
+
+
+class Gold(Policy):
+    """The upper bound for recall: sentences holding planted facts first, then the newest."""
+
+    name = "gold"
+
+    def start(self, dialog: Dialog) -> None:
+        self.dialog = dialog
+
+    def scores(self, state: ConversationState, view: StepView) -> FloatArray:
+        scores = np.arange(len(state), dtype=np.float64)
+        content = _content(state)
+        sentence = state.column("sentence")
+        for sid in np.unique(sentence[content]).tolist():
+            mask = content & (sentence == sid)
+            if holds_fact(state.text(np.flatnonzero(mask)), self.dialog):
+                scores[mask] += KEEP_FIRST
+        return scores
+
+
+class SelfInformation(Policy):
+    """Selective Context: a sentence's mean surprisal under the same model (in the full context
+    when it was written); predictable text goes first."""
+
+    name = "self-information"
+    reduce: Reduce = "mean"
+
+    def start(self, dialog: Dialog) -> None:
+        self.surprisal: FloatArray = dialog.surprisal
+
+    def scores(self, state: ConversationState, view: StepView) -> FloatArray:
+        out: FloatArray = self.surprisal[: len(state)].copy()
+        return out
+
+
+class QuestionAttention(Policy):
+    """QUITO-style: the attention the newest user message's tokens give each token."""
+
+    name = "question-attention"
+    uses_question_attention = True
+
+    def scores(self, state: ConversationState, view: StepView) -> FloatArray:
+        scores = np.zeros(len(state), np.float64)
+        keep = view.question_positions < len(state)
+        scores[view.question_positions[keep]] = view.question_attention[keep]
+        return scores
+
+
+def sentence_scores(state: ConversationState, scores: FloatArray) -> tuple[
+        npt.NDArray[np.int64], FloatArray, list[str]]:
+    """Active prunable sentences: ids, max score, text."""
+    content = _content(state) & state.active_mask()
+    sentence = state.column("sentence").astype(np.int64)
+    ids = np.unique(sentence[content])
+    best = np.array([scores[content & (sentence == i)].max() for i in ids.tolist()], np.float64)
+    texts = [state.text(np.flatnonzero(content & (sentence == i))) for i in ids.tolist()]
+    return ids, best, texts
+
+
+def _ranks(values: FloatArray) -> FloatArray:
+    """0 for the lowest, 1 for the highest."""
+    if values.size < 2:
+        return np.ones_like(values)
+    return np.argsort(np.argsort(values, kind="stable"), kind="stable") / (values.size - 1)
+
+
+class Adjusted(Policy):
+    """A policy built on another one's scores: the base sees every frame."""
+
+    def __init__(self, base: Policy, name: str) -> None:
+        self.base, self.name = base, name
+        self.reduce = base.reduce
+        self.uses_question_attention = base.uses_question_attention
+
+    def start(self, dialog: Dialog) -> None:
+        self.base.start(dialog)
+
+    def observe(self, frames: Sequence[Frame]) -> None:
+        self.base.observe(frames)
+
+
+class Hybrid(Adjusted):
+    """Brightness plus relevance to the newest message (BM25): a sentence's rank by brightness
+    plus `weight` times its rank by relevance (0 for a sentence the message does not match)."""
+
+    def __init__(self, base: Policy, weight: float = 1.0, name: str = "hybrid") -> None:
+        super().__init__(base, name)
+        self.weight = weight
+
+    def scores(self, state: ConversationState, view: StepView) -> FloatArray:
+        base = self.base.scores(state, view)
+        ids, best, texts = sentence_scores(state, base)
+        out = np.zeros(len(state), np.float64)
+        if not ids.size:
+            return out
+        rel = relevance(texts, view.message)
+        combined = _ranks(best) + self.weight * np.where(rel > 0, _ranks(rel), 0.0)
+        lookup = np.zeros(int(ids.max()) + 1, np.float64)
+        lookup[ids] = combined
+        content = _content(state)
+        sentence = state.column("sentence").astype(np.int64)
+        inside = content & (sentence >= 0) & (sentence <= ids.max())
+        out[inside] = lookup[sentence[inside]]
+        return out
+
+
+class RecentWindow(Adjusted):
+    """A policy with the newest `fraction` of the budget kept first (H2O's recent window)."""
+
+    def __init__(self, base: Policy, fraction: float, name: str) -> None:
+        super().__init__(base, name)
+        self.fraction = fraction
+
+    def scores(self, state: ConversationState, view: StepView) -> FloatArray:
+        scores = self.base.scores(state, view)
+        window = int(self.fraction * view.budget)
+        if window > 0:
+            recent = state.active_positions()[-window:]
+            scores = scores - scores.min(initial=0.0)
+            scores[recent] += KEEP_FIRST + recent
+        return scores
+
+

@@ -1,0 +1,48 @@
+"""Confidence intervals for the benchmark: a percentile bootstrap over conversations.
+
+Conversations are the independent units (the steps of one conversation share its history and
+its pruning), so every measure is first averaged within each conversation, then conversations
+are resampled with replacement. A paired comparison resamples the same conversations for both
+policies, which is what "A beats B" needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+
+@dataclass(frozen=True)
+class Estimate:
+    mean: float
+    low: float
+    high: float
+    #: conversations it averages
+    n: int
+
+    def overlaps(self, other: Estimate) -> bool:
+        return self.low <= other.high and other.low <= self.high
+
+
+def bootstrap(per_conversation: Sequence[float], *, resamples: int = 2000, seed: int = 0,
+              level: float = 0.95) -> Estimate:
+    """The mean over conversations with its percentile bootstrap interval."""
+    values = np.asarray(per_conversation, np.float64)
+    if values.size == 0:
+        return Estimate(float("nan"), float("nan"), float("nan"), 0)
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, (resamples, values.size))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return Estimate(float(values.mean()), float(low), float(high), int(values.size))
+
+
+def paired_difference(a: Mapping[str, float], b: Mapping[str, float], *, resamples: int = 2000,
+                      seed: int = 0, level: float = 0.95) -> Estimate:
+    """Mean of a - b over the conversations both have, with its bootstrap interval."""
+    shared = sorted(set(a) & set(b))
+    diffs: npt.NDArray[np.float64] = np.asarray([a[k] - b[k] for k in shared], np.float64)
+    return bootstrap(diffs.tolist(), resamples=resamples, seed=seed, level=level)

@@ -1,0 +1,62 @@
+"""The benchmark's rows summarized: per policy and budget, each measure over conversations with
+its confidence interval, and paired comparisons between policies."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from halo_client.evaluation.stats import Estimate, bootstrap, paired_difference
+
+FIDELITY = ("kl", "nll_increase", "top1")
+RECALL = ("recall", "answer_nll_increase")
+#: which way is better, per measure
+HIGHER_IS_BETTER = {"kl": False, "nll_increase": False, "top1": True, "recall": True, "answer_nll_increase": False}
+
+
+def per_conversation(rows: Sequence[dict[str, Any]], policy: str, budget: float, measure: str) -> dict[str, float]:
+    """A measure's mean per conversation for one policy at one budget."""
+    values: dict[str, list[float]] = defaultdict(list)
+    for r in rows:
+        if r["policy"] == policy and r["budget"] == budget and measure in r:
+            values[r["conversation"]].append(float(r[measure]))
+    return {k: float(np.mean(v)) for k, v in values.items()}
+
+
+def summarize(rows: Sequence[dict[str, Any]], resamples: int = 2000) -> list[dict[str, Any]]:
+    """Per (budget, policy): every measure's estimate over conversations."""
+    table = []
+    for budget in sorted({r["budget"] for r in rows}):
+        for policy in dict.fromkeys(r["policy"] for r in rows):
+            entry: dict[str, Any] = {"budget": budget, "policy": policy}
+            for measure in (*FIDELITY, *RECALL, "full_recall", "recalled", "kept"):
+                values = per_conversation(rows, policy, budget, measure)
+                if values:
+                    entry[measure] = bootstrap(list(values.values()), resamples=resamples)
+            entry["questions"] = sum(1 for r in rows if r["policy"] == policy and r["budget"] == budget
+                                     and r["kind"] == "question")
+            entry["conversations"] = len({r["conversation"] for r in rows
+                                          if r["policy"] == policy and r["budget"] == budget})
+            table.append(entry)
+    return table
+
+
+def compare(rows: Sequence[dict[str, Any]], policy: str, budget: float, measure: str,
+            resamples: int = 2000) -> dict[str, Estimate]:
+    """`policy` minus every other policy on `measure` at `budget`, paired by conversation."""
+    mine = per_conversation(rows, policy, budget, measure)
+    others = dict.fromkeys(r["policy"] for r in rows if r["policy"] != policy)
+    return {other: paired_difference(mine, per_conversation(rows, other, budget, measure), resamples=resamples)
+            for other in others}
+
+
+
+
+def best(table: Sequence[dict[str, Any]], budget: float, measure: str, *, exclude: Sequence[str] = ("gold",)) -> str:
+    """The policy with the best mean `measure` at `budget` (gold, the upper bound, left out)."""
+    sign = -1.0 if HIGHER_IS_BETTER[measure] else 1.0
+    candidates = [t for t in table if t["budget"] == budget and measure in t and t["policy"] not in exclude]
+    return str(min(candidates, key=lambda t: sign * t[measure].mean)["policy"])

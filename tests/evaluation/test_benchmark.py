@@ -1,0 +1,56 @@
+"""The whole benchmark on a real (tiny) model: tuning, every policy, tables with intervals, plot."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from halo_client.conversation.memory import MemorySettings
+from halo_client.evaluation.benchmark import BenchmarkConfig, Tuned, policy_factories, run
+from halo_client.evaluation.dataset import load_conversations
+from halo_client.evaluation.report import DEFAULT_POLICY
+from halo_client.reference import ReferenceBackend
+
+
+def test_a_full_run_writes_tables_json_and_plot(tiny: ReferenceBackend, tmp_path: Path) -> None:
+    config = BenchmarkConfig(tune=1, report=2, min_tokens=300, max_tokens=400, reply_tokens=4, probe_tokens=6,
+                             tail="FQ", budgets=(0.25, 0.5), hybrid_weights=(1.0, 2.0),
+                             memory_grid=(MemorySettings(max_recalled=1), MemorySettings(max_recalled=2)),
+                             cache_dir=tmp_path / "cache")
+    progress: list[tuple[int, int, str]] = []
+    result = run(tiny, config, tmp_path, lambda d, t, m: progress.append((d, t, m)))
+    names = set(policy_factories(Tuned()))
+    assert {r["policy"] for r in result["rows"]} == names
+    assert {r["conversation"] for r in result["rows"]} == {"seed 1", "seed 2"}  # held out only
+    assert len(result["rows"]) == len(names) * 2 * 2 * 2  # policies x conversations x budgets x steps
+    assert [d for d, _t, _m in progress] == list(range(1, len(progress) + 1)) and progress[-1][0] == progress[-1][1]
+    assert any("tuning the hybrid" in m for *_x, m in progress) and any("tuning memory" in m for *_x, m in progress)
+    text = (tmp_path / "pruning.md").read_text()
+    assert text.startswith("# Pruning benchmark") and "Full-context recall" in text
+    assert "## Budget 25%" in text and "## Budget 50%" in text and f"| {DEFAULT_POLICY} |" in text
+    saved = json.loads((tmp_path / "pruning.json").read_text())
+    assert len(saved["rows"]) == len(result["rows"])
+    for entry in saved["table"]:
+        for measure in ("kl", "top1", "recall"):
+            e = entry[measure]
+            assert e["low"] <= e["mean"] <= e["high"] and e["n"] == 2
+    svg = ET.fromstring((tmp_path / "pruning.svg").read_text())
+    assert len(svg.findall("{http://www.w3.org/2000/svg}polyline")) >= 2 * 5
+
+
+def test_your_own_conversations(tiny: ReferenceBackend, tmp_path: Path) -> None:
+    path = tmp_path / "mine.jsonl"
+    line = {"messages": [{"role": "user", "content": "My flight number is KL 1743. I fly on Monday."},
+                         {"role": "assistant", "content": None},
+                         {"role": "user", "content": "Tell me about Lisbon in May. Is it warm? Is it busy?"},
+                         {"role": "assistant", "content": "It is warm and busy. Bring a hat."},
+                         {"role": "user", "content": "What should I pack?"}],
+            "questions": [{"question": "What is my flight number?", "answer": "1743"}]}
+    path.write_text(json.dumps(line) + "\n")
+    config = BenchmarkConfig(conversations=load_conversations(path), budgets=(0.5,), reply_tokens=6,
+                             probe_tokens=8, policies=(DEFAULT_POLICY, "recency"))
+    result = run(tiny, config, tmp_path / "out", lambda *_: None)
+    assert {(r["policy"], r["kind"]) for r in result["rows"]} == {
+        (DEFAULT_POLICY, "fidelity"), (DEFAULT_POLICY, "question"), ("recency", "fidelity"), ("recency", "question")}
+    assert result["config"]["tune"] == 0  # no tuning split in the file: tuned settings are the defaults
