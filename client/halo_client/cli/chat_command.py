@@ -21,7 +21,14 @@ import click
 from halo_client.cli.app import Settings, main, pass_settings, run_async
 from halo_client.cli.commands import print_reply
 from halo_client.cli.options import layout_from, sampler_options, settings_from, tracker_options
-from halo_client.cli.render import prune_line, prune_report, pruned_list, recall_report, render_conversation, stats_lines
+from halo_client.cli.render import (
+    prune_line,
+    prune_report,
+    pruned_list,
+    recall_report,
+    render_conversation,
+    stats_lines,
+)
 from halo_client.conversation.chat import Chat
 from halo_client.conversation.memory import MemorySettings
 from halo_client.display.scale import SCALE_MODES, ScaleMode

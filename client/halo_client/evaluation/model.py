@@ -10,7 +10,6 @@ and a decode per further row, which is slower but the same numbers.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -71,7 +70,9 @@ class InProcessModel:
         `len(ids) - rows + r + 1` columns; the rest are 0) of the last `rows` positions of `ids`."""
         ids = list(ids)
         rows = max(1, min(rows, len(ids)))
-        common = len(os.path.commonprefix([self._sequence, ids]))
+        shared = np.minimum(len(self._sequence), len(ids))
+        differs = np.flatnonzero(np.asarray(self._sequence[:shared]) != np.asarray(ids[:shared]))
+        common = int(differs[0]) if differs.size else int(shared)
         self.computed += len(ids) - min(common, len(ids) - rows)
         self.calls += 1
         self._sequence = ids
