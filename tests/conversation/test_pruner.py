@@ -104,7 +104,7 @@ def test_dimmest_sentence_goes_first_and_the_current_message_stays() -> None:
     state.brightness[:] = 5.0
     state.brightness[sentence == target] = 0.5
     state.brightness[state.column("turn") == 3] = 0.0  # the current message: dim but protected
-    result = Pruner().prune(state, state.active_count - 1)
+    result = Pruner(PrunerSettings(recent_share=0)).prune(state, state.active_count - 1)
     assert [e.text.strip() for e in result.events] == ["Drop me."]
     assert result.events[0].score == pytest.approx(0.5)
     assert "Current question?" in state.text(state.active_positions())
@@ -248,7 +248,7 @@ def test_prune_equals_the_naive_loop(messages: list[tuple[str, str]], budget: in
     values = rng.integers(0, 4, len(fast)).astype(np.float32)  # small integers: many ties
     fast.brightness[:] = values
     slow.brightness[:] = values
-    result = Pruner(PrunerSettings(granularity=granularity, reduce=reduce)).prune(fast, budget)
+    result = Pruner(PrunerSettings(granularity=granularity, reduce=reduce, recent_share=0)).prune(fast, budget)
     naive_prune(slow, budget, granularity, reduce)
     np.testing.assert_array_equal(fast.column("deleted"), slow.column("deleted"))
     assert result.active_after == slow.active_count
@@ -265,3 +265,27 @@ def test_the_latest_exchanges_are_protected(protect: int, kept: set[int]) -> Non
     content = ~state.column("template") & (state.column("role") != 0)
     remaining = set(state.column("turn")[content & state.active_mask()].tolist())
     assert remaining == kept
+
+
+def test_the_newest_share_of_the_budget_goes_last_oldest_first() -> None:
+    """Bright old text stays before dim new text only outside the recent window; inside it, age
+    decides, and only once everything older is gone."""
+    messages = [("system", "S."), ("user", "Old bright. Old dim."), ("assistant", "Mid dim. Mid bright."),
+                ("user", "New dim one. New dim two."), ("assistant", "Last reply.")]
+
+    def pruned(share: float, budget: int) -> list[str]:
+        state = build(messages)
+        content = ~state.column("template")
+        text = {int(s): state.text(np.flatnonzero(content & (state.column("sentence") == s))).strip()
+                for s in np.unique(state.column("sentence")[content])}
+        for sid, words in text.items():
+            state.brightness[state.column("sentence") == sid] = 9.0 if "bright" in words else 1.0
+        result = Pruner(PrunerSettings(recent_share=share, protect_exchanges=0)).prune(state, budget)
+        return [e.text.strip() for e in result.events if e.kind == "sentence"]
+
+    full = len(build(messages))
+    assert pruned(0.0, full - 20) == ["Old dim.", "Mid dim.", "New dim one."]  # by brightness alone
+    assert pruned(0.5, full - 20) == ["Old dim.", "Mid dim.", "Old bright."]  # the newest half of the budget stays
+    # the window is most of a small budget: everything older goes first (dim, then bright), then
+    # the window itself, oldest first
+    assert pruned(0.9, 30) == ["Old dim.", "Mid dim.", "Old bright.", "Mid bright.", "New dim one.", "New dim two."]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
+
+import pytest
 
 from halo_client.conversation.memory import MemorySettings
 from halo_client.evaluation.benchmark import BenchmarkConfig, Tuned, policy_factories, run
@@ -24,10 +27,11 @@ def test_a_full_run_writes_tables_json_and_plot(tiny: ReferenceBackend, tmp_path
     assert {r["policy"] for r in result["rows"]} == names
     assert {r["conversation"] for r in result["rows"]} == {"seed 1", "seed 2"}  # held out only
     assert len(result["rows"]) == len(names) * 2 * 2 * 2  # policies x conversations x budgets x steps
-    assert [d for d, _t, _m in progress] == list(range(1, len(progress) + 1)) and progress[-1][0] == progress[-1][1]
-    assert any("tuning the hybrid" in m for *_x, m in progress) and any("tuning memory" in m for *_x, m in progress)
+    assert [(d, t) for d, t, _m in progress] == [(1, 3), (2, 3), (3, 3)]  # a step per conversation
+    assert progress[0][2].startswith("tuned on seed 0") and all("measured" in m for *_x, m in progress[1:])
+    assert set(result["tuned"]) == {"hybrid_weight", "memory"} and result["tuned"]["hybrid_weight"] in (1.0, 2.0)
     text = (tmp_path / "pruning.md").read_text()
-    assert text.startswith("# Pruning benchmark") and "Full-context recall" in text
+    assert "# Pruning benchmark" in text and "Full-context recall" in text
     assert "## Budget 25%" in text and "## Budget 50%" in text and f"| {DEFAULT_POLICY} |" in text
     saved = json.loads((tmp_path / "pruning.json").read_text())
     assert len(saved["rows"]) == len(result["rows"])
@@ -54,3 +58,17 @@ def test_your_own_conversations(tiny: ReferenceBackend, tmp_path: Path) -> None:
     assert {(r["policy"], r["kind"]) for r in result["rows"]} == {
         (DEFAULT_POLICY, "fidelity"), (DEFAULT_POLICY, "question"), ("recency", "fidelity"), ("recency", "question")}
     assert result["config"]["tune"] == 0  # no tuning split in the file: tuned settings are the defaults
+
+
+@pytest.mark.process
+def test_worker_processes_measure_what_this_process_measures(tiny: ReferenceBackend, tmp_path: Path) -> None:
+    config = BenchmarkConfig(tune=0, report=2, min_tokens=300, max_tokens=400, reply_tokens=4, probe_tokens=6,
+                             tail="FQ", budgets=(0.5,), policies=("recency", "h2o"), cache_dir=tmp_path / "cache")
+    here = run(tiny, config, tmp_path / "here", lambda *_: None)
+    there = run(tiny, dataclasses.replace(config, workers=2), tmp_path / "there", lambda *_: None)
+    assert there["config"]["workers"] == 2
+    assert len(there["rows"]) == len(here["rows"]) == 2 * 2 * 2
+    for a, b in zip(there["rows"], here["rows"], strict=True):
+        assert a.keys() == b.keys()
+        for key, value in a.items():  # the same numbers, up to BLAS's summation order
+            assert value == pytest.approx(b[key], abs=1e-4) if isinstance(value, float) else value == b[key]

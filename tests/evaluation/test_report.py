@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
@@ -27,3 +28,16 @@ def test_svg_plot_is_well_formed() -> None:
     assert "random &lt;seeded&gt;" in svg
     with pytest.raises(ValueError):
         svg_line_plot({}, title="", x_label="", y_label="")
+
+
+def test_results_go_between_their_markers_and_the_page_keeps_its_text(tmp_path: Path) -> None:
+    from halo_client.evaluation.report import RESULTS_END, RESULTS_START, _write_results
+
+    page = tmp_path / "pruning.md"
+    _write_results(page, "first results")
+    assert page.read_text() == f"{RESULTS_START}\nfirst results\n{RESULTS_END}\n"
+    page.write_text(f"# How we measure\n\nText before.\n\n{page.read_text()}\n## Notes\nText after.\n")
+    _write_results(page, "second results")
+    text = page.read_text()
+    assert text.startswith("# How we measure\n\nText before.\n\n") and text.endswith("\n## Notes\nText after.\n")
+    assert "second results" in text and "first results" not in text

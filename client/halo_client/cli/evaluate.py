@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -66,13 +67,15 @@ def _budgets(value: str) -> tuple[float, ...]:
 @click.option("--reply-tokens", default=32, show_default=True, help="Most tokens per model reply in the history.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--policy", "policies", multiple=True, help="Only this policy (repeatable; default: all).")
+@click.option("--workers", type=click.IntRange(1, 64), default=min(os.cpu_count() or 1, 4), show_default=True,
+              help="Processes measuring conversations side by side (each loads the model, one BLAS thread each).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out/pruning"),
               show_default=True, help="Where pruning.md, pruning.svg and pruning.json go.")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("out/pruning/cache"), show_default=True, help="Model replies, reused by reruns.")
 def eval_pruning(model_path: str | None, backend: str, conversations_file: Path | None, count: int, tune_count: int,
                  budgets: tuple[float, ...], min_tokens: int, max_tokens: int, reply_tokens: int, seed: int,
-                 policies: tuple[str, ...], out_dir: Path, cache_dir: Path) -> None:
+                 policies: tuple[str, ...], workers: int, out_dir: Path, cache_dir: Path) -> None:
     """Prune chats with brightness, memory and the known baselines; measure what each loses."""
     from halo_client.evaluation.benchmark import BenchmarkConfig, Tuned, policy_factories, run
     from halo_client.evaluation.dataset import load_conversations
@@ -93,7 +96,7 @@ def eval_pruning(model_path: str | None, backend: str, conversations_file: Path 
         model = load_backend(model_path, n_ctx=8192)
     config = BenchmarkConfig(tune=tune_count, report=count, seed=seed, min_tokens=min_tokens, max_tokens=max_tokens,
                              reply_tokens=reply_tokens, budgets=budgets, cache_dir=cache_dir,
-                             conversations=conversations, policies=policies or None)
+                             conversations=conversations, policies=policies or None, workers=workers)
     result = run(model, config, out_dir, ProgressLine())
     click.echo((out_dir / "pruning.md").read_text())
     click.echo(f"[{len(result['rows'])} rows in {result['seconds'] / 60:.1f} min; table {out_dir / 'pruning.md'}, "

@@ -6,8 +6,10 @@ mean. The pruner repeatedly removes the lowest-scoring unit until the active tok
 within the budget, never touching protected content: the system prompt, the current user
 message, the reply in progress, the latest exchanges (`protect_exchanges`, default 1: the last
 user message and the reply to it, so a reply is never pruned right after it was shown),
-template tokens, and anything pinned. A message whose content
-is gone entirely takes its template with it; otherwise the template stays around what is left.
+template tokens, and anything pinned. The sentences reaching into the newest share of the
+budget (`recent_share`, H2O's recent window) go last, oldest first, and only if nothing else is
+left. A message whose content is gone entirely takes its template with it; otherwise the
+template stays around what is left.
 
 Pruning is a soft delete with an audit trail (turn, score, reason); `restore` undoes it.
 """
@@ -38,6 +40,11 @@ class PrunerSettings(BaseModel):
     #: the latest exchanges (a user message and the reply to it) that are never pruned; 0
     #: protects the user message only while it is being answered
     protect_exchanges: int = Field(1, ge=0)
+    #: the share of the budget kept for the newest text whatever its score (H2O's recent window):
+    #: the sentences reaching into the newest `recent_share` of the budget are pruned last, and
+    #: the score chooses among the older ones. The next reply depends most on what was just said;
+    #: the pruning benchmark's fidelity measure chose 0.75 (docs/pruning.md)
+    recent_share: float = Field(0.75, ge=0, le=1)
 
 
 @dataclass(frozen=True)
@@ -146,6 +153,7 @@ class Pruner:
             candidates &= state.column("role") != ROLES.index("system")
         else:
             candidates = active & ~protected
+        recent = self._recent(state, candidates, key, int(self.settings.recent_share * budget))
         units = state.column(key)[candidates].astype(np.int64)
         positions = np.flatnonzero(candidates)
         if units.size == 0:
@@ -164,7 +172,9 @@ class Pruner:
             unit_scores = np.maximum.reduceat(values, starts)
         else:
             unit_scores = np.add.reduceat(values, starts) / sizes
-        ranking = np.lexsort((units[starts], unit_scores))  # dimmest first, older first on ties
+        # dimmest first, older first on ties; the newest share of the budget last, oldest first
+        in_window = recent[positions[starts]]
+        ranking = np.lexsort((units[starts], np.where(in_window, units[starts], unit_scores), in_window))
         # Removing units one at a time, dimmest first, until within budget is the same as
         # taking the shortest prefix of this ranking that frees enough: a unit's score does
         # not change when another goes. A unit frees its tokens, and the last unit of a
@@ -205,6 +215,20 @@ class Pruner:
         turn_now = len(state.turns) - 1
         event = self._delete(state, "sentence", sentence, positions, score, turn_now)
         return [event, *self._drop_empty_messages(state, turn_now, protected)]
+
+    @staticmethod
+    def _recent(state: ConversationState, candidates: npt.NDArray[np.bool_], key: str,
+                window: int) -> npt.NDArray[np.bool_]:
+        """The candidate tokens of every unit that reaches into the newest `window` active tokens
+        (the budget's share counts every active token: the protected newest ones take part of it)."""
+        recent = np.zeros(len(state), bool)
+        if window <= 0:
+            return recent
+        newest = state.active_positions()[-window:]
+        ids = state.column(key)
+        reached = np.unique(ids[newest[candidates[newest]]])
+        recent[candidates & np.isin(ids, reached)] = True
+        return recent
 
     @staticmethod
     def _template_freed(state: ConversationState, protected: npt.NDArray[np.bool_],

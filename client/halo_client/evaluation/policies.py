@@ -50,6 +50,8 @@ class Policy:
     #: reads `StepView.question_attention` after the first message (it costs the replay a few
     #: more tokens per step, so only policies that read it get it)
     uses_question_attention = False
+    #: the pruner's recent window (`PrunerSettings.recent_share`) this policy prunes with
+    recent_share = 0.0
 
     def start(self, dialog: Dialog) -> None:
         """Before the tail: the played history."""
@@ -69,8 +71,9 @@ class Brightness(Policy):
     having been there longer."""
 
     def __init__(self, name: str, settings: TrackerSettings | None = None, reduction: Reduction = "mean",
-                 per_frame: bool = False) -> None:
+                 per_frame: bool = False, recent_share: float = 0.0) -> None:
         self.name = name
+        self.recent_share = recent_share
         self.settings = (settings or TrackerSettings()).model_copy(update={"aggregation": "mean"})
         self.reduction = reduction
         self.per_frame = per_frame
@@ -275,6 +278,7 @@ class Adjusted(Policy):
         self.base, self.name = base, name
         self.reduce = base.reduce
         self.uses_question_attention = base.uses_question_attention
+        self.recent_share = base.recent_share
 
     def start(self, dialog: Dialog) -> None:
         self.base.start(dialog)
@@ -306,22 +310,5 @@ class Hybrid(Adjusted):
         inside = content & (sentence >= 0) & (sentence <= ids.max())
         out[inside] = lookup[sentence[inside]]
         return out
-
-
-class RecentWindow(Adjusted):
-    """A policy with the newest `fraction` of the budget kept first (H2O's recent window)."""
-
-    def __init__(self, base: Policy, fraction: float, name: str) -> None:
-        super().__init__(base, name)
-        self.fraction = fraction
-
-    def scores(self, state: ConversationState, view: StepView) -> FloatArray:
-        scores = self.base.scores(state, view)
-        window = int(self.fraction * view.budget)
-        if window > 0:
-            recent = state.active_positions()[-window:]
-            scores = scores - scores.min(initial=0.0)
-            scores[recent] += KEEP_FIRST + recent
-        return scores
 
 

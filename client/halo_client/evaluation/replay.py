@@ -65,7 +65,7 @@ def replay(dialog: Dialog, model: InProcessModel, policy: Policy, fraction: floa
     state = dialog.history_state()
     policy.start(dialog)
     budget = budget_for(dialog, fraction)
-    pruner = Pruner(PrunerSettings(reduce=policy.reduce))
+    pruner = Pruner(PrunerSettings(reduce=policy.reduce, recent_share=policy.recent_share))
     recaller = Memory(memory) if memory is not None and memory.enabled else None
     nothing = (np.zeros(0, np.int64), np.zeros(0, np.float32))
     asked: tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]] = nothing

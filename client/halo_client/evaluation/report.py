@@ -18,9 +18,9 @@ from halo_client.evaluation.summary import HIGHER_IS_BETTER, best, compare, summ
 
 PALETTE = ("#e6a100", "#3b82f6", "#10b981", "#ef4444", "#8b5cf6", "#6b7280", "#111827", "#ec4899")
 #: the product's default as the benchmark names it, and the policies the plot shows
-DEFAULT_POLICY = "brightness + memory"
-PLOTTED = ("brightness + memory", "brightness", "hybrid", "h2o", "tova", "streaming", "recency", "random",
-           "self-information", "question-attention", "gold")
+DEFAULT_POLICY = "default"
+PLOTTED = ("default", "default without memory", "brightness", "hybrid", "h2o", "tova", "streaming", "recency",
+           "recency + memory", "random", "self-information", "question-attention", "gold")
 
 
 def markdown_table(
@@ -185,6 +185,21 @@ def comparison_lines(rows: Sequence[dict[str, Any]], policy: str, budget: float,
     return out
 
 
+RESULTS_START = "<!-- results: written by `halo-client eval pruning`; edit the text around them -->"
+RESULTS_END = "<!-- end of results -->"
+
+
+def _write_results(path: Path, results: str) -> None:
+    """The results, between their markers in the page when it has them (docs/pruning.md keeps its
+    own text around them), else the page is the results."""
+    block = f"{RESULTS_START}\n{results}\n{RESULTS_END}\n"
+    page = path.read_text() if path.exists() else ""
+    start, end = page.find(RESULTS_START), page.find(RESULTS_END)
+    if 0 <= start < end:
+        block = page[:start] + block + page[end + len(RESULTS_END) + 1 :]
+    path.write_text(block)
+
+
 def write_report(result: Mapping[str, Any], out_dir: Path, resamples: int = 2000) -> list[dict[str, Any]]:
     """pruning.md, pruning.json and pruning.svg from a benchmark result; returns the summary."""
     rows = result["rows"]
@@ -224,7 +239,7 @@ def write_report(result: Mapping[str, Any], out_dir: Path, resamples: int = 2000
         lines.append(f"- lowest KL at {budget:.0%}: {best(table, budget, 'kl')}; best recall: "
                      f"{best(table, budget, 'recall')}.")
     lines.append("")
-    (out_dir / "pruning.md").write_text("\n".join(lines))
+    _write_results(out_dir / "pruning.md", "\n".join(lines))
 
     def points(measure: str, name: str) -> list[Point]:
         pts: list[Point] = []
