@@ -12,7 +12,7 @@ import pytest
 from halo_client.conversation.memory import MemorySettings
 from halo_client.evaluation.benchmark import BenchmarkConfig, Tuned, policy_factories, run
 from halo_client.evaluation.dataset import load_conversations
-from halo_client.evaluation.report import DEFAULT_POLICY
+from halo_client.evaluation.report import DEFAULT_POLICY, ResultFileError, report_from_json
 from halo_client.reference import ReferenceBackend
 
 
@@ -39,6 +39,12 @@ def test_a_full_run_writes_tables_json_and_plot(tiny: ReferenceBackend, tmp_path
         for measure in ("kl", "top1", "recall"):
             e = entry[measure]
             assert e["low"] <= e["mean"] <= e["high"] and e["n"] == 2
+    assert "## The issue's goals" in text and "Default rule" in text
+    again = tmp_path / "again"  # the report, rewritten from the saved rows alone
+    report_from_json(tmp_path / "pruning.json", again)
+    assert (again / "pruning.md").read_text() == text
+    with pytest.raises(ResultFileError, match="not a pruning benchmark result"):
+        report_from_json(tmp_path / "pruning.svg", again)
     svg = ET.fromstring((tmp_path / "pruning.svg").read_text())
     assert len(svg.findall("{http://www.w3.org/2000/svg}polyline")) >= 2 * 5
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from halo_client.evaluation.stats import bootstrap, paired_difference
+from halo_client.evaluation.stats import bootstrap, paired_difference, ratio_of_means
 
 
 def test_the_interval_holds_the_mean_and_narrows_with_more_conversations() -> None:
@@ -28,3 +28,11 @@ def test_paired_difference_sees_what_unpaired_intervals_hide() -> None:
     diff = paired_difference(a, b)
     assert diff.high < 0 and abs(diff.mean + 0.5) < 1e-9
     assert paired_difference(a, {"other": 1.0}).n == 0  # only shared conversations count
+
+
+def test_ratio_of_means() -> None:
+    recall = {"a": 0.5, "b": 1.0, "c": 0.75}
+    full = {"a": 1.0, "b": 1.0, "c": 1.0, "d": 0.0}
+    ratio = ratio_of_means(recall, full)
+    assert ratio.mean == 0.75 and ratio.low <= 0.75 <= ratio.high and ratio.n == 3
+    assert np.isnan(ratio_of_means(recall, {"a": 0.0}).mean)  # nothing to divide by

@@ -69,14 +69,23 @@ def _budgets(value: str) -> tuple[float, ...]:
 @click.option("--policy", "policies", multiple=True, help="Only this policy (repeatable; default: all).")
 @click.option("--workers", type=click.IntRange(1, 64), default=min(os.cpu_count() or 1, 4), show_default=True,
               help="Processes measuring conversations side by side (each loads the model, one BLAS thread each).")
+@click.option("--from-json", "from_json", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Run nothing: write the report again from a pruning.json's rows (e.g. after changing the report).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out/pruning"),
               show_default=True, help="Where pruning.md, pruning.svg and pruning.json go.")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("out/pruning/cache"), show_default=True, help="Model replies, reused by reruns.")
 def eval_pruning(model_path: str | None, backend: str, conversations_file: Path | None, count: int, tune_count: int,
                  budgets: tuple[float, ...], min_tokens: int, max_tokens: int, reply_tokens: int, seed: int,
-                 policies: tuple[str, ...], workers: int, out_dir: Path, cache_dir: Path) -> None:
+                 policies: tuple[str, ...], workers: int, from_json: Path | None, out_dir: Path,
+                 cache_dir: Path) -> None:
     """Prune chats with brightness, memory and the known baselines; measure what each loses."""
+    if from_json is not None:
+        from halo_client.evaluation.report import report_from_json
+
+        report_from_json(from_json, out_dir)
+        click.echo((out_dir / "pruning.md").read_text())
+        return
     from halo_client.evaluation.benchmark import BenchmarkConfig, Tuned, policy_factories, run
     from halo_client.evaluation.dataset import load_conversations
 

@@ -13,8 +13,9 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from halo_client.evaluation.stats import Estimate, bootstrap
-from halo_client.evaluation.summary import HIGHER_IS_BETTER, best, compare, summarize
+from halo_client.errors import HaloError
+from halo_client.evaluation.stats import Estimate, bootstrap, paired_difference, ratio_of_means
+from halo_client.evaluation.summary import HIGHER_IS_BETTER, best, compare, per_conversation, summarize
 
 PALETTE = ("#e6a100", "#3b82f6", "#10b981", "#ef4444", "#8b5cf6", "#6b7280", "#111827", "#ec4899")
 #: the product's default as the benchmark names it, and the policies the plot shows
@@ -185,6 +186,42 @@ def comparison_lines(rows: Sequence[dict[str, Any]], policy: str, budget: float,
     return out
 
 
+#: not baselines for the goal "the default beats every baseline": the default without one of its
+#: parts, and the upper bound
+NOT_BASELINES = ("default without memory", "gold")
+
+
+def goal_lines(rows: Sequence[dict[str, Any]], table: Sequence[dict[str, Any]], budgets: Sequence[float],
+               resamples: int) -> list[str]:
+    """Issue 13's goals, checked: the default rule (best KL at 50 %, or not significantly worse),
+    non-overlapping intervals against every baseline, and memory's recall at the lowest budget."""
+    out = []
+    middle = min(budgets, key=lambda b: abs(b - 0.5))
+    lowest = best(table, middle, "kl")
+    diff = paired_difference(per_conversation(rows, DEFAULT_POLICY, middle, "kl"),
+                             per_conversation(rows, lowest, middle, "kl"), resamples=resamples)
+    verdict = ("it is the best" if lowest == DEFAULT_POLICY else
+               "not significantly worse" if diff.low <= 0 else "significantly worse: the rule is not met")
+    out.append(f"- Default rule (lowest KL at {middle:.0%}, or not significantly worse): the lowest is {lowest}; "
+               f"default minus it {cell(diff)}: {verdict}.")
+    for budget in budgets:
+        mine = {t["policy"]: t for t in table if t["budget"] == budget}
+        for measure in ("kl", "recall"):
+            own = mine[DEFAULT_POLICY][measure]
+            sign = 1 if HIGHER_IS_BETTER[measure] else -1
+            clear = [p for p, t in mine.items() if p != DEFAULT_POLICY and p not in NOT_BASELINES
+                     and not own.overlaps(t[measure]) and sign * (own.mean - t[measure].mean) > 0]
+            rest = [p for p in mine if p not in (DEFAULT_POLICY, *NOT_BASELINES, *clear)]
+            out.append(f"- {MEASURE_NAMES[measure]} at {budget:.0%}: the default's interval is clear of, and better "
+                       f"than, {len(clear)} of {len(clear) + len(rest)} baselines; not of {', '.join(rest) or 'none'}.")
+    low = min(budgets)
+    ratio = ratio_of_means(per_conversation(rows, DEFAULT_POLICY, low, "recall"),
+                           per_conversation(rows, DEFAULT_POLICY, low, "full_recall"), resamples=resamples)
+    out.append(f"- Memory: the default's recall at {low:.0%} over the later questions is {cell(ratio)} of the "
+               f"full-context recall (goal: at least 0.8).")
+    return out
+
+
 RESULTS_START = "<!-- results: written by `halo-client eval pruning`; edit the text around them -->"
 RESULTS_END = "<!-- end of results -->"
 
@@ -238,7 +275,7 @@ def write_report(result: Mapping[str, Any], out_dir: Path, resamples: int = 2000
         lines += comparison_lines(rows, DEFAULT_POLICY, budget, resamples)
         lines.append(f"- lowest KL at {budget:.0%}: {best(table, budget, 'kl')}; best recall: "
                      f"{best(table, budget, 'recall')}.")
-    lines.append("")
+    lines += ["", "## The issue's goals", "", *goal_lines(rows, table, budgets, resamples), ""]
     _write_results(out_dir / "pruning.md", "\n".join(lines))
 
     def points(measure: str, name: str) -> list[Point]:
@@ -261,3 +298,19 @@ def write_report(result: Mapping[str, Any], out_dir: Path, resamples: int = 2000
                                                      "full_recall": full_recall.__dict__, "table": serial,
                                                      "rows": rows}, indent=1))
     return table
+
+
+class ResultFileError(HaloError):
+    """A pruning.json the report cannot be written from."""
+
+
+def report_from_json(path: Path, out_dir: Path, resamples: int = 2000) -> list[dict[str, Any]]:
+    """The report again from a saved pruning.json (its rows and run facts), without running anything."""
+    try:
+        data = json.loads(path.read_text())
+        needed = {"model", "config", "tuned", "rows", "seconds", "tokens_computed"}
+        if not isinstance(data, dict) or not needed <= set(data):
+            raise ValueError(f"it lacks {sorted(needed - set(data) if isinstance(data, dict) else needed)}")
+    except (OSError, ValueError) as exc:
+        raise ResultFileError(f"{path} is not a pruning benchmark result: {exc}.") from exc
+    return write_report(data, out_dir, resamples)

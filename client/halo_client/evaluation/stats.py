@@ -46,3 +46,19 @@ def paired_difference(a: Mapping[str, float], b: Mapping[str, float], *, resampl
     shared = sorted(set(a) & set(b))
     diffs: npt.NDArray[np.float64] = np.asarray([a[k] - b[k] for k in shared], np.float64)
     return bootstrap(diffs.tolist(), resamples=resamples, seed=seed, level=level)
+
+
+def ratio_of_means(a: Mapping[str, float], b: Mapping[str, float], *, resamples: int = 2000, seed: int = 0,
+                   level: float = 0.95) -> Estimate:
+    """mean(a) / mean(b) over the conversations both have, resampled together."""
+    shared = sorted(set(a) & set(b))
+    x = np.asarray([a[k] for k in shared], np.float64)
+    y = np.asarray([b[k] for k in shared], np.float64)
+    if not shared or y.sum() == 0:
+        return Estimate(float("nan"), float("nan"), float("nan"), len(shared))
+    picks = np.random.default_rng(seed).integers(0, len(shared), (resamples, len(shared)))
+    below = y[picks].mean(axis=1)
+    ratios = x[picks].mean(axis=1)[below > 0] / below[below > 0]  # a resample with nothing to divide by says nothing
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(ratios, [tail, 100 - tail])
+    return Estimate(float(x.mean() / y.mean()), float(low), float(high), len(shared))
