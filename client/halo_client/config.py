@@ -4,7 +4,7 @@ workbench both read, and the workbench writes.
 Where: `$HALO_CONFIG` if set, else `$XDG_CONFIG_HOME/halo-weave/settings.json`, else
 `~/.config/halo-weave/settings.json`. A missing file means the defaults. The file holds only
 what differs from the defaults, and is validated with the very models the chat runs on
-(`TrackerSettings`, `PrunerSettings`, and `SamplerSettings`, whose ranges are the contract's
+(`TrackerSettings`, `PrunerSettings`, `MemorySettings` and `SamplerSettings`, whose ranges are the contract's
 `GenerateRequest` ones), so a value the command line would refuse is refused in the file too:
 a damaged or out-of-range file is a `ConfigError` naming the file and the field, and it is never
 overwritten by a program that could not read it. Writes are atomic (`atomic.write_atomic`).
@@ -21,6 +21,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
 from halo_client.atomic import write_atomic
+from halo_client.conversation.memory import MemorySettings
 from halo_client.conversation.pruner import PrunerSettings
 from halo_client.conversation.tracker import TrackerSettings
 from halo_client.display.scale import ScaleMode
@@ -71,6 +72,7 @@ class Config(BaseModel):
     tracker: TrackerSettings = Field(default_factory=TrackerSettings)
     pruner: PrunerSettings = Field(default_factory=PrunerSettings)
     sampler: SamplerSettings = Field(default_factory=SamplerSettings)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     view: ViewSettings = Field(default_factory=ViewSettings)
 

@@ -39,8 +39,10 @@ def test_every_mapped_option_is_an_option_of_its_command() -> None:
     everything = Config().merged({"tracker": {"decay": 0.2, "min_distance": 3, "distance_scale": 5.0, "boost": 2.0,
                                               "aggregation": "max", "distance_mode": "linear",
                                               "accumulation": "none"},
-                                  "pruner": {"max_context_tokens": 9, "granularity": "line", "protect_exchanges": 2},
+                                  "pruner": {"max_context_tokens": 9, "granularity": "line", "protect_exchanges": 2,
+                                             "recent_share": 0.5},
                                   "sampler": {"max_length": 7, "temperature": 0.1, "sampler_seed": 1},
+                                  "memory": {"enabled": False},
                                   "system_prompt": "x", "view": {"scale": "log"}})
     for command, options in default_map(everything).items():
         names = {p.name for p in main.commands[command].params}

@@ -93,6 +93,25 @@ async def test_a_small_budget_prunes_and_a_restored_sentence_is_in_the_next_requ
     assert page.mismatches == []
 
 
+async def test_a_pruned_sentence_the_next_message_asks_about_is_recalled_and_logged_as_such(bench: Bench) -> None:
+    await bench.say("My locker code is 4821.")
+    chat = bench.workbench.chat
+    assert chat is not None
+    user = next(t for t in chat.state.turns if t.role == "user")
+    sentence = int(chat.state.column("sentence")[user.start + 3])
+    await bench.command(type="prune_sentence", sentence=sentence)
+    assert chat.state.column("deleted")[chat.state.column("sentence") == sentence].all()
+    await bench.say("What is my locker code?")
+    logged = [e for m in bench.page.of("rows") for e in m["events"]]
+    recalled = [e for e in logged if e["reason"] and e["reason"].startswith("recalled")]
+    assert [e["unit"] for e in recalled] == [sentence] and recalled[0]["action"] == "restored"
+    assert not chat.state.column("deleted")[chat.state.column("sentence") == sentence].any()
+    assert not any(bench.page.deleted[int(p)] for p in np.flatnonzero(chat.state.column("sentence") == sentence))
+    await bench.command(type="settings", changes={"memory": {"enabled": False}})
+    assert chat.memory.settings.enabled is False
+    assert json.loads(bench.workbench.settings_path.read_text())["memory"] == {"enabled": False}
+
+
 async def test_a_pinned_sentence_survives_a_budget_that_prunes_everything_else(bench: Bench) -> None:
     await bench.say("My locker code is 4821. The weather is nice.")
     await bench.say("Thanks.")

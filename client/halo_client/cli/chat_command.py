@@ -20,7 +20,7 @@ import click
 
 from halo_client.cli.app import Settings, main, pass_settings, run_async
 from halo_client.cli.commands import print_reply
-from halo_client.cli.options import layout_from, sampler_options, settings_from, tracker_options
+from halo_client.cli.options import layout_from, memory_option, sampler_options, settings_from, tracker_options
 from halo_client.cli.render import (
     prune_line,
     prune_report,
@@ -269,8 +269,7 @@ async def run_repl(repl: Repl) -> None:
                    "will not mean the same to this one).")
 @click.option("--scale", type=click.Choice(SCALE_MODES), default="percentile", show_default=True,
               help="The colour scale of /show: percentile (each colour used equally often) or log.")
-@click.option("--memory/--no-memory", default=True, show_default=True,
-              help="Before each reply, bring back the pruned sentences the message matches (shown as 'recalled').")
+@memory_option
 @tracker_options
 @pass_settings  # type: ignore[arg-type]
 @run_async

@@ -17,12 +17,14 @@ _TUNING = {
     "max_context_tokens": ("pruner", "max_context_tokens"),
     "granularity": ("pruner", "granularity"),
     "protect_exchanges": ("pruner", "protect_exchanges"),
+    "recent_share": ("pruner", "recent_share"),
     **{name: ("tracker", name) for name in ("aggregation", "distance_mode", "min_distance", "distance_scale",
                                             "accumulation", "decay", "boost")},
 }
 #: command -> option -> (section, field); section None: a top-level field of the file
 _CHAT = {**_TUNING, "max_length": ("sampler", "max_length"), "temperature": ("sampler", "temperature"),
-         "system": (None, "system_prompt"), "scale": ("view", "scale")}
+         "system": (None, "system_prompt"), "scale": ("view", "scale"),
+         "memory": ("memory", "enabled")}
 _OPTIONS: dict[str, dict[str, tuple[str | None, str]]] = {
     "chat": _CHAT,
     "demo": _CHAT,

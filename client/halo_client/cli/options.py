@@ -47,6 +47,10 @@ def tracker_options(func: Callable[P, R]) -> Callable[P, R]:
                      show_default=True,
                      help="The latest exchanges (a user message and the reply to it) the pruner never removes "
                           "(>= 0; 0: the message being answered only)."),
+        click.option("--recent-share", type=click.FloatRange(0, 1), default=PrunerSettings().recent_share,
+                     show_default=True,
+                     help="The share of the budget kept for the newest text, whatever its brightness (0-1; the "
+                          "sentences reaching into it are pruned last; 0: brightness alone decides)."),
         click.option("--aggregation", type=choice(Aggregation), default=d.aggregation, show_default=True,
                      help="How a frame's layers and heads become one value per token: their mean, their max, "
                           "the last layer's mean, or a mean weighting later layers more."),
@@ -92,6 +96,13 @@ def layout_from(kw: dict[str, Any]) -> AttentionLayout | None:
     return None if layout == "auto" else typing.cast(AttentionLayout, layout)
 
 
+def memory_option(func: Callable[P, R]) -> Callable[P, R]:
+    """--memory/--no-memory: pruned sentences the user's message matches come back before the reply."""
+    return click.option("--memory/--no-memory", default=True, show_default=True,
+                        help="Before each reply, bring back the pruned sentences the message matches (SQLite FTS5 "
+                             "BM25; shown as 'recalled').")(func)
+
+
 def settings_from(kw: dict[str, Any]) -> tuple[TrackerSettings, PrunerSettings]:
     """Take the tracker's and pruner's options out of a command's keyword arguments."""
     tracker = TrackerSettings(
@@ -99,7 +110,7 @@ def settings_from(kw: dict[str, Any]) -> tuple[TrackerSettings, PrunerSettings]:
         min_distance=kw.pop("min_distance"), distance_scale=kw.pop("distance_scale"),
         accumulation=kw.pop("accumulation"), decay=kw.pop("decay"), boost=kw.pop("boost"))
     pruner = PrunerSettings(max_context_tokens=kw.pop("max_context_tokens"), granularity=kw.pop("granularity"),
-                            protect_exchanges=kw.pop("protect_exchanges"))
+                            protect_exchanges=kw.pop("protect_exchanges"), recent_share=kw.pop("recent_share"))
     return tracker, pruner
 
 

@@ -16,9 +16,10 @@ import click
 
 from halo_client.cli.app import main
 from halo_client.cli.chat_command import Repl, run_repl
-from halo_client.cli.options import layout_from, sampler_options, settings_from, tracker_options
+from halo_client.cli.options import layout_from, memory_option, sampler_options, settings_from, tracker_options
 from halo_client.client import KoboldClient
 from halo_client.conversation.chat import Chat
+from halo_client.conversation.memory import MemorySettings
 from halo_client.display.scale import SCALE_MODES, ScaleMode
 from halo_client.serving.listen import PortTaken, claim_port
 from halo_client.serving.server import ContractServer
@@ -113,9 +114,10 @@ def mock_server(host: str, port: int, server_password: str | None, allowed_origi
 @sampler_options(max_length=200)
 @click.option("--scale", type=click.Choice(SCALE_MODES), default="percentile", show_default=True,
               help="The colour scale of /show: percentile (each colour used equally often) or log.")
+@memory_option
 @tracker_options
 def demo(model_path: str | None, port: int, context: int, session_path: str, system: str, max_length: int,
-         temperature: float, scale: ScaleMode, **kw: Any) -> None:
+         temperature: float, scale: ScaleMode, memory: bool, **kw: Any) -> None:
     """Serve SmolLM2-135M (or --model) with exact attention on this machine and chat with it:
     the whole product with no GPU and no KoboldCPP. Takes every `chat` option (e.g.
     --max-context-tokens 300 to see pruning)."""
@@ -142,7 +144,7 @@ def demo(model_path: str | None, port: int, context: int, session_path: str, sys
             async with KoboldClient(server.url, timeout=300) as client:
                 chat = await Chat.open(client, system=system, session_path=session_path, tracker=tracker,
                                        pruner=pruner, max_length=max_length, sampler={"temperature": temperature},
-                                       attention_layout=layout)
+                                       attention_layout=layout, memory=MemorySettings(enabled=memory))
                 repl = Repl(chat, session_path, sys.stdin.isatty(), scale)
                 repl.say(f"  {server.url} serves {chat.info.model_name}; the chat is saved to {session_path} "
                          "after every reply; /help lists the commands")

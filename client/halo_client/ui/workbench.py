@@ -39,6 +39,7 @@ from halo_client import config as config_file
 from halo_client.client import KoboldClient, TokenEvent
 from halo_client.config import Config, describe_error
 from halo_client.conversation.chat import Chat
+from halo_client.conversation.memory import Memory, Recall
 from halo_client.conversation.pruner import PruneEvent, Pruner
 from halo_client.conversation.session import Session, SessionError, to_json
 from halo_client.conversation.state import ConversationState
@@ -88,12 +89,10 @@ def _finite(value: float | None) -> float | None:
     return None if value is None or not np.isfinite(value) else float(value)
 
 
-def event_json(event: PruneEvent) -> dict[str, Any]:
-    """One prune or restore for the page's activity log. An event's `reason`, where it has one
-    (e.g. a restore "recalled" by memory), is shown as it comes, so a restore of any reason
-    displays without the page knowing it in advance."""
-    reason = getattr(event, "reason", None)
-    return {"action": "restored" if event.restored else "pruned", "reason": str(reason) if reason else None,
+def event_json(event: PruneEvent, reason: str | None = None) -> dict[str, Any]:
+    """One prune or restore for the page's activity log, with why where it is not the pruner's
+    budget (e.g. a restore "recalled" by memory); the page shows the reason as it comes."""
+    return {"action": "restored" if event.restored else "pruned", "reason": reason,
             "kind": event.kind, "unit": event.unit, "turn": event.turn, "positions": list(event.positions),
             "score": _finite(event.score), "tokens": abs(event.tokens_freed), "text": event.text}
 
@@ -283,7 +282,8 @@ class Workbench:
                   session: Session | None = None) -> Chat:
         cfg = self.config
         return Chat(self.client, info, state=state, tracker=session.tracker if session else cfg.tracker,
-                    pruner=session.pruner if session else cfg.pruner, max_length=cfg.sampler.max_length,
+                    pruner=session.pruner if session else cfg.pruner, memory=session.memory if session else cfg.memory,
+                    max_length=cfg.sampler.max_length,
                     sampler=cfg.sampler.request_fields(), meta=dict(session.meta) if session else {})
 
     async def _install_new(self, info: ModelInfo, system: str) -> None:
@@ -362,12 +362,13 @@ class Workbench:
         return _message("snapshot", **body)
 
     def _settings_json(self) -> dict[str, Any]:
-        """The settings file's values, with the chat's own tracker and pruner (a session keeps
-        those it was saved with)."""
+        """The settings file's values, with the chat's own tracker, pruner and memory (a session
+        keeps those it was saved with)."""
         data = self.config.model_dump()
         if self.chat is not None:
             data["tracker"] = self.chat.tracker.settings.model_dump()
             data["pruner"] = self.chat.pruner.settings.model_dump()
+            data["memory"] = self.chat.memory.settings.model_dump()
         return data
 
     def _pruned_json(self) -> list[dict[str, Any]]:
@@ -412,9 +413,10 @@ class Workbench:
                 back = np.flatnonzero(~now & before[:k]).tolist()
         return np.flatnonzero(changed).astype(np.int64), flash, back
 
-    def _sync(self, events: list[PruneEvent] | None = None, *, upto: int | None = None) -> None:
+    def _sync(self, events: list[PruneEvent] | None = None, *, upto: int | None = None,
+              recalled: list[Recall] | None = None) -> None:
         """Send every page what changed in the conversation, and the tokens it has not drawn,
-        up to `upto` (default: all of them)."""
+        up to `upto` (default: all of them); `recalled`: what memory brought back first."""
         chat = self._chat()
         state = chat.state
         n = len(state) if upto is None else upto
@@ -422,11 +424,13 @@ class Workbench:
         new = np.arange(self._drawn, n, dtype=np.int64)
         if flash or back:
             self.epoch += 1
-        if existing.size or new.size or events:
+        logged = [event_json(r.event, f"recalled, relevance {r.relevance:.2f}") for r in recalled or []]
+        logged += [event_json(e) for e in events or []]
+        if existing.size or new.size or logged:
             self._broadcast(_message(
                 "rows", epoch=self.epoch, update=protocol.rows(state, existing),
                 add=protocol.rows(state, new, texts_for(state, new)), flash=flash, restored=back,
-                events=[event_json(e) for e in events or []], pruned=self._pruned_json(),
+                events=logged, pruned=self._pruned_json(),
                 legend=self._legend(), model=self._model_json()))
         self._drawn = n
         self._sent = {name: state.column(name)[:n].copy() for name in _SYNCED}
@@ -575,6 +579,8 @@ class Workbench:
                 events = result.events
                 if result.over_budget:
                     self._notify("warning", result.message)
+            if "memory" in changes:
+                chat.memory = Memory(new.memory)
             chat.max_length = new.sampler.max_length
             chat.sampler = new.sampler.request_fields()
         saved = None
@@ -684,7 +690,7 @@ class Workbench:
         if reply.positions:
             self.inspector.records.add(ReplyRecord(np.asarray(reply.context_positions, np.int64),
                                                    tuple(reply.positions)))
-        self._sync(reply.pruned_before.events + reply.pruned_after.events)
+        self._sync(reply.pruned_before.events + reply.pruned_after.events, recalled=reply.recalled)
         # if a timer still holds the last token's update, this one stands in for it: the page's
         # display lag is then measured from that token's arrival
         last = self._due[1] if self._due is not None else 0.0

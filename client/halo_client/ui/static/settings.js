@@ -3,7 +3,7 @@
 // models' own ranges as the inputs' limits. The UI server validates each change with the same
 // models the command line uses; its refusal is shown next to the field.
 
-const SECTIONS = [["tracker", "Brightness tracker"], ["pruner", "Pruner"], ["sampler", "Sampler"], ["view", "View"]];
+const SECTIONS = [["tracker", "Brightness tracker"], ["pruner", "Pruner"], ["memory", "Memory"], ["sampler", "Sampler"], ["view", "View"]];
 
 function resolve(schema, node) {
   if (node && node.$ref) return schema.$defs[node.$ref.split("/").pop()];
