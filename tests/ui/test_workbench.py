@@ -9,6 +9,7 @@ import re
 import numpy as np
 
 from halo_client import config as config_file
+from halo_client.conversation.chat import Chat
 from halo_client.conversation.session import Session, save
 from halo_client.display.scale import conversation_levels
 from halo_client.testing import FaultPlan, MockKoboldServer
@@ -23,6 +24,12 @@ from tests.ui.page_model import PageModel
 def is_subsequence(needle: list[int], haystack: list[int]) -> bool:
     n = len(needle)
     return any(haystack[i : i + n] == needle for i in range(len(haystack) - n + 1))
+
+
+def first_user_sentence(chat: Chat) -> int:
+    """The sentence id of the first user message's first word (past its opening template)."""
+    user = next(t for t in chat.state.turns if t.role == "user")
+    return int(chat.state.column("sentence")[user.start + 3])
 
 
 async def test_each_token_sends_the_brightness_of_every_active_token_on_the_one_scale(bench: Bench) -> None:
@@ -97,8 +104,7 @@ async def test_a_pruned_sentence_the_next_message_asks_about_is_recalled_and_log
     await bench.say("My locker code is 4821.")
     chat = bench.workbench.chat
     assert chat is not None
-    user = next(t for t in chat.state.turns if t.role == "user")
-    sentence = int(chat.state.column("sentence")[user.start + 3])
+    sentence = first_user_sentence(chat)
     await bench.command(type="prune_sentence", sentence=sentence)
     assert chat.state.column("deleted")[chat.state.column("sentence") == sentence].all()
     await bench.say("What is my locker code?")
@@ -109,6 +115,7 @@ async def test_a_pruned_sentence_the_next_message_asks_about_is_recalled_and_log
     assert not any(bench.page.deleted[int(p)] for p in np.flatnonzero(chat.state.column("sentence") == sentence))
     await bench.command(type="settings", changes={"memory": {"enabled": False}})
     assert chat.memory.settings.enabled is False
+    assert bench.workbench.settings_path is not None
     assert json.loads(bench.workbench.settings_path.read_text())["memory"] == {"enabled": False}
 
 
@@ -133,8 +140,7 @@ async def test_a_sentence_can_be_pruned_by_hand(bench: Bench) -> None:
     await bench.say("One sentence here. Another one there.")
     chat = bench.workbench.chat
     assert chat is not None
-    user = next(t for t in chat.state.turns if t.role == "user")
-    sentence = int(chat.state.column("sentence")[user.start + 3])
+    sentence = first_user_sentence(chat)
     await bench.command(type="prune_sentence", sentence=sentence)
     rows = bench.page.of("rows")[-1]
     assert rows["events"][0]["action"] == "pruned" and rows["events"][0]["unit"] == sentence
