@@ -39,7 +39,7 @@ def test_a_full_run_writes_tables_json_and_plot(tiny: ReferenceBackend, tmp_path
         for measure in ("kl", "top1", "recall"):
             e = entry[measure]
             assert e["low"] <= e["mean"] <= e["high"] and e["n"] == 2
-    assert "## The issue's goals" in text and "Default rule" in text
+    assert "## What the default is held to" in text and "Default rule" in text
     again = tmp_path / "again"  # the report, rewritten from the saved rows alone
     report_from_json(tmp_path / "pruning.json", again)
     assert (again / "pruning.md").read_text() == text

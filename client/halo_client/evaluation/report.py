@@ -193,7 +193,7 @@ NOT_BASELINES = ("default without memory", "gold")
 
 def goal_lines(rows: Sequence[dict[str, Any]], table: Sequence[dict[str, Any]], budgets: Sequence[float],
                resamples: int) -> list[str]:
-    """Issue 13's goals, checked: the default rule (best KL at 50 %, or not significantly worse),
+    """The goals the default is held to, checked: the default rule (best KL at 50 %, or not significantly worse),
     non-overlapping intervals against every baseline, and memory's recall at the lowest budget."""
     out = []
     middle = min(budgets, key=lambda b: abs(b - 0.5))
@@ -275,7 +275,7 @@ def write_report(result: Mapping[str, Any], out_dir: Path, resamples: int = 2000
         lines += comparison_lines(rows, DEFAULT_POLICY, budget, resamples)
         lines.append(f"- lowest KL at {budget:.0%}: {best(table, budget, 'kl')}; best recall: "
                      f"{best(table, budget, 'recall')}.")
-    lines += ["", "## The issue's goals", "", *goal_lines(rows, table, budgets, resamples), ""]
+    lines += ["", "## What the default is held to", "", *goal_lines(rows, table, budgets, resamples), ""]
     _write_results(out_dir / "pruning.md", "\n".join(lines))
 
     def points(measure: str, name: str) -> list[Point]:
