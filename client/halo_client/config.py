@@ -28,6 +28,8 @@ from halo_client.display.scale import ScaleMode
 from halo_client.errors import HaloError
 
 ENV_PATH: Final = "HALO_CONFIG"
+#: where the command line keeps the loaded settings for its commands (click's context meta)
+META_KEY: Final = "halo_weave.config"
 DEFAULT_SYSTEM_PROMPT: Final = "You are a helpful assistant."
 
 

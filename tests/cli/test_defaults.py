@@ -6,13 +6,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
 from halo_client import config
 from halo_client.cli import main
 from halo_client.cli.defaults import default_map
-from halo_client.config import Config
+from halo_client.cli.options import sampler_from, settings_from
+from halo_client.config import META_KEY, Config
+from halo_client.conversation.tracker import TrackerSettings
 from halo_client.testing import MockKoboldServer
 from halo_client.testing.threaded import ServerThread
 
@@ -71,3 +74,21 @@ def test_a_bad_settings_file_is_one_line_and_exit_2(tmp_path: Path, monkeypatch:
     result = CliRunner().invoke(main, ["--url", "http://127.0.0.1:9", "info"])
     assert result.exit_code == 2
     assert result.stderr.count("\n") == 1 and "tracker.decay" in result.stderr and str(path) in result.stderr
+
+
+def test_settings_without_a_flag_come_from_the_file_and_flags_still_win() -> None:
+    chosen = Config().merged({"tracker": {"initial_brightness": 3.0, "decay": 0.2}, "pruner": {"reduce": "mean"},
+                              "sampler": {"top_p": 0.5, "temperature": 0.2}})
+    flags = {"aggregation": "max", "distance_mode": "logarithmic", "min_distance": 0, "distance_scale": 10.0,
+             "accumulation": "additive", "decay": 0.0, "boost": 1.0, "max_context_tokens": 0,
+             "granularity": "sentence", "protect_exchanges": 1, "recent_share": 0.5}
+    ctx = click.Context(main)
+    ctx.meta[META_KEY] = chosen
+    with ctx:
+        tracker, pruner = settings_from(dict(flags))
+        sampler = sampler_from(temperature=0.9)
+    assert (tracker.initial_brightness, tracker.decay, tracker.aggregation) == (3.0, 0.0, "max")
+    assert (pruner.reduce, pruner.recent_share) == ("mean", 0.5)
+    assert sampler["top_p"] == 0.5 and sampler["temperature"] == 0.9 and "max_length" not in sampler
+    tracker, _ = settings_from(dict(flags))  # outside a command: the defaults
+    assert tracker.initial_brightness == TrackerSettings().initial_brightness

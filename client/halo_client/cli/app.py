@@ -89,7 +89,10 @@ def main(ctx: click.Context, url: str, password: str | None, timeout: float) -> 
     Defaults come from the settings file ($HALO_CONFIG, else ~/.config/halo-weave/settings.json),
     which the workbench (`halo-client ui`) writes; flags override it."""
     ctx.obj = Settings(url, password, timeout)
-    ctx.default_map = default_map(config.load())  # read before the subcommand parses its options
+    chosen = config.load()
+    ctx.default_map = default_map(chosen)  # read before the subcommand parses its options
+    # settings with no flag of their own (top_p, initial_brightness, ...): cli/options.py
+    ctx.meta[config.META_KEY] = chosen
 
 
 pass_settings = click.make_pass_decorator(Settings)

@@ -20,7 +20,14 @@ import click
 
 from halo_client.cli.app import Settings, main, pass_settings, run_async
 from halo_client.cli.commands import print_reply
-from halo_client.cli.options import layout_from, memory_option, sampler_options, settings_from, tracker_options
+from halo_client.cli.options import (
+    layout_from,
+    memory_option,
+    sampler_from,
+    sampler_options,
+    settings_from,
+    tracker_options,
+)
 from halo_client.cli.render import (
     prune_line,
     prune_report,
@@ -282,7 +289,8 @@ async def chat(settings: Settings, max_length: int, temperature: float, system: 
     tracker, pruner = settings_from(kw)
     async with settings.client() as client:
         conversation = await Chat.open(client, system=system, session_path=session_path, tracker=tracker,
-                                       pruner=pruner, max_length=max_length, sampler={"temperature": temperature},
+                                       pruner=pruner, max_length=max_length,
+                                       sampler=sampler_from(temperature=temperature),
                                        attention_layout=layout, force_model=force_model,
                                        memory=MemorySettings(enabled=memory))
         repl = Repl(conversation, session_path, sys.stdin.isatty(), scale)

@@ -14,7 +14,14 @@ import numpy as np
 import numpy.typing as npt
 
 from halo_client.cli.app import Settings, main, pass_settings, run_async
-from halo_client.cli.options import layout_from, sampler_options, settings_from, tracker_options, writable_file
+from halo_client.cli.options import (
+    layout_from,
+    sampler_from,
+    sampler_options,
+    settings_from,
+    tracker_options,
+    writable_file,
+)
 from halo_client.cli.render import info_lines, render_conversation
 from halo_client.client import TokenEvent
 from halo_client.conversation.chat import Chat, Reply
@@ -89,7 +96,8 @@ async def generate(settings: Settings, prompt: str, max_length: int, temperature
     tracker, pruner = settings_from(kw)
     async with settings.client() as client:
         chat = await Chat.open(client, system=system, tracker=tracker, pruner=pruner, max_length=max_length,
-                               sampler={"temperature": temperature, "sampler_seed": seed}, attention_layout=layout)
+                               sampler=sampler_from(temperature=temperature, sampler_seed=seed),
+                               attention_layout=layout)
         await chat.add_message("user", prompt)
         reply = await print_reply(chat)
     done = reply.done

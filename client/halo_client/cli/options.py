@@ -15,6 +15,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import click
 
+from halo_client.config import META_KEY, Config
 from halo_client.conversation.pruner import Granularity, PrunerSettings
 from halo_client.conversation.tracker import Accumulation, Aggregation, DistanceMode, TrackerSettings
 from halo_client.messages import AttentionLayout
@@ -103,15 +104,29 @@ def memory_option(func: Callable[P, R]) -> Callable[P, R]:
                              "BM25; shown as 'recalled').")(func)
 
 
+def file_settings() -> Config:
+    """The settings file as the running command read it (defaults outside a command)."""
+    ctx = click.get_current_context(silent=True)
+    found = ctx.meta.get(META_KEY) if ctx is not None else None
+    return found if isinstance(found, Config) else Config()
+
+
 def settings_from(kw: dict[str, Any]) -> tuple[TrackerSettings, PrunerSettings]:
-    """Take the tracker's and pruner's options out of a command's keyword arguments."""
-    tracker = TrackerSettings(
-        aggregation=kw.pop("aggregation"), distance_mode=kw.pop("distance_mode"),
-        min_distance=kw.pop("min_distance"), distance_scale=kw.pop("distance_scale"),
-        accumulation=kw.pop("accumulation"), decay=kw.pop("decay"), boost=kw.pop("boost"))
-    pruner = PrunerSettings(max_context_tokens=kw.pop("max_context_tokens"), granularity=kw.pop("granularity"),
-                            protect_exchanges=kw.pop("protect_exchanges"), recent_share=kw.pop("recent_share"))
+    """Take the tracker's and pruner's options out of a command's keyword arguments; the
+    settings without a flag (initial_brightness, reduce) come from the settings file."""
+    chosen = file_settings()
+    tracker = TrackerSettings.model_validate({**chosen.tracker.model_dump(), **{
+        name: kw.pop(name) for name in ("aggregation", "distance_mode", "min_distance", "distance_scale",
+                                        "accumulation", "decay", "boost")}})
+    pruner = PrunerSettings.model_validate({**chosen.pruner.model_dump(), **{
+        name: kw.pop(name) for name in ("max_context_tokens", "granularity", "protect_exchanges", "recent_share")}})
     return tracker, pruner
+
+
+def sampler_from(**flags: Any) -> dict[str, Any]:
+    """A generation request's sampler fields: the command's flags over the settings file's
+    (top_p, top_k, rep_pen, ... have no flag of their own)."""
+    return {**file_settings().sampler.request_fields(), **flags}
 
 
 def writable_file(_ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:

@@ -16,7 +16,14 @@ import click
 
 from halo_client.cli.app import main
 from halo_client.cli.chat_command import Repl, run_repl
-from halo_client.cli.options import layout_from, memory_option, sampler_options, settings_from, tracker_options
+from halo_client.cli.options import (
+    layout_from,
+    memory_option,
+    sampler_from,
+    sampler_options,
+    settings_from,
+    tracker_options,
+)
 from halo_client.client import KoboldClient
 from halo_client.conversation.chat import Chat
 from halo_client.conversation.memory import MemorySettings
@@ -143,7 +150,8 @@ def demo(model_path: str | None, port: int, context: int, session_path: str, sys
         try:
             async with KoboldClient(server.url, timeout=300) as client:
                 chat = await Chat.open(client, system=system, session_path=session_path, tracker=tracker,
-                                       pruner=pruner, max_length=max_length, sampler={"temperature": temperature},
+                                       pruner=pruner, max_length=max_length,
+                                       sampler=sampler_from(temperature=temperature),
                                        attention_layout=layout, memory=MemorySettings(enabled=memory))
                 repl = Repl(chat, session_path, sys.stdin.isatty(), scale)
                 repl.say(f"  {server.url} serves {chat.info.model_name}; the chat is saved to {session_path} "
