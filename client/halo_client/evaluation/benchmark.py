@@ -293,7 +293,7 @@ def run(backend: ModelBackend, config: BenchmarkConfig, out_dir: Path, progress:
         "config": {"tune": len(tuning), "report": len(held_out), "budgets": list(config.budgets),
                    "tail": config.tail, "min_tokens": config.min_tokens, "max_tokens": config.max_tokens,
                    "reply_tokens": config.reply_tokens, "probe_tokens": config.probe_tokens, "seed": config.seed,
-                   "workers": config.workers},
+                   "workers": config.workers, "own": config.conversations is not None},
         "tuned": {"hybrid_weight": tuned.hybrid_weight, "memory": tuned.memory.model_dump()},
         "rows": rows,
         "seconds": time.perf_counter() - started,

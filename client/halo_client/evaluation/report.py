@@ -252,13 +252,16 @@ def write_report(result: Mapping[str, Any], out_dir: Path, resamples: int = 2000
     for (conv, _step), value in full.items():
         full_by_conversation.setdefault(conv, []).append(value)
     full_recall = bootstrap([float(sum(v) / len(v)) for v in full_by_conversation.values()], resamples=resamples)
+    if config.get("own"):
+        shape = "your own (their last user message the fidelity probe, then their questions)"
+    else:
+        shape = (f"{config['min_tokens']}-{config['max_tokens']} tokens of history; later messages "
+                 f"`{config['tail']}`: F a fidelity probe, Q a question")
     lines = [
         f"# Pruning benchmark ({result['model']})",
         "",
-        f"Held-out conversations: {config['report']} ({config['min_tokens']}-{config['max_tokens']} tokens of "
-        f"history; later messages `{config['tail']}`: F a fidelity probe, Q a question), "
-        f"{len(full)} questions per budget; {config['tune']} tuning conversations. Each cell: the mean over "
-        "conversations [bootstrap 95 % interval].",
+        f"Held-out conversations: {config['report']} ({shape}), {len(full)} questions per budget; "
+        f"{config['tune']} tuning conversations. Each cell: the mean over conversations [bootstrap 95 % interval].",
         "",
         f"Full-context recall (the model with nothing pruned): {cell(full_recall)} "
         f"({int(sum(full.values()))} of {len(full)} questions).",
