@@ -50,8 +50,9 @@ class MemorySettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = True
-    #: sentences restored per message at most
-    max_recalled: int = Field(2, ge=0)
+    #: sentences restored per message at most (1: what the pruning benchmark's tuning split chose
+    #: among 1 and 2, for the best recall at a KL within 0.01 of the lowest; docs/pruning.md)
+    max_recalled: int = Field(1, ge=0)
     #: BM25 relevance a sentence needs to come back (FTS5's bm25(), sign flipped: higher matches better)
     min_relevance: float = Field(0.0, ge=0)
 

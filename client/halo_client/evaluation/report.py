@@ -273,12 +273,13 @@ def write_report(result: Mapping[str, Any], out_dir: Path, resamples: int = 2000
     ]
     for budget in budgets:
         lines += [f"## Budget {budget:.0%}", "", policy_table(table, budget)]
-    lines += ["## The default against every other policy (paired by conversation)", ""]
-    for budget in budgets:
-        lines += comparison_lines(rows, DEFAULT_POLICY, budget, resamples)
-        lines.append(f"- lowest KL at {budget:.0%}: {best(table, budget, 'kl')}; best recall: "
-                     f"{best(table, budget, 'recall')}.")
-    lines += ["", "## What the default is held to", "", *goal_lines(rows, table, budgets, resamples), ""]
+    if any(t["policy"] == DEFAULT_POLICY for t in table):  # (--policy may leave it out)
+        lines += ["## The default against every other policy (paired by conversation)", ""]
+        for budget in budgets:
+            lines += comparison_lines(rows, DEFAULT_POLICY, budget, resamples)
+            lines.append(f"- lowest KL at {budget:.0%}: {best(table, budget, 'kl')}; best recall: "
+                         f"{best(table, budget, 'recall')}.")
+        lines += ["", "## What the default is held to", "", *goal_lines(rows, table, budgets, resamples), ""]
     _write_results(out_dir / "pruning.md", "\n".join(lines))
 
     def points(measure: str, name: str) -> list[Point]:
