@@ -201,7 +201,9 @@ def test_ctypes_structures_match_the_compiled_c_layout(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not os.environ.get("HALO_KOBOLDCPP_SRC"),
-                    reason="set HALO_KOBOLDCPP_SRC=DIR of a pristine KoboldCPP v1.76 tree to apply the patch for real")
+                    reason="set HALO_KOBOLDCPP_SRC=DIR of a pristine KoboldCPP v1.76 tree to apply the patch "
+                           "for real (done for kobold_patch/README.md's verification; in CI apply.sh runs on "
+                           "stand-in trees: tests/kobold_patch/test_apply_script.py)")
 @pytest.mark.process  # starts git
 @needs_git
 def test_applies_to_a_real_v1_76_tree(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ each later reply's frames, `scores` before each prune.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -43,7 +44,7 @@ class StepView:
     question_attention: npt.NDArray[np.float32]
 
 
-class Policy:
+class Policy(ABC):
     name = "policy"
     #: how a sentence's token scores make its score
     reduce: Reduce = "max"
@@ -53,15 +54,15 @@ class Policy:
     #: the pruner's recent window (`PrunerSettings.recent_share`) this policy prunes with
     recent_share = 0.0
 
-    def start(self, dialog: Dialog) -> None:
+    def start(self, dialog: Dialog) -> None:  # noqa: B027 (a hook: most policies need none)
         """Before the tail: the played history."""
 
-    def observe(self, frames: Sequence[Frame]) -> None:
+    def observe(self, frames: Sequence[Frame]) -> None:  # noqa: B027 (a hook: most policies need none)
         """A reply's frames, in the context the policy pruned."""
 
+    @abstractmethod
     def scores(self, state: ConversationState, view: StepView) -> FloatArray:
         """One score per position of `state` (deleted ones included; they are ignored)."""
-        raise NotImplementedError
 
 
 class Brightness(Policy):
