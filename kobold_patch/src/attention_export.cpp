@@ -228,12 +228,14 @@ static void thread_columns(int64_t n, int ith, int nth, int64_t & c0, int64_t & 
     c1 = std::min(n, c0 + per);
 }
 
-// mean and max over the ne1 rows of `b` ([n_kv, rows], any row stride) into dst's two rows, for
-// this thread's share of the columns
-static void rows_mean_max(struct ggml_tensor * dst, const struct ggml_tensor * b, int64_t rows, size_t row_stride, int ith, int nth)
+// over `rows` rows `stride` bytes apart, the mean of the rows starting at `mean_src` and the max
+// of those starting at `max_src`, into dst's two rows (mean, max), for this thread's share of the
+// n columns
+static void rows_mean_max(struct ggml_tensor * dst, const char * mean_src, const char * max_src, int64_t n,
+                          int64_t rows, size_t stride, int ith, int nth)
 {
     int64_t c0, c1;
-    thread_columns(b->ne[0], ith, nth, c0, c1);
+    thread_columns(n, ith, nth, c0, c1);
     float * mean = (float *)dst->data;
     float * max = (float *)((char *)dst->data + dst->nb[1]);
     const float inv = 1.0f / (float)rows;
@@ -241,20 +243,21 @@ static void rows_mean_max(struct ggml_tensor * dst, const struct ggml_tensor * b
     float x[STATS_BLOCK];
     for (int64_t b0 = c0; b0 < c1; b0 += STATS_BLOCK)
     {
-        const int64_t n = std::min(c1 - b0, STATS_BLOCK);
-        const float * r = (const float *)b->data + b0;
-        for (int64_t c = 0; c < n; ++c) { m[c] = r[c]; x[c] = r[c]; }
+        const int64_t k = std::min(c1 - b0, STATS_BLOCK);
+        const float * rm = (const float *)mean_src + b0;
+        const float * rx = (const float *)max_src + b0;
+        for (int64_t c = 0; c < k; ++c) { m[c] = rm[c]; x[c] = rx[c]; }
         for (int64_t h = 1; h < rows; ++h)
         {
-            r = (const float *)((const char *)b->data + h * row_stride) + b0;
-            for (int64_t c = 0; c < n; ++c)
+            rm = (const float *)(mean_src + h * stride) + b0;
+            rx = (const float *)(max_src + h * stride) + b0;
+            for (int64_t c = 0; c < k; ++c)
             {
-                const float v = r[c];
-                m[c] += v;
-                x[c] = v > x[c] ? v : x[c];
+                m[c] += rm[c];
+                x[c] = rx[c] > x[c] ? rx[c] : x[c];
             }
         }
-        for (int64_t c = 0; c < n; ++c) { mean[b0 + c] = m[c] * inv; max[b0 + c] = x[c]; }
+        for (int64_t c = 0; c < k; ++c) { mean[b0 + c] = m[c] * inv; max[b0 + c] = x[c]; }
     }
 }
 
@@ -262,7 +265,8 @@ static void rows_mean_max(struct ggml_tensor * dst, const struct ggml_tensor * b
 static void head_stats_op(struct ggml_tensor * dst, const struct ggml_tensor * a, const struct ggml_tensor * b, int ith, int nth, void * userdata)
 {
     (void)a; (void)userdata;
-    rows_mean_max(dst, b, b->ne[1], b->nb[1], ith, nth);
+    const char * rows = (const char *)b->data;
+    rows_mean_max(dst, rows, rows, b->ne[0], b->ne[1], b->nb[1], ith, nth);
 }
 
 // a = dst [n_kv, 2], b = the group's layer statistics [n_kv, 2, layers]: the mean of the layers'
@@ -270,29 +274,8 @@ static void head_stats_op(struct ggml_tensor * dst, const struct ggml_tensor * a
 static void layer_stats_op(struct ggml_tensor * dst, const struct ggml_tensor * a, const struct ggml_tensor * b, int ith, int nth, void * userdata)
 {
     (void)a; (void)userdata;
-    const int64_t layers = b->ne[2];
-    int64_t c0, c1;
-    thread_columns(b->ne[0], ith, nth, c0, c1);
-    float * mean = (float *)dst->data;
-    float * max = (float *)((char *)dst->data + dst->nb[1]);
-    const float inv = 1.0f / (float)layers;
-    for (int64_t b0 = c0; b0 < c1; b0 += STATS_BLOCK)
-    {
-        const int64_t n = std::min(c1 - b0, STATS_BLOCK);
-        float m[STATS_BLOCK];
-        float x[STATS_BLOCK];
-        for (int64_t l = 0; l < layers; ++l)
-        {
-            const float * lm = (const float *)((const char *)b->data + l * b->nb[2]) + b0;
-            const float * lx = (const float *)((const char *)b->data + l * b->nb[2] + b->nb[1]) + b0;
-            for (int64_t c = 0; c < n; ++c)
-            {
-                m[c] = l == 0 ? lm[c] : m[c] + lm[c];
-                x[c] = l == 0 || lx[c] > x[c] ? lx[c] : x[c];
-            }
-        }
-        for (int64_t c = 0; c < n; ++c) { mean[b0 + c] = m[c] * inv; max[b0 + c] = x[c]; }
-    }
+    const char * means = (const char *)b->data;
+    rows_mean_max(dst, means, means + b->nb[1], b->ne[0], b->ne[2], b->nb[2], ith, nth);
 }
 
 // pool_2d of x [n, k] over its k rows, as [n, 1] (GPU path: CUDA has the kernel; it reads
