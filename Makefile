@@ -41,7 +41,7 @@ test: $(STAMP)  ## the whole test suite
 test-fast: $(STAMP)  ## what to run while working: every test that loads no real model and starts no process
 	$(BIN)/python -m pytest -m "not model and not process" -q
 
-lint: $(STAMP)  ## ruff and mypy --strict on the package, its tests and benchmarks and the patch's halo_api.py; hadolint on docker/Dockerfile
+lint: $(STAMP)  ## ruff and mypy --strict on the package, its tests and benchmarks and the patch's halo_api package; hadolint on docker/Dockerfile
 	$(BIN)/ruff check client tests bench kobold_patch/src
 	$(BIN)/mypy
 	$(BIN)/hadolint docker/Dockerfile

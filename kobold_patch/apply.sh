@@ -3,8 +3,8 @@
 #
 #   kobold_patch/apply.sh DIR
 #
-# The patch is two parts: the files of its own (src/: attention_export.h, attention_export.cpp,
-# halo_api.py), copied to the tree's top level, and the hooks into KoboldCPP's existing files
+# The patch is two parts: the files of its own (src/: attention_export.h, attention_export.cpp and
+# the Python package halo_api/), copied to the tree's top level, and the hooks into KoboldCPP's existing files
 # (halo-weave-koboldcpp-v1.76.patch). Both are applied as one unified diff, built here from the two,
 # so that applying, recognising an applied tree, swapping an older Halo Weave for this one and
 # refusing a tree that does not fit are all one `git apply` decision each.
@@ -18,7 +18,9 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 HOOKS="$HERE/halo-weave-koboldcpp-v1.76.patch"
-NEW_FILES=(attention_export.h attention_export.cpp halo_api.py)
+NEW_FILES=(attention_export.h attention_export.cpp)
+# the halo_api package, every module of it (koboldcpp.py imports it from the tree's top level)
+while IFS= read -r f; do NEW_FILES+=("$f"); done < <(cd "$HERE/src" && find halo_api -name '*.py' -type f | LC_ALL=C sort)
 TAG="${KOBOLDCPP_TAG:-v1.76}"
 GIT_URL="${KOBOLDCPP_GIT:-https://github.com/LostRuins/koboldcpp.git}"
 VERSION="${TAG#v}"
@@ -30,6 +32,7 @@ die() { printf '\033[1;31m[halo-weave] error:\033[0m %s\n' "$*" >&2; exit 1; }
 DIR="$1"
 command -v git >/dev/null || die "git is needed (apt-get install git)"
 [ -f "$HOOKS" ] || die "missing $HOOKS"
+[ -f "$HERE/src/halo_api/__init__.py" ] || die "missing $HERE/src/halo_api/__init__.py"
 for f in "${NEW_FILES[@]}"; do [ -f "$HERE/src/$f" ] || die "missing $HERE/src/$f"; done
 
 # The whole patch: the hooks, then each new file as a "new file" diff (git diff --no-index
@@ -73,7 +76,7 @@ cd "$abs_dir"
 # (and the build stays incremental) instead of asking for a fresh tree
 APPLIED=.halo-weave-applied.patch
 # Swapping patches rewrites every file either touches; a file that ends as it was gets its old
-# time back, so that make rebuilds only what changed (a new halo_api.py alone rebuilds nothing)
+# time back, so that make rebuilds only what changed (a new halo_api module alone rebuilds nothing)
 save_times() {
     { git apply --numstat "$APPLIED"; git apply --numstat "$PATCH"; } | cut -f3 | sort -u | while read -r f; do
         if [ -f "$f" ]; then mkdir -p "$WORK/before/$(dirname "$f")" && cp -p "$f" "$WORK/before/$f"; fi

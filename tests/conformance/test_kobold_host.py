@@ -32,7 +32,7 @@ def kobold(target: Target, request: pytest.FixtureRequest) -> Target:
     if not request.config.getoption("--kobold-host-api"):
         pytest.skip("KoboldCPP's own API is checked only with --kobold-host-api (and --server-url of a server "
                     "that serves it next to the contract: the patched KoboldCPP, kobold_patch/README.md); the same "
-                    "cases run against halo_api.py with a fake backend in tests/kobold_patch/test_halo_api.py")
+                    "cases run against the halo_api package with a fake backend in tests/kobold_patch/test_halo_api.py")
     if target.server is not None:
         pytest.fail("--kobold-host-api needs --server-url: the built-in servers do not serve KoboldCPP's API")
     return target

@@ -1,4 +1,4 @@
-"""KoboldCPP v1.76's HTTP server, reduced to how it serves and answers, around halo_api.py.
+"""KoboldCPP v1.76's HTTP server, reduced to how it serves and answers, around the halo_api package.
 
 What matters here is copied from v1.76's koboldcpp.py, not reinvented:
 
@@ -12,7 +12,7 @@ What matters here is copied from v1.76's koboldcpp.py, not reinvented:
   (which flips `close_connection` for that request) then `close_connection = True`.
 - The patch's routing hook (`halo_api_route`, in the .patch's koboldcpp.py hunk).
 
-So a change in halo_api.py that leaves state KoboldCPP's own answers read fails the tests here,
+So a change in halo_api that leaves state KoboldCPP's own answers read fails the tests here,
 without KoboldCPP.
 """
 
@@ -159,7 +159,7 @@ def make_handler_class(halo: ModuleType, kcpp: SimpleNamespace, halo_server: Any
 
 
 class KoboldLikeServer:
-    """`RunServerMultiThreaded` on 127.0.0.1, an ephemeral port, with halo_api.py behind the hook."""
+    """`RunServerMultiThreaded` on 127.0.0.1, an ephemeral port, with the halo_api package behind the hook."""
 
     def __init__(self, halo: ModuleType, kcpp: SimpleNamespace, backend: Any, threads: int = THREADS) -> None:
         self.halo_server = halo.HaloServer(kcpp, backend=backend)

@@ -13,7 +13,10 @@ KOBOLD_PATCH = Path(__file__).resolve().parents[2] / "kobold_patch"
 PATCH = KOBOLD_PATCH / "halo-weave-koboldcpp-v1.76.patch"
 #: the patch's own files, which apply.sh copies to the top of the KoboldCPP tree
 SRC = KOBOLD_PATCH / "src"
-NEW_FILES = ("attention_export.h", "attention_export.cpp", "halo_api.py")
+#: the Python package koboldcpp.py imports (standard library only, Python >= 3.9)
+HALO_API = SRC / "halo_api"
+NEW_FILES = ("attention_export.h", "attention_export.cpp",
+             *sorted(str(p.relative_to(SRC)) for p in HALO_API.glob("*.py")))
 
 _DIFF = re.compile(r"^diff --git a/(\S+) b/(\S+)$")
 _HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
@@ -38,11 +41,34 @@ def added_lines(path: str) -> list[str]:
     return [line[1:] for line in sections()[path] if line.startswith("+") and not line.startswith("+++")]
 
 
+def halo_api_source() -> str:
+    """Every module of the halo_api package, one after the other."""
+    return "\n".join(p.read_text() for p in sorted(HALO_API.glob("*.py")))
+
+
 def load_halo_api() -> ModuleType:
-    """kobold_patch/src/halo_api.py, imported as a module of its own (it is not part of halo_client)."""
-    spec = importlib.util.spec_from_file_location("halo_api_under_test", SRC / "halo_api.py")
+    """kobold_patch/src/halo_api/, imported as a package of its own (it is not part of halo_client)."""
+    spec = importlib.util.spec_from_file_location("halo_api_under_test", HALO_API / "__init__.py",
+                                                  submodule_search_locations=[str(HALO_API)])
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def patch_figures() -> str:
+    """The patch's size as kobold_patch/README.md states it: the files of its own and their lines,
+    the existing files the hooks touch and the lines they add and remove."""
+    lines = sum((SRC / name).read_bytes().count(b"\n") for name in NEW_FILES)
+    hooks = sections()
+    added = removed = 0
+    for body in hooks.values():
+        added += sum(1 for line in body if line.startswith("+") and not line.startswith("+++"))
+        removed += sum(1 for line in body if line.startswith("-") and not line.startswith("---"))
+    return (f"{len(NEW_FILES)} files copied (`src/`, {lines:,} lines), "
+            f"hooks into {len(hooks)} files (+{added} / -{removed})")
+
+
+if __name__ == "__main__":  # python -m tests.kobold_patch.patchfile: the figures for the README
+    print(patch_figures())

@@ -15,7 +15,7 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "kobold_patch" / "apply.sh"
 PATCH_NAME = "halo-weave-koboldcpp-v1.76.patch"
-NEW_FILES = ("attention_export.h", "attention_export.cpp", "halo_api.py")
+NEW_FILES = ("attention_export.h", "attention_export.cpp", "halo_api/__init__.py", "halo_api/server.py")
 
 pytestmark = [pytest.mark.process, pytest.mark.skipif(
     shutil.which("git") is None,
@@ -28,7 +28,7 @@ def _patch(old: str, new: str) -> str:
 
 
 def _write_files(kit: Path, version: str) -> None:
-    (kit / "src").mkdir(exist_ok=True)
+    (kit / "src" / "halo_api").mkdir(parents=True, exist_ok=True)
     for name in NEW_FILES:
         (kit / "src" / name).write_text(f"{name}, {version}\n")
 
@@ -52,6 +52,18 @@ def kit(tmp_path: Path) -> Path:
     return kit
 
 
+def _patch_as_earlier_versions_did(tree: Path, files: tuple[str, ...]) -> None:
+    """Patch `tree` as Halo Weave versions before apply.sh did: one diff carrying the hooks and
+    `files` as `+` lines, kept in the tree as the patch it carries."""
+    legacy = _patch("line two", "line two, hooked") + "".join(
+        f"diff --git a/{name} b/{name}\nnew file mode 100644\n--- /dev/null\n+++ b/{name}\n@@ -0,0 +1 @@\n"
+        f"+{name}, v0\n" for name in files)
+    (tree.parent / "legacy.patch").write_text(legacy)
+    subprocess.run(["git", "apply", str(tree.parent / "legacy.patch")], cwd=tree, check=True,
+                   env={"PATH": "/usr/bin:/bin", "GIT_CEILING_DIRECTORIES": str(tree.parent)})
+    shutil.copy(tree.parent / "legacy.patch", tree / ".halo-weave-applied.patch")
+
+
 def run(kit: Path, tree: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["bash", str(kit / "apply.sh"), str(tree)], capture_output=True, text=True)
 
@@ -69,9 +81,9 @@ def test_an_applied_tree_is_not_rewritten(kit: Path) -> None:
     """A second run touches nothing, so `make` rebuilds nothing."""
     tree = kit.parent / "tree"
     assert run(kit, tree).returncode == 0
-    stamps = {p.name: p.stat().st_mtime_ns for p in tree.iterdir()}
+    stamps = {p: p.stat().st_mtime_ns for p in tree.rglob("*")}
     assert run(kit, tree).returncode == 0
-    assert {p.name: p.stat().st_mtime_ns for p in tree.iterdir()} == stamps
+    assert {p: p.stat().st_mtime_ns for p in tree.rglob("*")} == stamps
 
 
 def test_a_newer_patch_replaces_the_older_one(kit: Path) -> None:
@@ -88,30 +100,41 @@ def test_newer_files_replace_the_older_ones_and_only_they_are_rewritten(kit: Pat
     tree = kit.parent / "tree"
     assert run(kit, tree).returncode == 0
     old = 1_000_000_000_000_000_000
-    for p in (tree / "model.cpp", tree / "attention_export.h", tree / "halo_api.py"):
+    for p in (tree / "model.cpp", tree / "attention_export.h", tree / "halo_api" / "server.py"):
         os.utime(p, ns=(old, old))
-    (kit / "src" / "halo_api.py").write_text("halo_api.py, v2\n")
+    (kit / "src" / "halo_api" / "server.py").write_text("server.py, v2\n")
     upgraded = run(kit, tree)
     assert upgraded.returncode == 0 and "replaced" in upgraded.stdout
-    assert (tree / "halo_api.py").read_text() == "halo_api.py, v2\n"
+    assert (tree / "halo_api" / "server.py").read_text() == "server.py, v2\n"
     assert (tree / "model.cpp").read_text() == "line one\nline two, hooked\nline three\n"
-    assert (tree / "halo_api.py").stat().st_mtime_ns != old
+    assert (tree / "halo_api" / "server.py").stat().st_mtime_ns != old
     assert (tree / "model.cpp").stat().st_mtime_ns == old and (tree / "attention_export.h").stat().st_mtime_ns == old
 
 
 def test_a_tree_patched_when_the_files_lived_inside_the_diff_is_upgraded(kit: Path) -> None:
     """Earlier Halo Weave versions carried the new files as `+` lines of the one diff."""
     tree = kit.parent / "tree"
-    legacy = _patch("line two", "line two, hooked") + "".join(
-        f"diff --git a/{name} b/{name}\nnew file mode 100644\n--- /dev/null\n+++ b/{name}\n@@ -0,0 +1 @@\n"
-        f"+{name}, v0\n" for name in NEW_FILES)
-    (kit.parent / "legacy.patch").write_text(legacy)
-    subprocess.run(["git", "apply", str(kit.parent / "legacy.patch")], cwd=tree, check=True,
-                   env={"PATH": "/usr/bin:/bin", "GIT_CEILING_DIRECTORIES": str(kit.parent)})
-    shutil.copy(kit.parent / "legacy.patch", tree / ".halo-weave-applied.patch")
+    _patch_as_earlier_versions_did(tree, NEW_FILES)
     upgraded = run(kit, tree)
     assert upgraded.returncode == 0 and "replaced" in upgraded.stdout, upgraded.stderr
     assert _files(tree) == {name: f"{name}, v1\n" for name in NEW_FILES}
+
+
+def test_a_tree_with_the_single_module_halo_api_is_upgraded_to_the_package(kit: Path) -> None:
+    """Earlier versions installed one module, halo_api.py; a stale module next to the package would
+    be harmless to Python (a package wins) but is removed with the older patch it came with."""
+    tree = kit.parent / "tree"
+    _patch_as_earlier_versions_did(tree, ("attention_export.h", "attention_export.cpp", "halo_api.py"))
+    upgraded = run(kit, tree)
+    assert upgraded.returncode == 0 and "replaced" in upgraded.stdout, upgraded.stderr
+    assert not (tree / "halo_api.py").exists()
+    assert _files(tree) == {name: f"{name}, v1\n" for name in NEW_FILES}
+
+
+def test_the_package_without_its_init_is_refused(kit: Path) -> None:
+    (kit / "src" / "halo_api" / "__init__.py").unlink()
+    refused = run(kit, kit.parent / "tree")
+    assert refused.returncode != 0 and "halo_api/__init__.py" in refused.stderr
 
 
 def test_a_newer_patch_that_does_not_fit_leaves_the_old_one_in_place(kit: Path) -> None:
@@ -126,26 +149,27 @@ def test_a_newer_patch_that_does_not_fit_leaves_the_old_one_in_place(kit: Path) 
 def test_an_edited_halo_file_is_not_overwritten(kit: Path) -> None:
     tree = kit.parent / "tree"
     assert run(kit, tree).returncode == 0
-    (tree / "halo_api.py").write_text("my local fix\n")
+    (tree / "halo_api" / "server.py").write_text("my local fix\n")
     _write_files(kit, "v2")
     refused = run(kit, tree)
     assert refused.returncode != 0 and "make kobold-clean" in refused.stderr
-    assert (tree / "halo_api.py").read_text() == "my local fix\n"
+    assert (tree / "halo_api" / "server.py").read_text() == "my local fix\n"
     assert (tree / "attention_export.h").read_text() == "attention_export.h, v1\n"
 
 
 @pytest.mark.parametrize(("file", "text", "says"), [
     ("koboldcpp.py", 'KcppVersion = "1.75"\n', "KoboldCPP 1.75, the patch is for 1.76 only"),
     ("model.cpp", "line one\nmy own edit\nline three\n", "does not apply"),
-    ("halo_api.py", "a file of the same name, not ours\n", "does not apply"),
+    ("halo_api/__init__.py", "a file of the same name, not ours\n", "does not apply"),
 ], ids=["another version", "a modified tree", "a foreign file in the way"])
 def test_refused_trees_are_left_unchanged(kit: Path, file: str, text: str, says: str) -> None:
     tree = kit.parent / "tree"
+    (tree / file).parent.mkdir(exist_ok=True)
     (tree / file).write_text(text)
-    before = {p.name: p.read_text() for p in tree.iterdir()}
+    before = {p: p.read_text() for p in tree.rglob("*") if p.is_file()}
     refused = run(kit, tree)
     assert refused.returncode != 0 and says in refused.stderr
-    assert {p.name: p.read_text() for p in tree.iterdir()} == before
+    assert {p: p.read_text() for p in tree.rglob("*") if p.is_file()} == before
 
 
 def test_a_source_tree_is_copied_not_modified(kit: Path, tmp_path: Path) -> None:

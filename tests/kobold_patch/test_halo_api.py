@@ -1,4 +1,4 @@
-"""The patch's koboldcpp.py side (halo_api.py, taken out of the patch) over real sockets.
+"""The patch's koboldcpp.py side (the halo_api package, taken out of the patch) over real sockets.
 
 KoboldCPP itself cannot be built in CI, so its ctypes backend is replaced by a toy one here;
 everything else is the patch's own code running in `http.server`, as inside koboldcpp.py:
@@ -137,7 +137,7 @@ class FakeBackend:
 
 
 class Running:
-    """halo_api.py behind KoboldCPP v1.76's own server structure (kobold_like.py): 24 threads,
+    """halo_api behind KoboldCPP v1.76's own server structure (kobold_like.py): 24 threads,
     one reused handler object each, HTTP/1.0, KoboldCPP's answers next to the Halo Weave ones."""
 
     def __init__(self, halo: ModuleType) -> None:
@@ -581,7 +581,7 @@ ORIGINS = [None, "http://localhost:5001", "https://localhost:5001", "http://loca
 
 
 def test_host_and_origin_rules_agree_with_the_project_servers(halo: ModuleType) -> None:
-    """halo_api.py carries a copy of halo_client/serving/access.py's rules (it may import nothing
+    """halo_api carries a copy of halo_client/serving/access.py's rules (it may import nothing
     of ours): both must give the same answers."""
     from halo_client.serving import access
 

@@ -22,12 +22,15 @@ import pytest
 
 from tests.kobold_patch.patchfile import (
     _HUNK,
+    HALO_API,
     KOBOLD_PATCH,
     NEW_FILES,
     PATCH,
     SRC,
     added_lines,
+    halo_api_source,
     load_halo_api,
+    patch_figures,
     sections,
 )
 
@@ -43,7 +46,15 @@ def test_hooks_touch_exactly_the_expected_existing_files() -> None:
     assert set(sections()) == HOOKED
     for path, lines in sections().items():
         assert not any(line.startswith(("new file mode", "deleted file mode")) for line in lines), path
-    assert sorted(p.name for p in SRC.iterdir()) == sorted(NEW_FILES)
+    files = [p for p in SRC.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    assert sorted(str(p.relative_to(SRC)) for p in files) == sorted(NEW_FILES)
+    assert {"halo_api/__init__.py", "halo_api/server.py", "halo_api/stream.py"} <= set(NEW_FILES)
+
+
+def test_the_readme_states_the_patchs_size_as_it_is() -> None:
+    figures = patch_figures()
+    assert figures in (KOBOLD_PATCH / "README.md").read_text(), (
+        f"kobold_patch/README.md should say: {figures} (python -m tests.kobold_patch.patchfile prints it)")
 
 
 def test_hunk_line_counts_add_up() -> None:
@@ -90,15 +101,19 @@ def _imports(tree: ast.AST) -> set[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             modules.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:  # (relative: a sibling)
             modules.add(node.module.split(".")[0])
     return modules
 
 
 def test_halo_api_is_standard_library_python_3_9() -> None:
-    """KoboldCPP v1.76 runs on Python >= 3.9 with no packages of ours."""
-    tree = ast.parse((SRC / "halo_api.py").read_text(), feature_version=(3, 9))
-    assert _imports(tree) <= set(sys.stdlib_module_names) | {"__future__"}
+    """KoboldCPP v1.76 runs on Python >= 3.9 with no packages of ours: each module of the package
+    imports the standard library and its siblings only."""
+    modules = sorted(HALO_API.glob("*.py"))
+    assert (HALO_API / "__init__.py") in modules and len(modules) > 1
+    for path in modules:
+        tree = ast.parse(path.read_text(), feature_version=(3, 9))
+        assert _imports(tree) <= set(sys.stdlib_module_names) | {"__future__"}, path.name
 
 
 def test_koboldcpp_py_gains_no_top_level_import() -> None:
@@ -160,7 +175,7 @@ def test_generation_inputs_fields_the_cpp_reads_exist() -> None:
 def test_the_python_side_matches_the_exports_and_the_routes() -> None:
     halo = load_halo_api()
     exported = set(re.findall(r"\b(halo_api_[a-z_]+)\s*\(", " ".join(added_lines("expose.cpp"))))
-    registered = set(re.findall(r"handle\.(halo_api_[a-z_]+)\.", (SRC / "halo_api.py").read_text()))
+    registered = set(re.findall(r"handle\.(halo_api_[a-z_]+)\.", halo_api_source()))
     assert exported and registered == exported
     kobold = "\n".join(added_lines("koboldcpp.py"))
     for name in set(re.findall(r"halo_api\.([a-z_]+)\(", kobold)):
@@ -181,7 +196,7 @@ def test_attention_export_h_compiles_alone_as_cpp11() -> None:
 @pytest.mark.process  # starts g++
 @needs_cxx
 def test_ctypes_structures_match_the_compiled_c_layout(tmp_path: Path) -> None:
-    """halo_api.py's ctypes mirrors of attention_export.h's structs, against the compiler's layout."""
+    """halo_api's ctypes mirrors of attention_export.h's structs, against the compiler's layout."""
     halo = load_halo_api()
     structs = {"halo_event_out": halo.EventOut, "halo_model_info_out": halo.ModelInfoOut}
     probe = ['#include "attention_export.h"', "#include <cstddef>", "#include <cstdio>", "int main() {"]

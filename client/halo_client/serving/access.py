@@ -12,7 +12,7 @@ and one rule each answers them:
   an IP address, or a name the user allowed (H0). An IP address literal cannot be rebound (no
   DNS is involved), which keeps a server on a LAN address reachable by that address.
 
-The KoboldCPP patch (`kobold_patch/src/halo_api.py`) implements the same rules with the
+The KoboldCPP patch (`kobold_patch/src/halo_api/access.py`) implements the same rules with the
 standard library only; the conformance suite checks both.
 """
 
