@@ -32,7 +32,7 @@ from halo_client.messages import ModelInfo, TokenizeResponse
 from tests import raw_http, raw_ws
 from tests.kobold_patch.kobold_like import KoboldLikeServer
 from tests.kobold_patch.patchfile import load_halo_api
-from tests.streaming import collect_stream
+from tests.streaming import collect_stream, streams_back_to_back
 
 PASSWORD = "pw"
 ALLOWED = "https://allowed.example"
@@ -371,6 +371,27 @@ async def test_abrupt_disconnect_aborts_the_generation(srv: Running, how: str) -
         sock.sendall(raw_ws.frame(0x1, b"x" * 100)[:20])  # a frame cut short
     sock.close()
     await aborted_then_free(srv)
+
+
+@pytest.mark.parametrize("start_next", ["done", "close"])
+async def test_streams_started_back_to_back_are_never_busy(srv: Running, halo: ModuleType, start_next: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The slot is free before `done` is sent: BUSY means another generation is running, and none is
+    once the client has heard that its generation ended (the conformance suite checks KoboldCPP).
+
+    The server thread is held up for 50 ms in the close that follows `done` here, as a busy machine
+    may deschedule it there: a slot still held at that point answers the next stream BUSY."""
+    close = halo.WebSocket.close
+
+    def slow_close(ws: Any, code: int = 1000, reason: str = "") -> None:
+        time.sleep(0.05)
+        close(ws, code, reason)
+
+    monkeypatch.setattr(halo.WebSocket, "close", slow_close)
+    url = f"ws://127.0.0.1:{srv.port}/api/v1/generate/stream"
+    endings = await streams_back_to_back(url, AUTH, {"input_ids": [1, 2], "max_length": 2}, 40,
+                                         start_next=start_next)
+    assert endings.count("BUSY") == 0 and set(endings) == {"done"}, endings
 
 
 async def test_kobold_generation_holding_the_lock(srv: Running) -> None:

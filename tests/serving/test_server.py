@@ -20,8 +20,10 @@ from halo_client.errors import (
     ServerError,
     ServerUnreachable,
 )
+from halo_client.serving.stream import StreamSession
 from halo_client.testing import FaultPlan, MockBackend, MockKoboldServer
 from tests import raw_ws
+from tests.streaming import streams_back_to_back
 
 PROMPT_IDS = [1, 4, 5, 6, 20, 30]
 
@@ -154,3 +156,20 @@ async def test_unreachable_server_names_the_url() -> None:
         async with KoboldClient(f"http://127.0.0.1:{port}", timeout=5) as c:
             with pytest.raises(ServerUnreachable, match=rf"127\.0\.0\.1:{port}.*Start one"):
                 await c.model_info()
+
+
+async def test_the_slot_is_free_before_done_is_sent(mock_server: MockKoboldServer,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """BUSY means another generation is running: a stream started the moment the previous one's
+    `done` arrived gets the model. The session is held up for 50 ms in the close that follows
+    `done` here (as a slow socket or a busy loop may hold it): a slot still held then answers BUSY."""
+    close = StreamSession.close
+
+    async def slow_close(session: StreamSession, code: int, reason: str = "") -> None:
+        await asyncio.sleep(0.05)
+        await close(session, code, reason)
+
+    monkeypatch.setattr(StreamSession, "close", slow_close)
+    url = mock_server.url.replace("http://", "ws://") + "/api/v1/generate/stream"
+    endings = await streams_back_to_back(url, {}, {"input_ids": PROMPT_IDS, "max_length": 2}, 20, start_next="done")
+    assert endings == ["done"] * 20

@@ -59,6 +59,13 @@ class GenerationContext:
 _WRITE_CHUNK: Final = 1 << 21
 
 
+@dataclass(frozen=True)
+class _FaultEnd:
+    """An injected fault ends the stream: with this message, or (None) with nothing more sent."""
+
+    message: ErrorMessage | None
+
+
 def _done_message(item: Finished) -> DoneMessage:
     seconds = item.generation_ms / 1000.0
     return DoneMessage(
@@ -228,11 +235,18 @@ class StreamSession:
             await self.send_error("BUSY", "another generation is running; retry when it is done")
             return
         try:
-            await self._generate(request)
+            ending = await self._generate(request)
         finally:
             self.slot.release()
+        # Only now, with the slot free, may the client hear that the generation ended: one that
+        # starts its next stream the moment `done` arrives must not be told BUSY.
+        if ending is not None:
+            await self.send_json(ending)
+            await self.close(1000)
 
-    async def _generate(self, request: GenerateRequest) -> None:
+    async def _generate(self, request: GenerateRequest) -> DoneMessage | ErrorMessage | None:
+        """Runs the generation, writing its tokens and frames; returns the message that ends the
+        stream (sent once the slot is free), or None when nothing more is to be sent."""
         faults, stats = self.faults, self.stats
         loop = asyncio.get_running_loop()
         stats.generations += 1
@@ -254,11 +268,11 @@ class StreamSession:
                 if item is None:
                     raise RuntimeError("generation ended without finishing")
                 if isinstance(item, Finished):
-                    await self.send_json(_done_message(item))
-                    await self.close(1000)
-                    return
-                if faults is not None and await self._commit_fault(faults, item):
-                    return
+                    return _done_message(item)
+                if faults is not None:
+                    fault = await self._commit_fault(faults, item)
+                    if fault is not None:
+                        return fault.message
                 self.write_message(TokenMessage(type="token", index=item.index,
                                                 token_id=item.token_id, piece=item.piece))
                 if item.attention is not None:
@@ -270,8 +284,8 @@ class StreamSession:
                 await self.writer.drain()
         except Exception as exc:
             log.exception("generation failed")
-            if not self.gone:
-                await self.send_error("INTERNAL", f"generation failed: {type(exc).__name__}: {exc}")
+            return ErrorMessage(type="error", code="INTERNAL",
+                                message=f"generation failed: {type(exc).__name__}: {exc}")
         finally:
             self.abort_requested = True  # a generation cut short by an exception stops too
             watcher.cancel()
@@ -324,16 +338,17 @@ class StreamSession:
             self.writer.write(payload[start : start + _WRITE_CHUNK])
         self._note_buffer()
 
-    async def _commit_fault(self, faults: FaultPlan, item: GeneratedToken) -> bool:
+    async def _commit_fault(self, faults: FaultPlan, item: GeneratedToken) -> _FaultEnd | None:
+        """The end an injected fault gives the stream before this token, or None: go on."""
         if faults.token_delay_s:
             await asyncio.sleep(faults.token_delay_s)
             if not self.open:
-                return True
+                return _FaultEnd(None)
         if faults.drop_before_token == item.index:
             self.writer.transport.abort()
             self.gone = True
-            return True
+            return _FaultEnd(None)
         if faults.error_at == item.index:
-            await self.send_error(faults.error_code, f"injected fault: {faults.error_code}")
-            return True
-        return False
+            return _FaultEnd(ErrorMessage(type="error", code=faults.error_code,
+                                          message=f"injected fault: {faults.error_code}"))
+        return None

@@ -65,10 +65,12 @@ class StreamSession:
             return
         try:
             ending = self.generate(req)
-            if ending is not None:
-                end(ws, ending)
         finally:
             self.slot.release()
+        # Only now, with the slot free, may the client hear that the generation ended: one that
+        # starts its next stream the moment `done` arrives must not be told BUSY.
+        if ending is not None:
+            end(ws, ending)
 
     def generate(self, req: Request) -> Ending | None:
         """Runs the generation to its end, sending every token (and frame); returns the message
