@@ -93,4 +93,3 @@ class AccessPolicy:
     @staticmethod
     def origin_refusal(origin: str) -> str:
         return f"Origin {origin} may not open this stream; start the server with --allowed-origin to allow it"
-

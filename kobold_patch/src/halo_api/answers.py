@@ -87,4 +87,3 @@ def read_body(handler: BaseHTTPRequestHandler) -> bytes:
 
 def is_upgrade(handler: BaseHTTPRequestHandler) -> bool:
     return (handler.headers.get("Upgrade") or "").strip().lower() == "websocket"
-

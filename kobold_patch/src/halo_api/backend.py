@@ -244,4 +244,3 @@ class KoboldBackend:
     def generation_finished(self) -> bool:
         """True when no generation is running (KoboldCPP's own flag, as its SSE streaming reads it)."""
         return bool(self.handle.has_finished())
-

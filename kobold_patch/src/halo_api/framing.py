@@ -140,4 +140,3 @@ class FrameReader:
                 return "text", data.decode("utf-8")
             except UnicodeDecodeError:
                 raise ProtocolClose(1007, "text message is not valid UTF-8") from None
-

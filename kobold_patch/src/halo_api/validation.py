@@ -169,4 +169,3 @@ def parse_detokenize_request(body: bytes, vocab: int) -> list[int]:
     if bad:
         raise Rejected("INVALID_TOKEN", f"token id {bad[0]} is outside the vocabulary [0, {vocab})")
     return ids
-

@@ -124,4 +124,3 @@ class WebSocket:
                     break
         except (OSError, ValueError):
             pass
-
