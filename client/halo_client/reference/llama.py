@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from halo_client.reference.gguf_model import GGUFModel, LlamaParams
+from halo_client.reference.threads import BlasThreads
 
 F32 = npt.NDArray[np.float32]
 #: queries of a long prompt are processed in blocks, so the score matrix stays small
@@ -36,9 +37,12 @@ def _round_f16(x: F32) -> F32:
 
 
 class LlamaModel:
-    def __init__(self, model: GGUFModel, n_ctx: int, kv_cache: KVCacheType = "f32") -> None:
+    def __init__(self, model: GGUFModel, n_ctx: int, kv_cache: KVCacheType = "f32",
+                 threads: BlasThreads | None = None) -> None:
         if kv_cache not in ("f32", "f16"):
             raise ValueError(f"kv_cache must be 'f32' or 'f16', not {kv_cache!r}")
+        #: BLAS threads per pass: one for a generated token, the library's count for a prompt
+        self.threads = threads if threads is not None else BlasThreads()
         self.kv_f16 = kv_cache == "f16"
         p = self.params = model.params
         w = model.weights
@@ -100,6 +104,10 @@ class LlamaModel:
 
         One pass for a whole teacher-forced reply: what a token-by-token decode would give for
         each of its positions, at the cost of a prompt."""
+        with self.threads.for_rows(len(tokens)):
+            return self._forward_rows(tokens, rows, want_attention)
+
+    def _forward_rows(self, tokens: list[int], rows: int, want_attention: bool) -> tuple[F32, F32 | None]:
         p: LlamaParams = self.params
         start, t = self.length, len(tokens)
         if t == 0:
