@@ -186,6 +186,22 @@ def test_openapi_error_responses_use_the_error_body_and_their_status() -> None:
                 assert STATUS[code] == int(status), (path, method, status, code)
 
 
+def test_openapi_says_the_rest_answers_are_readable_cross_origin() -> None:
+    """Every REST answer carries `Access-Control-Allow-Origin: *` (as KoboldCPP's own endpoints'
+    do; the conformance suite checks the servers), and the spec says what that means."""
+    header = OPENAPI["components"]["headers"]["AccessControlAllowOrigin"]
+    assert header["schema"] == {"const": "*"}
+    for path, method, operation in _operations():
+        if path == "/api/v1/generate/stream":
+            continue
+        for status, node in operation["responses"].items():
+            declared = _response(node).get("headers", {}).get("Access-Control-Allow-Origin")
+            assert declared == {"$ref": "#/components/headers/AccessControlAllowOrigin"}, (path, method, status)
+    security = OPENAPI["info"]["description"]
+    assert "Access-Control-Allow-Origin: *" in security and "without a password" in security
+    assert "Access-Control-Allow-Origin: *" in (SPEC / "websocket.md").read_text()
+
+
 def test_openapi_examples_exist_and_fit_their_schema() -> None:
     seen = 0
     for path, media in _walk(OPENAPI):

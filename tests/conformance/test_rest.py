@@ -81,3 +81,22 @@ async def test_oversized_rest_body_is_refused(target: Target) -> None:
         response = await http.post("/api/v1/tokenize", content=body)
         assert response.status_code == 413
         assert response.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
+
+
+async def test_every_rest_answer_is_readable_cross_origin(target: Target) -> None:
+    """`Access-Control-Allow-Origin: *` on every REST answer, errors too (openapi.yaml, "Cross-origin
+    reads"), as on KoboldCPP's own endpoints."""
+    async with httpx.AsyncClient(base_url=target.url) as http:
+        auth = auth_headers(target)
+        answers = [
+            await http.get("/api/v1/model/info", headers=auth),
+            await http.post("/api/v1/tokenize", json={"text": "Hi"}, headers=auth),
+            await http.post("/api/v1/detokenize", json={"token_ids": [1]}, headers=auth),
+            await http.post("/api/v1/tokenize", json={"text": 1}, headers=auth),
+            await http.get("/api/v1/model/info", headers={"Host": "rebound.example"}),
+        ]
+        if target.password:
+            answers.append(await http.get("/api/v1/model/info"))
+    assert [a.status_code for a in answers][:5] == [200, 200, 200, 400, 403]
+    for answer in answers:
+        assert answer.headers.get("access-control-allow-origin") == "*", (answer.request.url, answer.status_code)
