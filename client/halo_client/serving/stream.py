@@ -282,6 +282,7 @@ class StreamSession:
                 # frame in flight, one in the making, and no more.
                 pending = compute()
                 await self.writer.drain()
+            return None  # the client is gone: nobody to tell
         except Exception as exc:
             log.exception("generation failed")
             return ErrorMessage(type="error", code="INTERNAL",

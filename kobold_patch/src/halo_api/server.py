@@ -39,7 +39,7 @@ class HaloServer:
                                    allowed_origins=getattr(args, "allowed_origin", None) or (),
                                    bind_host=getattr(args, "host", None) or "")
 
-    def check_password(self, handler: BaseHTTPRequestHandler) -> None:
+    def require_password(self, handler: BaseHTTPRequestHandler) -> None:
         check_password(handler.headers.get("Authorization"), getattr(self.kcpp, "password", "") or "")
 
     def serve(self, handler: BaseHTTPRequestHandler, method: str) -> None:
@@ -57,7 +57,7 @@ class HaloServer:
                 self.upgrade(handler)
                 return
             body = read_body(handler) if method == "POST" else b""
-            self.check_password(handler)
+            self.require_password(handler)
             if path == STREAM_PATH:
                 raise Rejected("INVALID_REQUEST", f"{STREAM_PATH} is a WebSocket: connect with a WebSocket client")
             want = "GET" if path == "/api/v1/model/info" else "POST"
@@ -91,7 +91,7 @@ class HaloServer:
 
     def upgrade(self, handler: BaseHTTPRequestHandler) -> None:
         headers = handler.headers
-        self.check_password(handler)
+        self.require_password(handler)
         origin = headers.get("Origin")
         if not self.access.origin_allowed(origin, headers.get("Host")):
             raise Rejected("ORIGIN_NOT_ALLOWED", self.access.origin_refusal(origin or ""))
