@@ -25,6 +25,8 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import signal
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,6 +47,8 @@ def _spin() -> None:
 @contextmanager
 def busy_machine(processes: int) -> Iterator[None]:
     """`processes` busy loops for the duration (each a process: no GIL shared with the benchmark)."""
+    # a terminated benchmark (timeout, kill) still stops its spinners: SIGTERM unwinds like Ctrl-C
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     spinners = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(processes)]
     for p in spinners:
         p.start()
