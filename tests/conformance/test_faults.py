@@ -78,8 +78,14 @@ async def test_disconnect_stops_generation_promptly(target: Target, request: pyt
 async def test_second_concurrent_generation_is_busy(target: Target) -> None:
     ids = await prompt_ids(target)
     eos = await _eos(target)
-    async with client(target) as c, c.generate_stream(ids, max_length=400, temperature=0,
-                                                      banned_token_ids=eos) as stream:
+    async with client(target) as c:
+        info = await c.model_info()
+    # As long as the context allows, with every frame: backpressure holds the generation while this
+    # client reads nothing, so it is still running when the second request comes (400 tokens without
+    # frames, 40 KB, the mock could finish before it came, and the slot was rightly free then).
+    async with client(target) as c, c.generate_stream(ids, max_length=info.max_context_length - len(ids),
+                                                      temperature=0, banned_token_ids=eos,
+                                                      return_attention=True) as stream:
         await stream.__anext__()
         try:
             await collect(target, ids, max_length=2)
