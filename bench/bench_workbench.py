@@ -16,8 +16,13 @@ shows the page (Playwright). Four figures, against the issue's bounds:
 4. **UI server CPU per token** during the 1,000-token reply: the process's user+system time
    (/proc) over the tokens, against one tracker update of the frames the chat asks for
    (`model_stats` at the same context, timed here) + 1 ms.
+5. **The token dictionary** on that conversation (9,000 tokens): rows in the DOM; the time to
+   open it, to sort by each column, to filter, and to scroll to a random place (the page's script,
+   and until the next frame is drawn), medians of repeats; then 150-token replies streamed with the
+   table open (sorted by brightness) and closed, alternated: the ratio of the page's per-update
+   cost, and the table's re-orders.
 
-    python bench/bench_workbench.py [--context 8000] [--reply 1000] [--rate 100]
+    python bench/bench_workbench.py [--context 8000] [--reply 1000] [--rate 100] [--skip-heap]
 
 Not a timed test: numbers depend on the machine and what else runs (load average printed).
 """
@@ -172,6 +177,129 @@ def dom_heap_per_span(browser: Any, count: int = 2000) -> float:
     return (after - before) * 1e6 / count
 
 
+SORT_TIMES = """async ([key, dir, repeats]) => {
+    const d = window.halo.dictionary, script = [], frame = [];
+    const painted = () => new Promise((done) => requestAnimationFrame(() => setTimeout(done, 0)));
+    for (let i = 0; i < repeats; i++) {
+      const t0 = performance.now();
+      d.sortBy(key, i % 2 ? -dir : dir);
+      script.push(performance.now() - t0);
+      await painted();
+      frame.push(performance.now() - t0);
+    }
+    return { script, frame };
+}"""
+
+FILTER_TIMES = """async ([query, repeats]) => {
+    const d = window.halo.dictionary, input = document.getElementById('dictionary-filter'), script = [];
+    for (let i = 0; i < repeats; i++) {
+      input.value = i % 2 ? '' : query;
+      const t0 = performance.now();
+      d.rebuild();
+      script.push(performance.now() - t0);
+      await new Promise((done) => requestAnimationFrame(() => setTimeout(done, 0)));
+    }
+    return { script, shown: d.count };
+}"""
+
+SCROLL_TIMES = """async (samples) => {
+    const d = window.halo.dictionary, viewport = document.getElementById('dictionary-viewport');
+    const script = [], frame = [];
+    for (let i = 0; i < samples; i++) {
+      const t0 = performance.now();
+      viewport.scrollTop = ((i * 0.618034) % 1) * (viewport.scrollHeight - viewport.clientHeight);
+      d.render();
+      script.push(performance.now() - t0);
+      await new Promise((done) => requestAnimationFrame(() => setTimeout(done, 0)));
+      frame.push(performance.now() - t0);
+    }
+    return { script, frame, rows: document.querySelectorAll('#dictionary-rows .row').length };
+}"""
+
+
+def ring_since(page: Any, path: str, before: int) -> npt.NDArray[np.float64]:
+    """Entries of a page ring (`{values, index}`) written since its index was `before`."""
+    data = page.evaluate(f"(() => {{ const r = {path}; return {{ values: Array.from(r.values), index: r.index }}; }})"
+                         "()")
+    size = len(data["values"])
+    return np.asarray([data["values"][i % size] for i in range(max(before, data["index"] - size), data["index"])])
+
+
+OPEN_TIME = """async () => {
+    const t0 = performance.now();
+    document.getElementById('dictionary-toggle').click();
+    await new Promise((done) => requestAnimationFrame(() => setTimeout(done, 0)));
+    return { ms: performance.now() - t0, rows: document.querySelectorAll('#dictionary-rows .row').length };
+}"""
+
+REFILL_TIME = """(repeats) => {
+    // every visible row written from scratch (as after a scroll to new rows), `repeats` times
+    const d = window.halo.dictionary, t0 = performance.now();
+    for (let i = 0; i < repeats; i++) {
+      for (const slot of d.pool) { slot.pos = -2; slot.shown = []; }
+      d.fill();
+    }
+    return (performance.now() - t0) / repeats;
+}"""
+
+
+def reply_updates(page: Any, text: str) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Send `text`; the transcript's per-update cost (ms) over the reply, and the table's re-orders."""
+    rebuild0 = page.evaluate("window.halo.dictionary.stats.rebuildMs.index")
+    before = page_stats(page)
+    send(page, text, timeout=300)
+    apply = since(page_stats(page), before, "apply")
+    return apply, ring_since(page, "window.halo.dictionary.stats.rebuildMs", rebuild0)
+
+
+def dictionary_figures(page: Any, pairs: int = 3) -> None:
+    """Part 5 (module docstring), on the conversation the page holds now."""
+    tokens = page.evaluate("window.halo.transcript.n")
+    opened = page.evaluate(OPEN_TIME)
+    wait_until(page, "document.querySelectorAll('#dictionary-rows .row:not([hidden])').length > 5", what="the table")
+    print(f"\n5. token dictionary over {tokens} tokens: {opened['rows']} rows in the DOM; opened (filtered, "
+          f"sorted, drawn) in {opened['ms']:.1f} ms to the next frame")
+    for key, direction in (("brightness", -1), ("peak", -1), ("text", 1), ("id", 1), ("position", 1)):
+        times = page.evaluate(SORT_TIMES, [key, direction, 9])
+        print(f"   sort by {key:<10}: script {np.median(times['script']):6.2f} ms, to the next frame "
+              f"{np.median(times['frame']):6.2f} ms (medians of 9, both directions)")
+    for query in ("the", "e", "zzz"):
+        times = page.evaluate(FILTER_TIMES, [query, 9])
+        print(f"   filter {query!r:<6}: {np.median(times['script']):6.2f} ms (median of 9, the filter set and "
+              f"cleared in turn)")
+    times = page.evaluate(SCROLL_TIMES, 60)
+    print(f"   scroll to a random place: script median {np.median(times['script']):.2f} ms (p90 "
+          f"{np.percentile(times['script'], 90):.2f}); to the next frame median {np.median(times['frame']):.1f} ms "
+          f"(p90 {np.percentile(times['frame'], 90):.1f}); {times['rows']} rows in the DOM")
+    refill = page.evaluate(REFILL_TIME, 500)
+    print(f"   every visible row written from scratch: {refill * 1000:.0f} us (mean of 500; a live update rewrites "
+          "only the cells that changed)")
+    # replies with the table open (sorted by brightness, brightest first) and closed, alternated
+    page.evaluate("window.halo.dictionary.sortBy('brightness', -1)")
+    ratios: list[float] = []
+    open_ms: list[float] = []
+    closed_ms: list[float] = []
+    reorders: list[float] = []
+    for i in range(pairs):
+        medians: dict[bool, float] = {}
+        for shown in (True, False) if i % 2 == 0 else (False, True):
+            if shown != page.evaluate("window.halo.dictionary.isOpen"):
+                page.click("#dictionary-toggle")
+            apply, rebuilds = reply_updates(page, f"And one more thing ({i}, {shown}).")
+            medians[shown] = float(np.median(apply))
+            (open_ms if shown else closed_ms).append(medians[shown])
+            if shown:
+                reorders.extend(rebuilds.tolist())
+        ratios.append(medians[True] / medians[False])
+    print(f"   a brightness update with the table open / closed, {pairs} pairs of replies alternated: ratios "
+          f"{', '.join(f'{r:.2f}' for r in ratios)} (median {np.median(ratios):.2f}); medians open "
+          f"{', '.join(f'{m:.2f}' for m in open_ms)} ms, closed {', '.join(f'{m:.2f}' for m in closed_ms)} ms; "
+          f"while open, {len(reorders)} re-orders (new tokens, re-sorts at most once a second) median "
+          f"{np.median(reorders):.2f} ms, max {max(reorders):.2f} ms")
+    if page.evaluate("window.halo.dictionary.isOpen"):
+        page.click("#dictionary-toggle")
+
+
 def set_settings(page: Any, changes: dict[str, Any]) -> None:
     page.evaluate(f"window.halo.send({json.dumps({'type': 'settings', 'changes': changes})})")
     time.sleep(0.3)
@@ -183,6 +311,7 @@ def main() -> None:
     parser.add_argument("--reply", type=int, default=1000, help="tokens of the reply streamed on it")
     parser.add_argument("--rate", type=float, default=100.0, help="tokens/s the mock streams at")
     parser.add_argument("--heap-tokens", type=int, default=2000)
+    parser.add_argument("--skip-heap", action="store_true", help="leave out part 3 (the heap over 2,000 tokens)")
     args = parser.parse_args()
     if not CHROMIUM.exists():
         raise SystemExit(MISSING_BROWSER)
@@ -231,6 +360,13 @@ def main() -> None:
                   f"token: receive, decode, track): {bare:.2f} ms; the workbench's own work: "
                   f"{per_token - bare:.2f} ms per token")
             assert after["mismatches"] == before["mismatches"], "the page missed updates"
+
+            # 5: the token dictionary on that conversation
+            set_settings(page, {"sampler": {"max_length": 150}})
+            dictionary_figures(page)
+            if args.skip_heap:
+                browser.close()
+                return
 
             # 3: heap in a new chat, 200 then 2,000 generated tokens
             set_settings(page, {"sampler": {"max_length": 200}})

@@ -1,4 +1,5 @@
-"""Browser helpers of the end-to-end tests: screenshots and colour checks, on top of
+"""Browser helpers of the end-to-end tests: the fixtures of a page on a workbench over the mock
+(a module imports the ones it uses), screenshots and colour checks, on top of
 halo_client.testing.browser (the process, the browser, waiting, typing). The module skips its
 tests where Debian's chromium is missing, saying what provides it."""
 
@@ -20,9 +21,44 @@ SCREENSHOTS = Path(__file__).resolve().parents[2] / "out" / "screenshots"
 if not CHROMIUM.exists():  # the skip says what provides it; CI installs it (.ci/run), so there it runs
     pytest.skip(MISSING_BROWSER, allow_module_level=True)
 
-from playwright.sync_api import Browser, Locator, Page  # noqa: E402
+from playwright.sync_api import Browser, Locator, Page, Playwright, sync_playwright  # noqa: E402
 
-from halo_client.testing.browser import wait_until  # noqa: E402
+from halo_client.testing import MockBackend, MockKoboldServer  # noqa: E402
+from halo_client.testing.browser import launch, open_page, wait_until, workbench_process  # noqa: E402
+from halo_client.testing.threaded import ServerThread  # noqa: E402
+
+
+# fixtures named without their `_fixture` (a module imports the ones it uses, by these names)
+@pytest.fixture(scope="module", name="playwright")
+def playwright_fixture() -> Iterator[Playwright]:
+    with sync_playwright() as playwright:
+        yield playwright
+
+
+@pytest.fixture(scope="module", name="browser")
+def browser_fixture(playwright: Playwright) -> Iterator[Browser]:
+    browser = launch(playwright)
+    yield browser
+    browser.close()
+
+
+@pytest.fixture(name="mock")
+def mock_fixture() -> Iterator[ServerThread]:
+    """The mock server (strict about the chat template) on a real socket, in a thread."""
+    with ServerThread(lambda: MockKoboldServer(backend=MockBackend(strict_template=True))) as thread:
+        yield thread
+
+
+@pytest.fixture(name="page")
+def page_fixture(browser: Browser, mock: ServerThread, tmp_path: Path) -> Iterator[Page]:
+    """The workbench (`halo-client ui`, its own process, settings and sessions in `tmp_path`) over
+    the mock, in a page; the test fails if the page threw."""
+    with workbench_process(mock.url, tmp_path) as ui:
+        page = open_page(browser, ui.url)
+        errors = page_errors(page)
+        yield page
+        assert errors == []
+        page.close()
 
 
 def shot(page: Page, name: str) -> Path:
@@ -74,13 +110,22 @@ def assert_colours_order_as_brightness(page: Page) -> int:
     return int(b.size)
 
 
+def set_setting(page: Page, name: str, value: int | float | str) -> None:
+    """Type `value` into the settings panel's field `name` ("pruner.max_context_tokens") as a user
+    does, and wait until the UI server has applied it."""
+    section, field = name.split(".")
+    field_input = page.locator(f'#settings [name="{name}"]')
+    if not field_input.is_visible():
+        page.click("#settings-panel summary")
+    field_input.fill(str(value))
+    field_input.dispatch_event("change")
+    wait_until(page, f"window.halo.settings.{section}.{field} === {value!r}", what=f"the setting {name}")
+
+
 def restore_with_budget_off(page: Page, item: Locator, first: int) -> None:
     """Budget off (else the next request would prune the sentence again), then the Pruned list
     item's Restore, until the token at `first` is back."""
-    budget = page.get_by_label("max_context_tokens")
-    budget.fill("0")
-    budget.dispatch_event("change")
-    wait_until(page, "window.halo.settings.pruner.max_context_tokens === 0", what="the budget")
+    set_setting(page, "pruner.max_context_tokens", 0)
     item.locator("button").click()
     wait_until(page, f"!document.querySelector('.tok[data-pos=\"{first}\"]').hasAttribute('data-pruned')",
                what="the restore")

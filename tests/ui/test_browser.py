@@ -5,7 +5,6 @@ received), every state captured to out/screenshots/."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,38 +13,23 @@ from halo_client import config
 from halo_client.testing import FaultPlan, MockBackend, MockKoboldServer
 from halo_client.testing.browser import launch, open_page, send, wait_until, workbench_process
 from halo_client.testing.threaded import ServerThread
+from tests.ui import browser as fixtures
 from tests.ui.browser import (
     assert_colours_order_as_brightness,
     colours_by_position,
     contains_run,
     exported_offline,
-    page_errors,
     restore_with_budget_off,
     shot,
 )
 
+# the fixtures these tests use (tests/ui/browser.py)
+browser_fixture, mock_fixture, page_fixture, playwright_fixture = (
+    fixtures.browser_fixture, fixtures.mock_fixture, fixtures.page_fixture, fixtures.playwright_fixture)
+
 pytestmark = pytest.mark.process
 
-from playwright.sync_api import Browser, Page, Playwright, sync_playwright  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def playwright() -> Iterator[Playwright]:
-    with sync_playwright() as playwright:
-        yield playwright
-
-
-@pytest.fixture(scope="module")
-def browser(playwright: Playwright) -> Iterator[Browser]:
-    browser = launch(playwright)
-    yield browser
-    browser.close()
-
-
-@pytest.fixture
-def mock() -> Iterator[ServerThread]:
-    with ServerThread(lambda: MockKoboldServer(backend=MockBackend(strict_template=True))) as thread:
-        yield thread
+from playwright.sync_api import Browser, Page, Playwright  # noqa: E402
 
 
 def positions_of(page: Page, selector: str) -> list[int]:
@@ -58,15 +42,6 @@ def backend(mock: ServerThread) -> MockBackend:
     assert isinstance(mock.server, MockKoboldServer)
     return mock.server.mock
 
-
-@pytest.fixture
-def page(browser: Browser, mock: ServerThread, tmp_path: Path) -> Iterator[Page]:
-    with workbench_process(mock.url, tmp_path) as ui:
-        page = open_page(browser, ui.url)
-        errors = page_errors(page)
-        yield page
-        assert errors == []
-        page.close()
 
 
 def test_replies_stream_and_every_token_lights_up_as_frames_arrive(page: Page, mock: ServerThread) -> None:
@@ -89,7 +64,8 @@ def test_replies_stream_and_every_token_lights_up_as_frames_arrive(page: Page, m
     assert len(set(colours)) >= 3, "the earlier tokens' colours change as each frame arrives"
     time.sleep(0.3)
     assert_colours_order_as_brightness(page)
-    assert page.locator(".legend-bar").is_visible() and "percentile scale" in page.inner_text("#legend-text")
+    assert page.locator(".legend-bar").is_visible() and page.inner_text("#scale-mode") == "percentile"
+    assert "ranks each token's brightness" in page.inner_text("#legend-text")
     shot(page, "mock-02-reply")
 
 
@@ -118,7 +94,7 @@ def test_a_small_budget_prunes_pin_protects_and_restore_puts_it_back(page: Page,
     pinned = positions_of(page, ".tok[data-pinned]")
     # a small budget, set in the settings panel
     page.click("#settings-panel summary")
-    budget = page.get_by_label("max_context_tokens")
+    budget = page.get_by_label("Token budget")
     budget.fill("90")
     budget.press("Enter")
     budget.dispatch_event("change")
@@ -153,7 +129,7 @@ def test_settings_are_validated_and_survive_a_reload_and_a_restart(browser: Brow
     with workbench_process(mock.url, tmp_path) as ui:
         page = open_page(browser, ui.url)
         page.click("#settings-panel summary")
-        decay = page.get_by_label("decay", exact=True)
+        decay = page.get_by_label("Fading per new token", exact=True)
         decay.fill("5")
         decay.dispatch_event("change")
         wait_until(page, "document.querySelector('#settings .error') !== null", what="the refusal")
@@ -161,14 +137,14 @@ def test_settings_are_validated_and_survive_a_reload_and_a_restart(browser: Brow
         shot(page, "mock-07-settings-refused")
         decay.fill("0.01")
         decay.dispatch_event("change")
-        page.get_by_label("scale", exact=True).select_option("log")
+        page.get_by_label("Colour scale", exact=True).select_option("log")
         wait_until(page, "window.halo.settings.view.scale === 'log'", what="the scale")
         page.reload()
         wait_until(page, "window.halo !== undefined && window.halo.settings !== null", what="the reload")
         page.click("#settings-panel summary")
-        assert page.get_by_label("decay", exact=True).input_value() == "0.01"
-        assert page.get_by_label("scale", exact=True).input_value() == "log"
-        assert "log scale" in page.inner_text("#legend-text")
+        assert page.get_by_label("Fading per new token", exact=True).input_value() == "0.01"
+        assert page.get_by_label("Colour scale", exact=True).input_value() == "log"
+        assert page.inner_text("#scale-mode") == "log"
         page.close()
     saved = config.load(ui.settings)
     assert saved.tracker.decay == 0.01 and saved.view.scale == "log"
@@ -222,6 +198,7 @@ def test_stop_and_the_keyboard(page: Page, mock: ServerThread) -> None:
     wait_until(page, "!window.halo.busy", what="the stop")
     assert page.locator("#stop").is_hidden()
     assert "aborted" in (page.locator("#session-name").get_attribute("title") or "")
+    assert "stopped" in page.locator(".turn.role-assistant .who").last.inner_text()
     # the layout holds at 1280x800: nothing scrolls sideways, the message box is on screen
     assert page.evaluate("document.documentElement.scrollWidth") <= 1280
     box_rect = page.get_by_role("textbox", name="Message").bounding_box()

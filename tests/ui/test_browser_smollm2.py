@@ -28,10 +28,10 @@ from tests.ui.browser import (
 
 pytestmark = [pytest.mark.model, pytest.mark.process]
 
-from playwright.sync_api import Browser, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, Page, sync_playwright  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-#: HALO_UPDATE_DOCS=1 also writes README's two screenshots (docs/workbench-*.png); a plain test
+#: HALO_UPDATE_DOCS=1 also writes README's screenshots (docs/workbench-*.png); a plain test
 #: run leaves tracked files alone
 UPDATE_DOCS = os.environ.get("HALO_UPDATE_DOCS") == "1"
 
@@ -51,6 +51,13 @@ class Recording:
     def prefill(self, input_ids: Sequence[int], want_attention: bool) -> ForwardResult:
         self.received.append(list(input_ids))
         return self.backend.prefill(input_ids, want_attention)
+
+
+def shot_for_readme(page: Page, name: str, readme_image: str) -> None:
+    """A screenshot to out/screenshots/, and with HALO_UPDATE_DOCS=1 the same view to docs/."""
+    shot(page, name)
+    if UPDATE_DOCS:
+        page.screenshot(path=str(DOCS / readme_image))
 
 
 @pytest.fixture(scope="module")
@@ -89,9 +96,7 @@ def test_the_workbench_with_smollm2(browser: Browser, smollm2: tuple[ServerThrea
         tooltip = page.inner_text("#tooltip")
         assert f"position\t{position}" in tooltip
         assert f"token id\t{recording.received[-1][position]}" in tooltip
-        shot(page, "smollm2-02-tooltip")
-        if UPDATE_DOCS:
-            page.screenshot(path=str(DOCS / "workbench-tooltip.png"))
+        shot_for_readme(page, "smollm2-02-tooltip", "workbench-tooltip.png")
         # the inspector: a generated token's full frame (30 layers x 9 heads)
         page.mouse.move(0, 0)
         page.locator(".role-assistant .tok:not(.tpl)").nth(3).click()
@@ -102,7 +107,7 @@ def test_the_workbench_with_smollm2(browser: Browser, smollm2: tuple[ServerThrea
         page.click("#inspector-close")
         # a small budget prunes; Restore (budget off first) puts the sentence back into the next request
         page.click("#settings-panel summary")
-        budget = page.get_by_label("max_context_tokens")
+        budget = page.get_by_label("Token budget")
         budget.fill("100")
         budget.dispatch_event("change")
         wait_until(page, "document.querySelectorAll('#pruned-list li').length > 0", what="pruning")
@@ -112,9 +117,7 @@ def test_the_workbench_with_smollm2(browser: Browser, smollm2: tuple[ServerThrea
         page.click("#settings-panel summary")
         page.check("#show-pruned")
         time.sleep(0.3)
-        shot(page, "smollm2-05-pruned-inline")
-        if UPDATE_DOCS:
-            page.screenshot(path=str(DOCS / "workbench-pruning.png"))
+        shot_for_readme(page, "smollm2-05-pruned-inline", "workbench-pruning.png")
         page.uncheck("#show-pruned")
         page.click("#settings-panel summary")
         item = page.locator("#pruned-list li").last
@@ -127,6 +130,23 @@ def test_the_workbench_with_smollm2(browser: Browser, smollm2: tuple[ServerThrea
         restore_with_budget_off(page, item, first)
         send(page, "Thanks.")
         assert contains_run(recording.received[-1], wanted)
+        # the token dictionary, sorted by brightness, a row picked: its token marked in the transcript
+        page.click("#dictionary-toggle")
+        wait_until(page, "document.querySelectorAll('#dictionary-rows .row:not([hidden])').length > 5",
+                   what="the table")
+        page.select_option("#dictionary-role", "user")
+        page.click("#dictionary-header .c-brightness")
+        page.locator("#dictionary-rows .row").nth(2).click()
+        wait_until(page, "document.querySelector('.tok[data-located]') !== null", what="the located token")
+        time.sleep(0.3)
+        shot_for_readme(page, "smollm2-07-dictionary", "workbench-dictionary.png")
+        page.click("#dictionary-toggle")
+        # the settings panel, as a user reads it
+        page.evaluate("document.getElementById('settings-panel').open = true")
+        page.locator("#side").evaluate("(el) => el.scrollTop = document.getElementById('settings-panel').offsetTop")
+        time.sleep(0.2)
+        shot(page, "smollm2-08-settings")
+        page.evaluate("document.getElementById('settings-panel').open = false")
         # the HTML export, offline, in the same colours
         live = colours_by_position(page)
         with exported_offline(browser, page, tmp_path / "export.html") as (offline, requests):

@@ -57,7 +57,11 @@ def render_html(state: ConversationState, *, levels_of: Mapping[int, int], legen
             if pinned[p]:
                 attributes += " data-pinned"
             spans.append(f'<span class="{" ".join(classes)}"{attributes}>{html.escape(text)}</span>')
-        turns.append(f'<div class="turn role-{turn.role}" data-turn="{turn.turn_id}"><div class="who">{turn.role}'
+        own = slice(turn.start, turn.end)
+        # a turn whose text is all pruned is hidden as a whole, as on the page (transcript.js)
+        emptied = bool(deleted[own].any()) and not bool((~deleted[own] & ~template[own]).any())
+        turn_classes = f"turn role-{turn.role}{' all-pruned' if emptied else ''}"
+        turns.append(f'<div class="{turn_classes}" data-turn="{turn.turn_id}"><div class="who">{turn.role}'
                      f'</div><div class="tokens">{"".join(spans)}</div></div>')
     tokens = {str(p): details(p) for p in np.arange(len(state)).tolist()}
     title = html.escape(f"Halo Weave: {model}")

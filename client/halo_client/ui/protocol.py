@@ -132,6 +132,13 @@ class TokenInfo(_Command):
     position: int
 
 
+class TokenTable(_Command):
+    """Every token's peak attention and the token it came from (the token dictionary's columns
+    that only the UI server has), answered as `token_table`."""
+
+    type: Literal["token_table"]
+
+
 class Inspect(_Command):
     """The full attention frame of the generated token at `position`, fetched on demand."""
 
@@ -148,7 +155,7 @@ class Resync(_Command):
 
 Command = Annotated[
     Send | Stop | ChangeSettings | NewChat | Pin | PruneSentence | PruneNow | Restore | SaveSession | OpenSession
-    | UploadSession | ListSessions | Export | TokenInfo | Inspect | Resync,
+    | UploadSession | ListSessions | Export | TokenInfo | TokenTable | Inspect | Resync,
     Field(discriminator="type"),
 ]
 COMMAND: TypeAdapter[Command] = TypeAdapter(Command)

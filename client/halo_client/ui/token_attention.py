@@ -72,6 +72,17 @@ class TokenAttention:
         if self.latest_source >= position:
             self.latest_source = NONE
 
+    def table(self, count: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """The peak and its source of positions 0..count-1 at once (the token dictionary):
+        NaN and -1 where no frame has looked at the token."""
+        peak = np.full(count, np.nan, np.float32)
+        source = np.full(count, NONE, np.int64)
+        k = min(count, self._peak.size)
+        seen = self._peak_from[:k] != NONE
+        peak[:k][seen] = self._peak[:k][seen]
+        source[:k] = self._peak_from[:k]
+        return peak, source
+
     def get(self, position: int) -> Observed:
         if position >= self._peak.size or self._peak_from[position] == NONE:
             return Observed(None, None, None)

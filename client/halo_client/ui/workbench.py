@@ -331,8 +331,8 @@ class Workbench:
 
         self._saving = asyncio.create_task(write(), name="halo-ui-autosave")
 
-    def _notify(self, kind: str, message: str, command: str | None = None) -> None:
-        self._broadcast(_message("error", kind=kind, message=message, command=command))
+    def _notify(self, kind: str, message: str, command: str | None = None, **extra: Any) -> None:
+        self._broadcast(_message("error", kind=kind, message=message, command=command, **extra))
 
     # ------------------------------------------------------------------ what the page sees
 
@@ -349,6 +349,7 @@ class Workbench:
             "connection": self.connection, "model": self._model_json(), "busy": self.busy,
             "settings": self._settings_json(), "schema": Config.model_json_schema(),
             "session": self.session_name, "epoch": self.epoch,
+            "settings_file": str(self.settings_path or config_file.config_path()),
         }
         if chat is not None:
             state = chat.state
@@ -471,6 +472,9 @@ class Workbench:
         if isinstance(command, protocol.TokenInfo):
             reply(_message("token_info", **self.token_info(command.position)))
             return
+        if isinstance(command, protocol.TokenTable):
+            reply(_message("token_table", **self.token_table()))
+            return
         if isinstance(command, protocol.ListSessions):
             reply(_message("sessions", sessions=self.sessions.names(), directory=str(self.sessions.directory)))
             return
@@ -537,7 +541,7 @@ class Workbench:
             result = chat.prune()
             events = result.events
             if result.over_budget:
-                self._notify("warning", result.message)
+                self._notify("warning", result.message, over_budget=True)
         elif isinstance(command, protocol.Restore):
             events = [self._restore(command.position)]
         else:  # pragma: no cover - every command type is handled above
@@ -578,7 +582,7 @@ class Workbench:
                 result = chat.prune()
                 events = result.events
                 if result.over_budget:
-                    self._notify("warning", result.message)
+                    self._notify("warning", result.message, over_budget=True)
             if "memory" in changes:
                 chat.memory = Memory(new.memory)
             chat.max_length = new.sampler.max_length
@@ -645,6 +649,12 @@ class Workbench:
             "deleted": row.deleted, "reason": row.deleted_reason,
             "generated": self.inspector.records.find(position) is not None,
         }
+
+    def token_table(self) -> dict[str, Any]:
+        """The token dictionary's peak columns for every position (null / -1: none yet)."""
+        peak, source = self.attention.table(len(self._chat().state))
+        return {"peak": [None if np.isnan(v) else float(f"{v:.6g}") for v in peak.tolist()],
+                "peak_from": source.tolist()}
 
     # ------------------------------------------------------------------ replies
 

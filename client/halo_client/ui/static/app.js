@@ -3,14 +3,18 @@
 // the user's actions into commands; it decides nothing about the conversation itself.
 
 import { Connection } from "./connection.js";
+import { TokenDictionary } from "./dictionary.js";
 import { InspectorPanel } from "./inspector.js";
+import { Legend } from "./legend.js";
+import { ActivityLog, PrunedList } from "./pruned.js";
 import { SessionsPanel, exportPng } from "./sessions.js";
 import { SettingsForm } from "./settings.js";
 import { attachTooltip } from "./tooltip.js";
 import { Transcript } from "./transcript.js";
 
 const $ = (id) => document.getElementById(id);
-const ACTIVITY_KEPT = 200;
+/** What a reply that ended early leaves on its message (reply_done's finish_reason). */
+const ENDED = { aborted: "stopped", interrupted: "interrupted: the server went away" };
 
 class App {
   constructor() {
@@ -23,14 +27,27 @@ class App {
     this.lastOpen = null;
     this.resyncing = false;
     this.waiting = new Map(); // position -> [resolve] of token_info requests
-    this.prunedKeys = new Set();
+    this.settingsFile = null;
     this.transcript = new Transcript($("transcript"), { onMismatch: (why) => this.resync(why) });
+    const isTemplate = (p) => this.transcript.isTemplate(p);
+    this.pruned = new PrunedList({ list: $("pruned-list"), count: $("pruned-count"), more: $("pruned-more"),
+                                   note: $("pruned-note") }, { send: (command) => this.send(command), isTemplate });
+    this.activity = new ActivityLog($("activity"), { isTemplate });
+    this.legend = new Legend({ panel: $("legend"), bar: document.querySelector("#legend .legend-bar"),
+                               low: $("legend-low"), mode: $("scale-mode"), high: $("legend-high"), text: $("legend-text") });
     this.settingsForm = new SettingsForm($("settings"), (command) => this.send(command));
     this.inspector = new InspectorPanel({
       panel: $("inspector-panel"), empty: $("inspector-empty"), body: $("inspector"), title: $("inspector-title"),
       layer: $("layer"), head: $("head"), scales: document.querySelectorAll('input[name="iscale"]'),
       overview: $("overview"), top: $("top"), close: $("inspector-close"),
-    }, { send: (command) => this.send(command), transcript: this.transcript });
+    }, { send: (command) => this.send(command), transcript: this.transcript, legend: this.legend });
+    this.dictionary = new TokenDictionary({
+      panel: $("dictionary"), toggle: $("dictionary-toggle"), header: $("dictionary-header"),
+      viewport: $("dictionary-viewport"), sizer: $("dictionary-sizer"), rows: $("dictionary-rows"),
+      filter: $("dictionary-filter"), state: $("dictionary-state"), role: $("dictionary-role"),
+      status: $("dictionary-status"),
+    }, { transcript: this.transcript, send: (command) => this.send(command), isBusy: () => this.busy,
+         onPick: (position) => { this.transcript.locate(position); this.select(position, { inspect: false }); } });
     this.sessions = new SessionsPanel({
       panel: $("sessions-panel"), newChat: $("new-chat"), name: $("session-input"), save: $("save-session"),
       list: $("session-list"), upload: $("upload"), exportSession: $("export-session"), exportHtml: $("export-html"),
@@ -73,8 +90,15 @@ class App {
     $("banner-close").addEventListener("click", () => { $("banner").hidden = true; });
     $("transcript").addEventListener("click", (event) => {
       const span = event.target.closest(".tok");
-      if (span) this.select(Number(span.dataset.pos));
+      if (!span) return;
+      this.select(Number(span.dataset.pos));
+      this.dictionary.reveal(Number(span.dataset.pos));
     });
+    $("transcript").addEventListener("mouseover", (event) => {
+      const span = event.target.closest(".tok");
+      if (span) this.dictionary.hoverToken(Number(span.dataset.pos));
+    });
+    $("transcript").addEventListener("mouseleave", () => this.dictionary.hoverToken(-1));
     $("pin").addEventListener("click", () => {
       if (this.selected) this.send({ type: "pin", sentence: this.selected.sentence, pinned: !this.selected.pinned });
     });
@@ -86,7 +110,9 @@ class App {
     $("show-pruned").addEventListener("change", (event) => {
       this.send({ type: "settings", changes: { view: { show_pruned: event.target.checked } } });
     });
-    $("export-png").addEventListener("click", () => exportPng($("transcript"), `halo-${this.model?.name ?? "chat"}.png`));
+    $("export-png").addEventListener("click", () => {
+      exportPng($("transcript"), `halo-${this.model?.name ?? "chat"}.png`, this.legend.current());
+    });
     attachTooltip($("transcript"), $("tooltip"), (position) => this.tokenInfo(position));
   }
 
@@ -156,12 +182,16 @@ class App {
     this.selected = null;
     $("selection-actions").hidden = true;
     if (m.rows) this.transcript.addRows(m.rows);
+    for (const [turn, reason] of Object.entries(m.turn_endings ?? {})) {
+      if (ENDED[reason]) this.transcript.noteTurn(Number(turn), ENDED[reason]);
+    }
     this.connectionStatus(m.connection, m.model);
     this.applySettings(m.settings);
     if (!this.settingsForm.built) this.settingsForm.build(m.schema, m.settings);
-    this.prunedKeys = new Set();
-    if (m.pruned) this.showPruned(m.pruned, false);
-    if (m.legend) this.showLegend(m.legend);
+    if (m.settings_file) this.settingsFile = m.settings_file;
+    this.describeSettingsFile();
+    if (m.pruned) this.pruned.show(m.pruned, false);
+    if (m.legend) this.legend.showHeat(m.legend);
     $("session-name").textContent = m.session ? `session: ${m.session}` : "";
     this.showBusy(m.busy);
     this.drawBudget();
@@ -173,9 +203,9 @@ class App {
     this.transcript.addRows(m.add);
     this.transcript.animate(m.flash, "flash");
     this.transcript.animate(m.restored, "back");
-    this.logEvents(m.events);
-    this.showPruned(m.pruned, true);
-    if (m.legend) this.showLegend(m.legend);
+    this.activity.log(m.events);
+    this.pruned.show(m.pruned, true);
+    if (m.legend) this.legend.showHeat(m.legend);
     if (m.model) this.model = m.model;
     this.drawBudget();
     if (this.selected !== null) this.select(this.selected.position, { inspect: false }); // pinned, pruned...
@@ -193,7 +223,10 @@ class App {
   on_reply_done(m) {
     $("session-name").dataset.last = `${m.tokens} tokens, ${m.tokens_per_second.toFixed(1)} tokens/s (${m.finish_reason})`;
     $("session-name").title = $("session-name").dataset.last;
+    if (ENDED[m.finish_reason]) this.transcript.noteTurn(m.turn ?? this.transcript.lastTurn("assistant"), ENDED[m.finish_reason]);
   }
+
+  on_token_table(m) { this.dictionary.onTable(m); }
 
   on_connection(m) { this.connectionStatus(m, m.model); }
 
@@ -201,22 +234,60 @@ class App {
     this.applySettings(m.settings);
     this.settingsForm.show(m.settings);
     if (m.model) this.model = m.model;
-    $("settings-file").textContent = m.saved ? `saved to ${m.saved}` : "";
+    if (m.saved) this.settingsFile = m.saved;
+    this.describeSettingsFile();
+    $("settings-file").textContent = m.saved ? `Saved to ${m.saved} at ${new Date().toLocaleTimeString()}.` : "";
     this.drawBudget();
   }
 
-  on_legend(m) { this.showLegend(m.legend); }
+  on_legend(m) { this.legend.showHeat(m.legend); }
 
   on_error(m) {
     if (m.command === "settings" && this.settingsForm.showError(m.message)) return;
-    if (m.command === "send" && this.pendingText !== null && !$("message").value) {
-      $("message").value = this.pendingText; // nothing the user wrote is lost
-    }
+    if (m.over_budget) { this.drawBudget(); return; } // the budget panel says so, for as long as it is true
+    if (m.command === "send") { this.sendFailed(m); return; }
     if (m.kind === "mismatch") {
       this.banner("mismatch", m.message, "Open anyway", () => this.forceOpen());
       return;
     }
     this.banner(m.kind, m.message);
+  }
+
+  /** A message that was not answered. The UI server says what became of it (`outcome`):
+   * "refused" (nothing changed: too long, or not sent), "undone" (the reply failed and the
+   * conversation is as it was before the message) - then the text goes back into the box,
+   * so nothing the user wrote is lost and sending it again does not repeat it - or
+   * "interrupted" (the server went away mid-reply: the message and what was written of the
+   * reply are kept, marked) - then it does not. */
+  sendFailed(m) {
+    const box = $("message");
+    const pending = this.pendingText;
+    this.pendingText = null;
+    const giveBack = m.outcome !== "interrupted" && pending !== null;
+    let text = m.message;
+    if (m.outcome === "refused" && Number.isInteger(m.tokens) && Number.isInteger(m.max_tokens)) {
+      text = `Not sent: the message is ${m.tokens.toLocaleString("en-US")} tokens and the most it can have now is ` +
+        `${m.max_tokens.toLocaleString("en-US")}. Nothing changed; shorten it and send it again.`;
+    } else if (m.outcome === "interrupted") {
+      this.transcript.noteTurn(m.turn ?? this.transcript.lastTurn("assistant"), ENDED.interrupted);
+      text = `${m.message} What the reply had written is kept, marked interrupted; your message stays in the chat.`;
+    }
+    if (giveBack && !box.value) {
+      box.value = pending;
+      this.banner(m.kind, `${text} Your message is back in the box.`);
+    } else if (giveBack) {
+      this.banner(m.kind, `${text} You have typed since; your unsent message is kept here.`, "Put it back",
+                  () => { box.value = `${pending}\n${box.value}`; });
+    } else {
+      this.banner(m.kind, text);
+    }
+  }
+
+  describeSettingsFile() {
+    $("settings-about").textContent = `Changes apply at once and are saved to ${this.settingsFile ?? "the settings file"}. ` +
+      "halo-client chat, demo and the other commands start from that file too, so a change here changes " +
+      "them (a flag you type still wins). A session keeps its own brightness, pruning and memory settings: " +
+      "those shown are this chat's, and a change saves them all.";
   }
 
   on_token_info(m) {
@@ -291,8 +362,9 @@ class App {
     $("send").disabled = busy;
     $("stop").hidden = !busy;
     for (const id of ["pin", "prune-sentence", "inspect", "prune-now", "new-chat", "save-session"]) $(id).disabled = busy;
-    $("settings").querySelectorAll("fieldset:not(:last-of-type) input, fieldset:not(:last-of-type) select, textarea")
-      .forEach((input) => { input.disabled = busy; });
+    this.pruned.setBusy(busy);
+    this.settingsForm.setBusy(busy);
+    this.drawBudget();
   }
 
   applySettings(settings) {
@@ -306,11 +378,6 @@ class App {
     this.inspector.scale = settings.view.inspector_scale;
   }
 
-  showLegend(legend) {
-    $("legend-text").textContent = legend.text;
-    $("scale-mode").textContent = legend.mode;
-  }
-
   drawBudget() {
     const active = this.transcript.activeCount;
     const context = this.model?.context ?? 0;
@@ -321,50 +388,15 @@ class App {
     fill.toggleAttribute("data-over", limit > 0 && active > limit);
     $("budget-limit").style.left = `${context ? Math.min(100, (100 * limit) / context) : 100}%`;
     $("budget-text").textContent = `${active} active tokens / budget ${budget > 0 ? budget : "off"} / server context ${context || "?"}`;
-  }
-
-  showPruned(units, animate) {
-    const list = $("pruned-list");
-    list.replaceChildren();
-    const keys = new Set();
-    for (const unit of units) {
-      const key = unit.positions[0];
-      keys.add(key);
-      const li = document.createElement("li");
-      if (animate && !this.prunedKeys.has(key)) li.className = "arrive";
-      li.dataset.position = String(key);
-      const text = document.createElement("span");
-      text.className = "text";
-      text.textContent = unit.text.trim() || "(template)";
-      const why = document.createElement("div");
-      why.className = "why";
-      why.textContent = `${unit.kind} ${unit.unit}, turn ${unit.turn}${unit.score === null ? "" : `, brightness ${unit.score.toPrecision(3)}`}`;
-      text.append(why);
-      const restore = document.createElement("button");
-      restore.type = "button";
-      restore.textContent = "Restore";
-      restore.disabled = this.busy;
-      restore.addEventListener("click", () => this.send({ type: "restore", position: key }));
-      li.append(text, restore);
-      list.append(li);
-    }
-    this.prunedKeys = keys;
-    $("pruned-count").textContent = String(units.length);
-  }
-
-  logEvents(events) {
-    const list = $("activity");
-    for (const event of events) {
-      const li = document.createElement("li");
-      li.dataset.action = event.action;
-      const text = document.createElement("span");
-      text.className = "text";
-      const why = event.reason ? ` (${event.reason})` : "";
-      text.textContent = `${event.action}${why}: ${event.kind} ${event.unit}, ${event.tokens} tokens: ${event.text.trim()}`;
-      li.append(text);
-      list.prepend(li);
-    }
-    while (list.children.length > ACTIVITY_KEPT) list.lastElementChild.remove();
+    // over the budget between replies: only protected text is left. Said for exactly as long as it is true
+    // (a reply in progress is always protected, and the pruner runs when it ends)
+    const over = !this.busy && limit > 0 && active > limit;
+    const note = $("budget-note");
+    note.hidden = !over;
+    note.textContent = over
+      ? `Over the ${budget > 0 && limit === budget ? "budget" : "server's context"} by ${active - limit} tokens: ` +
+        "only protected text is left (system prompt, latest exchange, template, pinned). Raise the budget or unpin."
+      : "";
   }
 }
 

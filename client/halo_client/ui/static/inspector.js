@@ -1,12 +1,22 @@
 // The inspector: one generated token's attention over the context, fetched on demand as a full
-// frame by the UI server. A layers x heads overview to pick from, layer and head selectors (or
-// their mean), log or linear scale; the transcript draws the chosen attention while it is open.
+// frame by the UI server. A layers x heads overview to pick from (layers down, heads across,
+// both numbered), layer and head selectors (or their mean), log or linear scale; while it is
+// open the transcript draws the chosen attention in the inspector's colours, the inspected token
+// is marked, and the legend explains those colours instead of brightness.
+
+/** Which of `count` rows or columns get a number beside the overview: all of a few, else every
+ * fifth or tenth (and the last). */
+function numbered(i, count) {
+  const step = count <= 16 ? 1 : count <= 48 ? 5 : 10;
+  return i % step === 0 || i === count - 1;
+}
 
 export class InspectorPanel {
-  constructor(elements, { send, transcript }) {
+  constructor(elements, { send, transcript, legend }) {
     this.el = elements;
     this.send = send;
     this.transcript = transcript;
+    this.legend = legend;
     this.position = null;
     this.layer = null;
     this.head = null;
@@ -55,7 +65,8 @@ export class InspectorPanel {
       li.textContent = `#${item.position} ${JSON.stringify(item.text)}: ${item.value.toPrecision(3)}`;
       this.el.top.append(li);
     }
-    this.transcript.showInspection(message.positions, message.buckets);
+    this.transcript.showInspection(message.positions, message.buckets, message.position);
+    this.legend.showAttention(message);
   }
 
   fillSelect(select, count, value, none) {
@@ -69,11 +80,24 @@ export class InspectorPanel {
   drawOverview(message) {
     const grid = this.el.overview;
     const { layers, heads, overview } = message;
-    grid.style.gridTemplateColumns = `repeat(${heads}, 1fr)`;
+    grid.style.gridTemplateColumns = `var(--axis-width) repeat(${heads}, 1fr)`;
     grid.replaceChildren();
     let top = 0;
     for (const row of overview) for (const v of row) top = Math.max(top, v);
+    const corner = document.createElement("div");
+    corner.className = "axis corner";
+    grid.append(corner);
+    for (let h = 0; h < heads; h++) {
+      const label = document.createElement("div");
+      label.className = "axis head";
+      label.textContent = numbered(h, heads) ? String(h) : "";
+      grid.append(label);
+    }
     for (let l = 0; l < layers; l++) {
+      const label = document.createElement("div");
+      label.className = "axis layer";
+      label.textContent = numbered(l, layers) ? String(l) : "";
+      grid.append(label);
       for (let h = 0; h < heads; h++) {
         const cell = document.createElement("button");
         cell.type = "button";
@@ -94,5 +118,6 @@ export class InspectorPanel {
     this.el.body.hidden = true;
     this.el.empty.hidden = false;
     this.transcript.hideInspection();
+    this.legend.hideAttention();
   }
 }

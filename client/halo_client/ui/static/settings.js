@@ -1,9 +1,63 @@
 // The settings form, generated from the settings file's JSON schema (config.py's pydantic
-// models, sent by the UI server): every tracker, pruner, sampler and view setting, with the
-// models' own ranges as the inputs' limits. The UI server validates each change with the same
-// models the command line uses; its refusal is shown next to the field.
+// models, sent by the UI server): every tracker, pruner, memory, sampler and view setting, each
+// under a name a person reads, with its range written beside it and what it does. The models'
+// own ranges are the inputs' limits; the UI server validates each change with the same models
+// the command line uses, and its refusal is shown under the field.
+//
+// A field this page has no words for (a new setting) is still shown, under its own name.
 
-const SECTIONS = [["tracker", "Brightness tracker"], ["pruner", "Pruner"], ["memory", "Memory"], ["sampler", "Sampler"], ["view", "View"]];
+const SECTIONS = [
+  ["tracker", "Brightness",
+   "How each new token's attention adds to the brightness of the text it looks at. A change applies to " +
+   "attention from now on: text keeps the brightness it has and changes only as new tokens look at it " +
+   "(nothing is recomputed from earlier tokens)."],
+  ["pruner", "Pruning", "What goes when the chat outgrows its budget. A new budget prunes at once."],
+  ["memory", "Memory", "Bringing pruned sentences back when a new message asks about them. From the next message on."],
+  ["sampler", "Replies", "How the model picks its words. From the next reply on."],
+  ["view", "View", "How the page draws. At once."],
+];
+
+/** section.field -> [name, what it does]. */
+const FIELDS = {
+  "tracker.aggregation": ["Combine layers and heads by", "how one token's attention over all layers and heads becomes one number per token it looks at"],
+  "tracker.distance_mode": ["Credit for looking far back", "looking far back counts more than looking at the words just written"],
+  "tracker.min_distance": ["Ignore the last N tokens", "attention to the N tokens just before the new one does not count"],
+  "tracker.distance_scale": ["Distance scale (tokens)", "how fast the credit for distance grows"],
+  "tracker.accumulation": ["How attention adds up", ""],
+  "tracker.decay": ["Fading per new token", "brightness lost with each new token (0: none)"],
+  "tracker.boost": ["Attention multiplier", "how much one token's attention adds"],
+  "tracker.initial_brightness": ["Starting brightness of new text", "new tokens start at least this bright (or at the average)"],
+  "pruner.max_context_tokens": ["Token budget", "prune once the chat has more active tokens than this (0: never)"],
+  "pruner.granularity": ["Prune by", "the unit that is pruned and restored"],
+  "pruner.reduce": ["A unit's score is", "its brightest token keeps a sentence, or the average of its tokens"],
+  "pruner.protect_exchanges": ["Latest exchanges kept", "the newest messages with their replies that are never pruned"],
+  "pruner.recent_share": ["Share of the budget for the newest text", "the newest text in this share of the budget goes last, whatever its brightness"],
+  "memory.enabled": ["Bring back what a message asks about", "a pruned sentence that matches the new message comes back before the reply"],
+  "memory.max_recalled": ["Sentences brought back per message", "at most"],
+  "memory.min_relevance": ["Relevance needed to come back", "how well a sentence must match the message (BM25 score)"],
+  "sampler.max_length": ["Reply length, at most (tokens)", ""],
+  "sampler.temperature": ["Temperature", "0: always the likeliest word; higher: more varied"],
+  "sampler.top_p": ["Top-p (nucleus)", "pick among the likeliest words that together have this probability"],
+  "sampler.top_k": ["Top-k", "pick among this many likeliest words (0: no limit)"],
+  "sampler.rep_pen": ["Repetition penalty", "1: none; above 1 makes repeating recent words less likely"],
+  "sampler.rep_pen_range": ["Repetition penalty window (tokens)", "how far back repeated words are penalised"],
+  "sampler.sampler_seed": ["Random seed", "-1: a new one each reply; a fixed seed repeats a reply"],
+  "view.scale": ["Colour scale", "percentile: rank among the text; log: how much brighter"],
+  "view.inspector_scale": ["Inspector scale", ""],
+  "view.show_pruned": ["Show pruned text, struck through", ""],
+  "view.show_template": ["Show template tokens", "the chat template's <|im_start|>, <|im_end|> and role names"],
+};
+
+/** Names for the values of a choice. */
+const OPTIONS = {
+  "tracker.aggregation": { mean: "mean of all", max: "strongest head", last_layer: "last layer only", weighted_layers: "later layers weigh more" },
+  "tracker.distance_mode": { none: "none (every token alike)", threshold: "flat beyond the ignored", linear: "linear", logarithmic: "logarithmic", square_root: "square root" },
+  "tracker.accumulation": { additive: "add, minus fading", none: "add, never fade", exponential: "add, fade by a share" },
+  "pruner.granularity": { sentence: "sentence", line: "line", turn: "whole message" },
+  "pruner.reduce": { max: "its brightest token", mean: "its average token" },
+  "view.scale": { percentile: "percentile", log: "log" },
+  "view.inspector_scale": { log: "log", linear: "linear" },
+};
 
 function resolve(schema, node) {
   if (node && node.$ref) return schema.$defs[node.$ref.split("/").pop()];
@@ -11,10 +65,10 @@ function resolve(schema, node) {
   return node;
 }
 
-function inputFor(spec) {
+function inputFor(spec, options) {
   if (spec.enum) {
     const select = document.createElement("select");
-    for (const value of spec.enum) select.add(new Option(value, value));
+    for (const value of spec.enum) select.add(new Option(options?.[value] ?? value, value));
     return select;
   }
   const input = document.createElement("input");
@@ -33,13 +87,18 @@ function inputFor(spec) {
   return input;
 }
 
-function range(spec) {
-  const parts = [];
-  if (spec.minimum !== undefined) parts.push(`≥ ${spec.minimum}`);
-  if (spec.exclusiveMinimum !== undefined) parts.push(`> ${spec.exclusiveMinimum}`);
-  if (spec.maximum !== undefined) parts.push(`≤ ${spec.maximum}`);
-  if (spec.exclusiveMaximum !== undefined) parts.push(`< ${spec.exclusiveMaximum}`);
-  return parts.join(", ");
+function bound(value) {
+  return Math.abs(value) >= 1e6 ? value.toExponential(0).replace("e+", "e") : String(value);
+}
+
+/** The range of a number, as a person writes it: "0 to 1", "at least 0", "more than 0, at most 1". */
+export function rangeText(spec) {
+  const low = spec.minimum !== undefined ? ["at least", spec.minimum] : spec.exclusiveMinimum !== undefined
+    ? ["more than", spec.exclusiveMinimum] : null;
+  const high = spec.maximum !== undefined ? ["at most", spec.maximum] : spec.exclusiveMaximum !== undefined
+    ? ["less than", spec.exclusiveMaximum] : null;
+  if (low && high && low[0] === "at least" && high[0] === "at most") return `${bound(low[1])} to ${bound(high[1])}`;
+  return [low, high].filter(Boolean).map(([words, value]) => `${words} ${bound(value)}`).join(", ");
 }
 
 export class SettingsForm {
@@ -55,38 +114,32 @@ export class SettingsForm {
     this.inputs.clear();
     const system = document.createElement("label");
     system.className = "wide";
-    system.append("system prompt (new chats; applies at once while nothing has been said)");
+    const title = document.createElement("span");
+    title.className = "name";
+    title.textContent = "System prompt";
+    const hint = document.createElement("span");
+    hint.className = "hint";
+    hint.textContent = "for new chats; it replaces this chat's at once while nothing has been said";
     const area = document.createElement("textarea");
     area.name = "system_prompt";
-    area.setAttribute("aria-label", "system prompt");
+    area.setAttribute("aria-label", "System prompt");
     area.addEventListener("change", () => this.change(null, "system_prompt", area.value, area));
-    system.append(area);
+    system.append(title, hint, area);
     this.inputs.set("system_prompt", area);
     this.form.append(system);
-    for (const [section, title] of SECTIONS) {
+    for (const [section, heading, note] of SECTIONS) {
+      if (!schema.properties[section]) continue;
       const spec = resolve(schema, schema.properties[section]);
       const box = document.createElement("fieldset");
+      box.dataset.section = section;
       const legend = document.createElement("legend");
-      legend.textContent = title;
-      box.append(legend);
+      legend.textContent = heading;
+      const about = document.createElement("p");
+      about.className = "note";
+      about.textContent = note;
+      box.append(legend, about);
       for (const [field, raw] of Object.entries(spec.properties)) {
-        const fieldSpec = resolve(schema, raw);
-        const label = document.createElement("label");
-        const name = `${section}.${field}`;
-        const hint = range(fieldSpec);
-        label.title = [fieldSpec.description, hint].filter(Boolean).join(" · ");
-        label.append(field.replaceAll("_", " "));
-        const input = inputFor(fieldSpec);
-        input.name = name;
-        input.setAttribute("aria-label", field);
-        input.addEventListener("change", () => {
-          let value = input.type === "checkbox" ? input.checked : input.value;
-          if (input.type === "number") value = input.value === "" ? null : Number(input.value);
-          this.change(section, field, value, input);
-        });
-        label.append(input);
-        box.append(label);
-        this.inputs.set(name, input);
+        box.append(this.field(section, field, resolve(schema, raw)));
       }
       this.form.append(box);
     }
@@ -94,12 +147,38 @@ export class SettingsForm {
     this.show(values);
   }
 
+  field(section, field, spec) {
+    const name = `${section}.${field}`;
+    const [label, help] = FIELDS[name] ?? [field.replaceAll("_", " "), spec.description ?? ""];
+    const row = document.createElement("label");
+    row.className = spec.type === "boolean" ? "check" : "";
+    const title = document.createElement("span");
+    title.className = "name";
+    title.textContent = label;
+    const input = inputFor(spec, OPTIONS[name]);
+    input.name = name;
+    input.setAttribute("aria-label", label);
+    input.addEventListener("change", () => {
+      let value = input.type === "checkbox" ? input.checked : input.value;
+      if (input.type === "number") value = input.value === "" ? null : Number(input.value);
+      this.change(section, field, value, input);
+    });
+    const range = spec.type === "integer" || spec.type === "number" ? rangeText(spec) : "";
+    const hint = document.createElement("span");
+    hint.className = "hint";
+    hint.textContent = [range, help].filter(Boolean).join("; ");
+    row.append(title, input);
+    if (hint.textContent) row.append(hint);
+    this.inputs.set(name, input);
+    return row;
+  }
+
   show(values) {
     for (const [name, input] of this.inputs) {
       const [section, field] = name.includes(".") ? name.split(".") : [null, name];
-      const value = section === null ? values[field] : values[section][field];
+      const value = section === null ? values[field] : values[section]?.[field];
       if (input.type === "checkbox") input.checked = Boolean(value);
-      else if (document.activeElement !== input) input.value = value === null ? "" : String(value);
+      else if (document.activeElement !== input) input.value = value === null || value === undefined ? "" : String(value);
       this.clearError(input);
     }
   }
@@ -125,5 +204,10 @@ export class SettingsForm {
 
   clearError(input) {
     input.closest("label")?.querySelector(".error")?.remove();
+  }
+
+  /** Inputs a streaming reply must not change (everything but the view). */
+  setBusy(busy) {
+    for (const [name, input] of this.inputs) if (!name.startsWith("view.")) input.disabled = busy;
   }
 }

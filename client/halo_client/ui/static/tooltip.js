@@ -46,15 +46,20 @@ export function fillTooltip(box, info) {
   box.append(table);
 }
 
-export function placeTooltip(box, target) {
+/** Below the token (above it where there is no room), inside `bounds` (the transcript's box):
+ * the tooltip never covers the panels beside the transcript (the inspector's controls). */
+export function placeTooltip(box, target, bounds = null) {
   const rect = target.getBoundingClientRect();
+  const area = bounds ?? { left: 0, top: 0, right: window.innerWidth, bottom: window.innerHeight };
   box.hidden = false;
   const width = box.offsetWidth, height = box.offsetHeight;
-  let left = Math.min(rect.left, window.innerWidth - width - 8);
+  const right = Math.min(area.right, window.innerWidth) - 4;
+  const bottom = Math.min(area.bottom, window.innerHeight) - 4;
+  const left = Math.max(Math.max(area.left, 0) + 4, Math.min(rect.left, right - width));
   let top = rect.bottom + 6;
-  if (top + height > window.innerHeight - 4) top = rect.top - height - 6;
-  box.style.left = `${Math.max(4, left)}px`;
-  box.style.top = `${Math.max(4, top)}px`;
+  if (top + height > bottom) top = rect.top - height - 6;
+  box.style.left = `${left}px`;
+  box.style.top = `${Math.max(Math.max(area.top, 0) + 4, top)}px`;
 }
 
 export function attachTooltip(container, box, getInfo) {
@@ -67,7 +72,7 @@ export function attachTooltip(container, box, getInfo) {
     getInfo(position).then((info) => {
       if (current !== target || !info) return;
       fillTooltip(box, info);
-      placeTooltip(box, target);
+      placeTooltip(box, target, container.getBoundingClientRect());
     }, () => {});
   });
   container.addEventListener("mouseleave", () => { current = null; box.hidden = true; });

@@ -6,6 +6,12 @@
 // A `levels` update is checked (epoch, count) and kept; it is drawn at the next animation frame,
 // and a newer one replaces one not drawn yet: the page shows the newest brightness and never
 // queues stale work. Drawing changes only classes and one attribute, never layout.
+//
+// Marks that must survive a repaint (the selection, the token located from the token dictionary,
+// the token the inspector shows) are attributes, since a repaint rewrites the class. A turn
+// whose text is all pruned is hidden as a whole (class `all-pruned`), not left as an empty box.
+// `listeners.structure` hears of new or changed tokens and `listeners.levels` of every drawn
+// update (the token dictionary follows both).
 
 const SIZE = 64;
 const NONE = 255;
@@ -34,6 +40,7 @@ export class Transcript {
     // what the benchmark and tests read (window.halo.transcript.stats); rings, so it never grows
     this.stats = { applied: 0, replaced: 0, mismatches: 0, index: 0, applyMs: new Float32Array(RING),
                    lagMs: new Float32Array(RING), lastLagMs: NaN, lastNewest: -1 };
+    this.listeners = { structure: () => {}, levels: () => {} };
     root.addEventListener("scroll", () => {
       this.stick = root.scrollHeight - root.scrollTop - root.clientHeight < 48;
     }, { passive: true });
@@ -43,12 +50,17 @@ export class Transcript {
   clear() {
     this.root.replaceChildren();
     this.spans = [];
+    this.texts = [];
     this.turnBoxes = new Map();
+    this.turnRoles = new Map();
+    this.located = -1;
+    this.inspected = -1;
     this.n = 0;
     this.cap = 0;
     this.flags = new Uint8Array(0);
     this.sentence = new Int32Array(0);
     this.turn = new Int32Array(0);
+    this.tokenId = new Int32Array(0);
     this.bucket = new Uint8Array(0);
     this.shown = new Float32Array(0);
     this.inspect = new Uint8Array(0);
@@ -58,6 +70,7 @@ export class Transcript {
     this.pending = null;
     this.inspecting = false;
     this.root.classList.remove("inspecting");
+    this.listeners?.structure();
   }
 
   ensure(size) {
@@ -66,6 +79,7 @@ export class Transcript {
     this.flags = grow(this.flags, cap);
     this.sentence = grow(this.sentence, cap);
     this.turn = grow(this.turn, cap);
+    this.tokenId = grow(this.tokenId, cap);
     this.bucket = grow(this.bucket, cap, NONE);
     this.shown = grow(this.shown, cap, NaN);
     this.inspect = grow(this.inspect, cap, NONE);
@@ -86,6 +100,7 @@ export class Transcript {
       block.append(who, box);
       this.root.append(block);
       this.turnBoxes.set(turn, box);
+      this.turnRoles.set(turn, role);
     }
     return box;
   }
@@ -105,6 +120,7 @@ export class Transcript {
         span.setAttribute("data-pos", String(p));
         span.textContent = rows.text[i];
         this.spans[p] = span;
+        this.texts[p] = rows.text[i];
         this.turnBox(rows.turn[i], rows.role[i]).append(span);
         if (p >= this.n) this.n = p + 1;
       }
@@ -112,6 +128,7 @@ export class Transcript {
       this.writeBrightness(p, rows.brightness[i]);
     }
     this.rebuildActive();
+    this.listeners.structure();
   }
 
   /** Tokens the page has whose metadata changed. */
@@ -121,6 +138,7 @@ export class Transcript {
       if (this.spans[p] !== undefined) this.setMeta(p, rows, i);
     }
     this.rebuildActive();
+    this.listeners.structure();
   }
 
   setMeta(p, rows, i) {
@@ -130,6 +148,7 @@ export class Transcript {
     this.flags[p] = flags;
     this.sentence[p] = rows.sentence[i];
     this.turn[p] = rows.turn[i];
+    this.tokenId[p] = rows.token_id[i];
     span.setAttribute("data-s", String(rows.sentence[i]));
     if ((before ^ flags) & TEMPLATE || !span.className) this.paint(p);
     if (flags & DELETED) span.setAttribute("data-pruned", "pruned");
@@ -148,23 +167,37 @@ export class Transcript {
     span.textContent = message.text;
     span.className = "tok";
     this.spans[p] = span;
+    this.texts[p] = message.text;
     this.flags[p] = 0;
     this.sentence[p] = -2;
     this.turn[p] = message.turn;
+    this.tokenId[p] = message.token_id;
     this.turnBox(message.turn, "assistant").append(span);
     this.n = Math.max(this.n, p + 1);
     if (this.activeCount === this.active.length) this.active = grow(this.active, this.active.length * 2);
     this.active[this.activeCount++] = p;
     this.scheduleFrame();
+    this.listeners.structure();
   }
 
   rebuildActive() {
     if (this.active.length < this.n) this.active = new Int32Array(Math.max(this.n, this.active.length * 2));
+    const turns = this.turnBoxes.size === 0 ? 0 : Math.max(...this.turnBoxes.keys()) + 1;
+    const content = new Int32Array(turns), pruned = new Int32Array(turns);
     let k = 0;
     for (let p = 0; p < this.n; p++) {
-      if (this.spans[p] !== undefined && !(this.flags[p] & DELETED)) this.active[k++] = p;
+      if (this.spans[p] === undefined) continue;
+      const flags = this.flags[p];
+      if (flags & DELETED) pruned[this.turn[p]] += 1;
+      else {
+        this.active[k++] = p;
+        if (!(flags & TEMPLATE)) content[this.turn[p]] += 1;
+      }
     }
     this.activeCount = k;
+    for (const [turn, box] of this.turnBoxes) {
+      box.parentElement.classList.toggle("all-pruned", content[turn] === 0 && pruned[turn] > 0);
+    }
   }
 
   paint(p) {
@@ -253,6 +286,7 @@ export class Transcript {
     performance.clearMarks("halo-levels-start");
     performance.clearMarks("halo-levels-end");
     performance.clearMeasures("halo-levels");
+    this.listeners.levels();
   }
 
   // ---------------------------------------------------------------- effects
@@ -278,23 +312,85 @@ export class Transcript {
   }
 
   select(positions) {
-    for (const span of this.root.querySelectorAll(".tok.sel")) span.classList.remove("sel");
-    for (const p of positions) this.spans[p]?.classList.add("sel");
+    for (const span of this.root.querySelectorAll(".tok[data-sel]")) span.removeAttribute("data-sel");
+    for (const p of positions) this.spans[p]?.setAttribute("data-sel", "");
+  }
+
+  /** Mark the token at `p` (from the token dictionary) and scroll the transcript to it; a pruned
+   * token is shown struck through while it is the located one, and its turn with it. */
+  locate(p) {
+    const previous = this.spans[this.located];
+    if (previous !== undefined) {
+      previous.removeAttribute("data-located");
+      previous.closest(".turn")?.removeAttribute("data-located");
+    }
+    this.located = p;
+    const span = this.spans[p];
+    if (span === undefined) return false;
+    span.setAttribute("data-located", "");
+    span.closest(".turn").setAttribute("data-located", "");
+    this.stick = false;
+    const box = this.root.getBoundingClientRect(), rect = span.getBoundingClientRect();
+    if (rect.top < box.top || rect.bottom > box.bottom) {
+      this.root.scrollTop += rect.top - box.top - (box.height - rect.height) / 2;
+    }
+    return true;
+  }
+
+  /** What the token dictionary shows of `p`. */
+  state(p) {
+    const flags = this.flags[p];
+    if (flags & DELETED) return "pruned";
+    if (flags & PINNED) return "pinned";
+    return flags & TEMPLATE ? "template" : "active";
+  }
+
+  roleOf(p) { return this.turnRoles.get(this.turn[p]) ?? ""; }
+
+  /** The newest turn of `role`, -1 if none. */
+  lastTurn(role) {
+    let last = -1;
+    for (const [turn, r] of this.turnRoles) if (r === role && turn > last) last = turn;
+    return last;
+  }
+
+  /** A word on a message beside its role ("stopped", "interrupted: ..."). */
+  noteTurn(turn, text) {
+    const box = this.turnBoxes.get(turn);
+    if (box === undefined) return;
+    const who = box.parentElement.querySelector(".who");
+    let note = who.querySelector(".ending");
+    if (note === null) {
+      note = document.createElement("span");
+      note.className = "ending";
+      who.append(note);
+    }
+    note.textContent = ` · ${text}`;
+    box.parentElement.dataset.ending = text;
   }
 
   isPinned(p) { return Boolean(this.flags[p] & PINNED); }
   isTemplate(p) { return Boolean(this.flags[p] & TEMPLATE); }
 
-  /** Draw one token's attention (the inspector) instead of brightness. */
-  showInspection(positions, buckets) {
+  /** Draw the attention of the token at `source` (the inspector) instead of brightness, and
+   * mark that token. */
+  showInspection(positions, buckets, source) {
     this.inspect.fill(NONE);
     for (let i = 0; i < positions.length; i++) this.inspect[positions[i]] = buckets[i];
     this.inspecting = true;
     this.root.classList.add("inspecting");
+    this.markInspected(source);
     for (let p = 0; p < this.n; p++) if (this.spans[p] !== undefined) this.paint(p);
   }
 
+  markInspected(p) {
+    this.spans[this.inspected]?.removeAttribute("data-inspected");
+    this.inspected = p;
+    this.spans[p]?.setAttribute("data-inspected", "");
+  }
+
   hideInspection() {
+    this.markInspected(-1);
     if (!this.inspecting) return;
     this.inspecting = false;
     this.root.classList.remove("inspecting");
