@@ -651,9 +651,10 @@ class Workbench:
         }
 
     def token_table(self) -> dict[str, Any]:
-        """The token dictionary's peak columns for every position (null / -1: none yet)."""
+        """The token dictionary's peak columns for every position (-1: none yet), vectorized:
+        a page asks for them about once a second while a reply streams."""
         peak, source = self.attention.table(len(self._chat().state))
-        return {"peak": [None if np.isnan(v) else float(f"{v:.6g}") for v in peak.tolist()],
+        return {"peak": np.round(np.nan_to_num(peak.astype(np.float64), nan=-1.0), 8).tolist(),
                 "peak_from": source.tolist()}
 
     # ------------------------------------------------------------------ replies

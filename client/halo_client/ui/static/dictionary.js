@@ -318,7 +318,7 @@ export class TokenDictionary {
     this.peakFrom = new Int32Array(n);
     for (let p = 0; p < n; p++) {
       const v = message.peak[p];
-      this.peak[p] = v === null ? NaN : v;
+      this.peak[p] = v < 0 ? NaN : v;
       this.peakFrom[p] = message.peak_from[p] ?? -1;
     }
     if (this.sortKey === "peak" || this.sortKey === "from") this.rebuild();
