@@ -36,6 +36,7 @@ from halo_client.cli.render import (
     render_conversation,
     stats_lines,
 )
+from halo_client.config import DEFAULT_SYSTEM_PROMPT
 from halo_client.conversation.chat import Chat
 from halo_client.conversation.memory import MemorySettings
 from halo_client.display.scale import SCALE_MODES, ScaleMode
@@ -266,7 +267,7 @@ async def run_repl(repl: Repl) -> None:
 
 @main.command()
 @sampler_options(max_length=200)
-@click.option("--system", default="You are a helpful assistant.", show_default=True,
+@click.option("--system", default=DEFAULT_SYSTEM_PROMPT, show_default=True,
               help="The system prompt (ignored when --session loads an existing chat).")
 @click.option("--session", "session_path", type=click.Path(dir_okay=False), default=None,
               help="Load the chat from FILE if it exists (with the tracker and pruner settings it was saved "

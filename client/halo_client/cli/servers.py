@@ -25,6 +25,7 @@ from halo_client.cli.options import (
     tracker_options,
 )
 from halo_client.client import KoboldClient
+from halo_client.config import DEFAULT_SYSTEM_PROMPT
 from halo_client.conversation.chat import Chat
 from halo_client.conversation.memory import MemorySettings
 from halo_client.display.scale import SCALE_MODES, ScaleMode
@@ -116,7 +117,7 @@ def mock_server(host: str, port: int, server_password: str | None, allowed_origi
               help="max_context_length of the demo's server.")
 @click.option("--session", "session_path", type=click.Path(dir_okay=False), default="halo-demo-session.json",
               show_default=True, help="Where the chat is saved after every reply (and resumed from next time).")
-@click.option("--system", default="You are a helpful assistant.", show_default=True,
+@click.option("--system", default=DEFAULT_SYSTEM_PROMPT, show_default=True,
               help="The system prompt (ignored when the session file already holds a chat).")
 @sampler_options(max_length=200)
 @click.option("--scale", type=click.Choice(SCALE_MODES), default="percentile", show_default=True,

@@ -14,13 +14,9 @@ from typing import Any, Final
 
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from halo_client.chatml import CHATML
 from halo_client.errors import HaloError
 
-CHATML: Final = (
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content']"
-    " + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}"
-    "{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
 _SENTINEL: Final = "\x00HALO-CONTENT\x00"
 
 

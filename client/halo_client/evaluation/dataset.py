@@ -28,10 +28,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from halo_client.config import DEFAULT_SYSTEM_PROMPT
 from halo_client.errors import HaloError
 from halo_client.evaluation.conversations import Conversation, Fact, Message, Step
 
-DEFAULT_SYSTEM = "You are a helpful assistant."
+DEFAULT_SYSTEM = DEFAULT_SYSTEM_PROMPT
 
 
 class ConversationFileError(HaloError):

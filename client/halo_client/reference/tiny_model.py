@@ -14,7 +14,7 @@ from typing import Literal
 
 import numpy as np
 
-from halo_client.conversation.template import CHATML
+from halo_client.chatml import CHATML
 from halo_client.reference.tokenizer import _byte_decoder
 
 SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")

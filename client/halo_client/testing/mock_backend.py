@@ -15,16 +15,11 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
+from halo_client.chatml import CHATML
 from halo_client.messages import AttentionSupport, ModelInfo
 from halo_client.serving.backend import ForwardResult
 from halo_client.serving.validation import RequestRejected
 from halo_client.testing import toy_tokenizer as tok
-
-CHATML_TEMPLATE: Final = (
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content']"
-    " + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}"
-    "{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
 
 REPLIES: Final = (
     "Sure. The mock model has no knowledge, but its replies have sentences. "
@@ -118,7 +113,7 @@ class MockBackend:
             eot_token_id=tok.IM_END_ID,
             rope_freq_base=10000.0,
             rope_freq_scale=1.0,
-            chat_template=CHATML_TEMPLATE,
+            chat_template=CHATML,
             attention_api_version=1,
             attention=AttentionSupport(
                 available=self.attention_available,
