@@ -52,12 +52,8 @@ mock: $(STAMP)  ## run the mock server on $(PORT)
 demo: $(RUN_STAMP)  ## chat with SmolLM2-135M (fetched once) on this machine: make demo CHAT_ARGS="--max-context-tokens 300"
 	$(BIN)/halo-client demo --port $(PORT) --session halo-demo-session.json $(CHAT_ARGS)
 
-workbench: $(UI_STAMP)  ## SmolLM2-135M (fetched once) on the reference server, and the workbench over it in your browser
-	@$(BIN)/halo-client serve --port $(PORT) & pid=$$!; \
-	trap "kill $$pid 2>/dev/null" EXIT INT TERM; \
-	$(BIN)/halo-client --url http://127.0.0.1:$(PORT) --timeout 300 wait && sleep 1 && \
-	{ kill -0 $$pid 2>/dev/null || { echo "make workbench: the reference server did not start; is port $(PORT) taken? (make workbench PORT=...)" >&2; exit 2; }; } && \
-	$(BIN)/halo-client --url http://127.0.0.1:$(PORT) ui --port $(UI_PORT) --open
+workbench: $(UI_STAMP)  ## SmolLM2-135M (fetched once) on the reference server, and the workbench over it in your browser: make workbench [PORT=5001] [UI_PORT=8765] (a taken port: any free one)
+	$(BIN)/halo-client workbench --port $(PORT) --ui-port $(UI_PORT) --open
 
 bench: $(STAMP)  ## transport, tracker and reference-model benchmarks
 	$(BIN)/python bench/bench_transport.py

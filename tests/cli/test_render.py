@@ -93,5 +93,33 @@ def test_each_recall_is_one_line_naming_what_came_back() -> None:
 
     event = PruneEvent("sentence", 12, 3, (40, 41, 42), 0.2, -5, " My locker\ncode is 4821. ", restored=True)
     [line] = recall_report([Recall(event, 3.14159, "What is my locker code?")])
-    assert click.unstyle(line) == "  recalled sentence 12 (relevance 3.14, 5 tokens): My locker code is 4821."
+    assert click.unstyle(line) == "  recalled sentence 12 (relevance 3.14, 3 tokens): My locker code is 4821."
     assert recall_report([]) == []
+
+
+def test_a_prune_of_many_units_is_one_line_and_a_single_token_is_one_token() -> None:
+    import click
+
+    from halo_client.cli.render import prune_line
+
+    one = PruneEvent("sentence", 4, 1, (9,), 0.5, 1, "Hi")
+    assert prune_line(one) == "sentence 4 (brightness 0.50, 1 token): Hi"
+    many = PruneResult([PruneEvent("sentence", u, 1, (u, u + 1), 0.1 * u, 2, "x") for u in range(1, 437)],
+                       active_before=5000, active_after=4000, budget=4096)
+    [line] = prune_report(many)
+    assert click.unstyle(line) == "  pruned 436 sentences (872 tokens, brightness 0.10 to 43.60): /pruned lists them"
+    few = PruneResult(many.events[:3], active_before=10, active_after=4, budget=5)
+    assert len(prune_report(few)) == 3  # a few are listed one by one, with the numbers /restore takes
+
+
+def test_the_plain_view_for_a_pipe_has_no_colour_codes_and_says_how_to_read_it() -> None:
+    from halo_client.cli.render import render_plain
+
+    state = _locker_chat()
+    lines = render_plain(state)
+    assert not any("\x1b" in line for line in lines)
+    assert lines[0] == "you:"
+    assert lines[1].endswith("My locker code is 4817.") and "3.00" in lines[1]  # its brightest token
+    assert lines[2].endswith("What is my locker code?")
+    assert lines[1].split()[0] > lines[2].split()[0]  # a higher bar for the brighter sentence
+    assert "dim" in lines[-1] and "bright" in lines[-1] and "brightest token" in lines[-1]

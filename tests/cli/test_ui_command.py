@@ -1,26 +1,14 @@
-"""`halo-client ui`: what a user sees when it cannot start (one line, exit code 2); serving is
-covered end to end by tests/ui/test_browser.py."""
+"""`halo-client ui`: what a user sees when it cannot start (one line, exit code 2); a taken port
+is tests/cli/test_workbench_command.py's, serving end to end tests/ui/test_browser.py's."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from halo_client.cli import main
-
-
-def test_a_taken_port_is_one_line_and_exit_2() -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen(1)
-        port = taken.getsockname()[1]
-        result = CliRunner().invoke(main, ["--url", "http://127.0.0.1:9", "ui", "--port", str(port)])
-    assert result.exit_code == 2
-    assert result.stderr.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port}" in result.stderr
-    assert "another --port" in result.stderr
 
 
 def test_a_bad_settings_file_stops_it_before_it_listens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from halo_client.client import KoboldClient, TokenEvent
+from halo_client.client import KoboldClient
 from halo_client.conversation import Chat
+from halo_client.conversation.chat import ReplyStep
 from halo_client.testing import FaultPlan, MockBackend, MockKoboldServer
 
 
@@ -16,10 +17,10 @@ async def test_stop_ends_the_reply_with_what_was_generated() -> None:
         chat = await Chat.open(client, system="Sys.", max_length=60, sampler={"temperature": 0})
         await chat.add_message("user", "Talk.")
         stop = asyncio.Event()
-        seen: list[TokenEvent] = []
+        seen: list[ReplyStep] = []
 
-        def on_token(event: TokenEvent) -> None:
-            seen.append(event)
+        def on_token(step: ReplyStep) -> None:
+            seen.append(step)
             if len(seen) == 3:
                 stop.set()
 

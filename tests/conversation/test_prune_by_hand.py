@@ -30,7 +30,12 @@ def test_the_last_sentence_of_a_message_takes_its_template_along() -> None:
     state = build([("system", "Be brief."), ("user", "Why?"), ("user", "Yes!")])
     sentence = int(state.column("sentence")[state.turns[1].start + 3])
     events = Pruner().prune_sentence(state, sentence)
-    assert [e.kind for e in events] == ["sentence", "turn"]
+    # one item: the template is not a unit of its own (nothing to list, restore or report apart)
+    [event] = events
+    assert event.kind == "sentence" and event.unit == sentence and event.text == "Why?"
+    span = range(state.turns[1].start, state.turns[1].end)
+    assert sorted(event.positions + event.template) == list(span)
+    assert event.tokens_freed == len(span) and event.size == len(event.positions)
     assert state.column("deleted")[state.turns[1].start : state.turns[1].end].all()
     check_chatml(state.input_ids())
 

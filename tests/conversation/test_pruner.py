@@ -75,8 +75,12 @@ def test_prune_properties(messages: list[tuple[str, str]], budget: int, granular
     deleted = ~active
     assert (state.column("deleted_turn")[deleted] >= 0).all()
     assert (state.column("deleted_reason")[deleted] > 0).all()
+    # every unit reported, now and in /pruned, is text: never a template piece of its own, no markup
+    for event in [*result.events, *pruner.pruned_units(state)]:
+        assert event.score == event.score and event.text.strip() and "<|im_" not in event.text, event
+    assert sum(e.tokens_freed for e in result.events) == result.active_before - result.active_after
     # restore is the inverse of prune
-    for event in reversed([e for e in result.events if e.score == e.score]):  # skip template-only events
+    for event in reversed(result.events):
         if state.column("deleted")[list(event.positions)].all():
             pruner.restore(state, event)
     assert state.input_ids() == before_ids

@@ -62,3 +62,25 @@ def test_segment_ids_are_dense_and_ordered(text: str) -> None:
         assert s[0] == 0 and lines[0] == 0
         assert (s[1:] >= s[:-1]).all() and (s[1:] - s[:-1] <= 2).all()
         assert (lines[1:] >= lines[:-1]).all()
+
+
+@given(st.text(alphabet=st.sampled_from(list("ab .!?\n \t3")), max_size=80))
+def test_no_sentence_or_line_is_whitespace_alone(text: str) -> None:
+    """A blank line or the spaces before a break are never a unit of their own: nothing to
+    prune, list in /pruned or restore."""
+    ps = pieces(text)
+    for ids in segment(ps):
+        units: dict[int, bytes] = {}
+        for p, i in zip(ps, ids.tolist(), strict=True):
+            units[i] = units.get(i, b"") + p
+        if text.strip():
+            assert all(u.strip() for u in units.values()), (text, units)
+        if ids.size:
+            assert sorted(units) == list(range(len(units)))  # numbered 0, 1, 2, ...
+
+
+def test_a_blank_line_goes_with_the_text_before_it() -> None:
+    assert sentences("Hello.\n\nWorld.") == ["Hello.", "World."]
+    text = "Hello.\n\nWorld."
+    ids, _ = segment(pieces(text))
+    assert len(set(ids.tolist())) == 2

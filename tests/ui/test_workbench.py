@@ -235,24 +235,6 @@ async def test_stop_ends_the_reply_and_keeps_what_it_generated(bench: Bench) -> 
     assert chat is not None and chat.state.turns[-1].role == "assistant" and chat.state.turns[-1].complete
 
 
-async def test_a_dropped_stream_undoes_the_reply_and_the_page_is_resynced(bench: Bench) -> None:
-    await bench.say("First.")
-    chat = bench.workbench.chat
-    assert chat is not None
-    bench.server.faults = FaultPlan(drop_before_token=4)
-    snapshots = len(bench.page.of("snapshot"))
-    await bench.say("Second.")
-    error = bench.page.of("error")[-1]
-    assert error["command"] == "send" and "undone" in error["message"]
-    assert len(bench.page.of("snapshot")) == snapshots + 1
-    assert chat.state.turns[-1].role == "user"  # the message stays, the broken reply is gone
-    assert sorted(bench.page.text) == list(range(len(chat.state)))
-    bench.server.faults = FaultPlan()
-    await bench.command(type="send", text="Third.")
-    await bench.workbench.idle()
-    assert bench.page.mismatches == []
-
-
 async def test_a_server_that_goes_away_is_reported_and_the_chat_resumes_when_it_is_back(bench: Bench) -> None:
     port = bench.server.port
     await bench.server.close()

@@ -20,13 +20,16 @@ import click
 
 from halo_client.cli.app import Settings, main, pass_settings, run_async
 from halo_client.cli.commands import print_reply
+from halo_client.cli.errors import describe
 from halo_client.cli.options import (
     layout_from,
     memory_option,
+    override_lines,
     sampler_from,
     sampler_options,
     settings_from,
     tracker_options,
+    typed_session_settings,
 )
 from halo_client.cli.render import (
     prune_line,
@@ -34,10 +37,11 @@ from halo_client.cli.render import (
     pruned_list,
     recall_report,
     render_conversation,
+    render_plain,
     stats_lines,
 )
 from halo_client.config import DEFAULT_SYSTEM_PROMPT
-from halo_client.conversation.chat import Chat
+from halo_client.conversation.chat import Chat, MessageTooLong
 from halo_client.conversation.memory import MemorySettings
 from halo_client.display.scale import SCALE_MODES, ScaleMode
 from halo_client.errors import HaloError
@@ -54,6 +58,8 @@ class Repl:
     done: bool = False
     #: set by Ctrl-C while a reply streams
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    #: whether stdout shows colours (a terminal); elsewhere /show draws its plain view
+    colour: bool = field(default_factory=lambda: sys.stdout.isatty())
 
     def say(self, *lines: str) -> None:
         """Status and reports (stderr)."""
@@ -66,6 +72,9 @@ class Repl:
             click.echo(line)
 
     def show(self, show_template: bool = False) -> None:
+        if not self.colour:
+            self.answer(*render_plain(self.chat.state, mode=self.scale))
+            return
         self.answer(*render_conversation(self.chat.state, mode=self.scale, show_template=show_template))
 
     def autosave(self) -> None:
@@ -161,16 +170,26 @@ COMMANDS: dict[str, tuple[str, str, Handler]] = {
 
 async def _send(repl: Repl, line: str) -> None:
     chat = repl.chat
-    await chat.add_message("user", line)
-    click.echo("model> ", nl=False)
+    if not repl.interactive:
+        click.echo(f"you> {line}")  # a piped chat's output reads as the transcript it was
     repl.stop.clear()
-    reply = await print_reply(chat, repl.stop)
-    if reply.done.finish_reason == "aborted":
+    try:
+        reply = await print_reply(chat, line, repl.stop, label="model> ", eager=repl.interactive)
+    except MessageTooLong as exc:
+        repl.say(f"  {describe(exc)}")
+        return
+    except HaloError as exc:
+        # `Chat.send` undid the whole exchange: the conversation is as before the message
+        repl.say(f"  halo-client: {describe(exc)} Your message was not added to the chat: send it again.")
+        return
+    if reply.interrupted is not None:
+        repl.say(f"  [interrupted: {reply.interrupted}; what was written stays in the conversation]")
+    elif reply.done.finish_reason == "aborted":
         repl.say("  [stopped: what was written stays in the conversation]")
     repl.say(*recall_report(reply.recalled))
-    pruned = [*prune_report(reply.pruned_before), *prune_report(reply.pruned_after)]
+    pruned = prune_report(reply.pruned_before, reply.pruned_after)
     repl.say(*pruned)
-    if pruned and repl.interactive and chat.info.attention.available:
+    if pruned and repl.interactive and repl.colour and chat.info.attention.available:
         repl.show()
     repl.autosave()
 
@@ -254,11 +273,7 @@ async def run_repl(repl: Repl) -> None:
                 if outcome is not None:
                     await outcome
                 continue
-            try:
-                await _send(repl, line)
-            except HaloError as exc:
-                # the conversation is as it was: say so, and let the user go on or leave
-                repl.say(f"  halo-client: {exc}")
+            await _send(repl, text)
     finally:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(signal.SIGINT)
@@ -270,8 +285,9 @@ async def run_repl(repl: Repl) -> None:
 @click.option("--system", default=DEFAULT_SYSTEM_PROMPT, show_default=True,
               help="The system prompt (ignored when --session loads an existing chat).")
 @click.option("--session", "session_path", type=click.Path(dir_okay=False), default=None,
-              help="Load the chat from FILE if it exists (with the tracker and pruner settings it was saved "
-                   "with), and save it there after every reply and at the end.")
+              help="Load the chat from FILE if it exists, and save it there after every reply and at the end. A "
+                   "loaded chat keeps the tracker, pruner and memory settings it was saved with, except those you "
+                   "type as flags now: they win (one line says which saved value each replaced).")
 @click.option("--force-model", is_flag=True,
               help="Load a --session saved against another model (token ids are model-specific: its text "
                    "will not mean the same to this one).")
@@ -293,8 +309,11 @@ async def chat(settings: Settings, max_length: int, temperature: float, system: 
                                        pruner=pruner, max_length=max_length,
                                        sampler=sampler_from(temperature=temperature),
                                        attention_layout=layout, force_model=force_model,
-                                       memory=MemorySettings(enabled=memory))
+                                       memory=MemorySettings(enabled=memory),
+                                       override=typed_session_settings(tracker, pruner, memory))
         repl = Repl(conversation, session_path, sys.stdin.isatty(), scale)
+        if session_path is not None:
+            repl.say(*override_lines(conversation.overridden, session_path))
         if repl.interactive:
             repl.say(f"  chatting with {conversation.info.model_name}; /help lists the commands")
         await run_repl(repl)

@@ -23,8 +23,7 @@ from halo_client.cli.options import (
     writable_file,
 )
 from halo_client.cli.render import info_lines, render_conversation
-from halo_client.client import TokenEvent
-from halo_client.conversation.chat import Chat, Reply
+from halo_client.conversation.chat import Chat, Reply, ReplyStep
 from halo_client.errors import HaloError, ServerUnreachable
 
 
@@ -57,19 +56,36 @@ async def tokenize(settings: Settings, text: str, no_special: bool) -> None:
     click.echo(f"{result.token_count} tokens")
 
 
-async def print_reply(chat: Chat, stop: asyncio.Event | None = None) -> Reply:
-    """Stream the chat's next reply to stdout as it is generated (`stop` ends it early)."""
+async def print_reply(chat: Chat, message: str | None = None, stop: asyncio.Event | None = None, *,
+                      label: str = "", eager: bool = True) -> Reply:
+    """Send `message` (`Chat.send`; None: answer the conversation as it is) and stream the reply
+    to stdout as it is generated (`stop` ends it early), after `label`: at once with `eager`,
+    else with the first token, so a message refused before any reply prints nothing here."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     hidden = chat.info.end_token_ids
+    started = False
 
-    def show(event: TokenEvent) -> None:
-        if event.token_id not in hidden:  # the stopping token's text is template, not reply
-            click.echo(decoder.decode(event.piece), nl=False)
+    def begin() -> None:
+        nonlocal started
+        if not started:
+            click.echo(label, nl=False)
+            started = True
 
+    def show(step: ReplyStep) -> None:
+        begin()
+        if step.token_id not in hidden:  # the stopping token's text is template, not reply
+            click.echo(decoder.decode(step.piece), nl=False)
+
+    if eager:
+        begin()
     try:
-        return await chat.reply(show, stop)
+        reply = await (chat.send(message, show, stop) if message is not None else chat.reply(show, stop))
     finally:
-        click.echo(decoder.decode(b"", final=True))
+        if started:
+            click.echo(decoder.decode(b"", final=True))
+    if not started:  # a reply of no tokens: its label still shows it was answered
+        click.echo(label)
+    return reply
 
 
 @main.command()
@@ -98,8 +114,7 @@ async def generate(settings: Settings, prompt: str, max_length: int, temperature
         chat = await Chat.open(client, system=system, tracker=tracker, pruner=pruner, max_length=max_length,
                                sampler=sampler_from(temperature=temperature, sampler_seed=seed),
                                attention_layout=layout)
-        await chat.add_message("user", prompt)
-        reply = await print_reply(chat)
+        reply = await print_reply(chat, prompt)
     done = reply.done
     click.echo(f"[{done.finish_reason}: {done.token_count} tokens, "
                f"{done.timings.tokens_per_second:.1f} tokens/s]", err=True)

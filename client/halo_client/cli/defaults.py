@@ -21,6 +21,8 @@ _TUNING = {
     **{name: ("tracker", name) for name in ("aggregation", "distance_mode", "min_distance", "distance_scale",
                                             "accumulation", "decay", "boost")},
 }
+#: the options whose settings a saved session keeps: a flag typed for a resumed chat wins over them
+SESSION_OPTIONS: dict[str, tuple[str, str]] = {**_TUNING, "memory": ("memory", "enabled")}
 #: command -> option -> (section, field); section None: a top-level field of the file
 _CHAT = {**_TUNING, "max_length": ("sampler", "max_length"), "temperature": ("sampler", "temperature"),
          "system": (None, "system_prompt"), "scale": ("view", "scale"),

@@ -65,7 +65,9 @@ def _budgets(value: str) -> tuple[float, ...]:
 @click.option("--min-tokens", default=600, show_default=True, help="Shortest generated history.")
 @click.option("--max-tokens", default=1200, show_default=True, help="Longest generated history.")
 @click.option("--reply-tokens", default=32, show_default=True, help="Most tokens per model reply in the history.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True,
+              help="Seed of the generated conversations (which facts, fillers and questions): the same seed, the "
+                   "same chats (unused with --conversations).")
 @click.option("--policy", "policies", multiple=True, help="Only this policy (repeatable; default: all).")
 @click.option("--workers", type=click.IntRange(1, 64), default=min(os.cpu_count() or 1, 4), show_default=True,
               help="Processes measuring conversations side by side (each loads the model, one BLAS thread each).")

@@ -14,8 +14,11 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import click
+from click.core import ParameterSource
 
+from halo_client.cli.defaults import SESSION_OPTIONS
 from halo_client.config import META_KEY, Config
+from halo_client.conversation.chat import SettingChange
 from halo_client.conversation.pruner import Granularity, PrunerSettings
 from halo_client.conversation.tracker import Accumulation, Aggregation, DistanceMode, TrackerSettings
 from halo_client.messages import AttentionLayout
@@ -121,6 +124,33 @@ def settings_from(kw: dict[str, Any]) -> tuple[TrackerSettings, PrunerSettings]:
     pruner = PrunerSettings.model_validate({**chosen.pruner.model_dump(), **{
         name: kw.pop(name) for name in ("max_context_tokens", "granularity", "protect_exchanges", "recent_share")}})
     return tracker, pruner
+
+
+def typed_session_settings(tracker: TrackerSettings, pruner: PrunerSettings,
+                           memory: bool) -> dict[str, dict[str, Any]]:
+    """The settings a saved session keeps that the user typed as flags on this command line: for
+    a resumed chat they win over the saved ones (`Chat.open(override=...)`), and only they do
+    (the settings file's defaults do not)."""
+    ctx = click.get_current_context()
+    values = {"tracker": tracker.model_dump(), "pruner": pruner.model_dump(), "memory": {"enabled": memory}}
+    typed: dict[str, dict[str, Any]] = {}
+    for option, (section, field) in SESSION_OPTIONS.items():
+        if ctx.get_parameter_source(option) is ParameterSource.COMMANDLINE:
+            typed.setdefault(section, {})[field] = values[section][field]
+    return typed
+
+
+def override_lines(changes: list[SettingChange], session_path: str) -> list[str]:
+    """One line per saved setting a typed flag replaced."""
+    option_of = {place: option for option, place in SESSION_OPTIONS.items()}
+    lines = []
+    for change in changes:
+        option = option_of[(change.section, change.name)].replace("_", "-")
+        flag = (f"--{'' if change.now else 'no-'}{option}" if isinstance(change.now, bool)
+                else f"--{option} {change.now}")
+        lines.append(f"  {flag} replaces the {change.name.replace('_', ' ')} {change.saved!r} saved in "
+                     f"{session_path}, from now on")
+    return lines
 
 
 def sampler_from(**flags: Any) -> dict[str, Any]:

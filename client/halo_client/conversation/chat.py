@@ -1,37 +1,102 @@
 """`Chat`: a conversation driven against a server, with brightness tracking and pruning.
 
-Order of one turn: the user's message is tokenized once and added; with memory on, it brings
-back the pruned sentences it matches best (`memory.Memory`: each one an audit-trail event,
-"recalled"); the conversation is pruned to fit (the budget, and the server's context minus the
-reply), keeping what was just recalled; the reply streams, each token
-joining the state and each frame updating brightness; the reply is closed with the
-template's suffix and the conversation is pruned again. If the stream fails, the reply and
-its brightness updates are undone: the conversation is exactly as before the request.
+One exchange (`send`): the user's message and the template around it, and the template that
+opens the reply, are tokenized first, before anything changes. Then, in one go: the message is
+added; with memory on, it brings back the pruned sentences it matches best (`memory.Memory`:
+each one an audit-trail event, "recalled"); the conversation is pruned to fit (the budget, and
+the server's context minus the reply), keeping what was just recalled. A message that cannot
+fit even with everything prunable gone is refused (`MessageTooLong`) and all of that is undone.
+The reply streams, each token joining the state and each frame updating brightness; every
+listener gets a `ReplyStep` per token that already holds the token's position, the positions
+of its frame's columns and the frame aggregated per column, so nothing downstream maps columns
+again. The reply is closed with the template's suffix and the conversation is pruned again.
+
+What a failure leaves:
+
+- the stream fails before the first token (the server is away or busy), or the call is
+  cancelled: everything is undone, the state is exactly as before the message (`send`) or the
+  reply (`reply`): the same tokens, flags, brightness and audit trail;
+- the stream fails after tokens came (the server died mid-reply, a damaged frame): what was
+  written is kept, closed like a reply the user stopped, and the `Reply` says `interrupted`
+  and why; nothing is raised.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
+import numpy.typing as npt
+import pydantic
 
 from halo_client.client import DoneEvent, GenerationStream, KoboldClient, TokenEvent
 from halo_client.conversation.memory import Memory, MemorySettings, Recall, prune_keeping
 from halo_client.conversation.pruner import Pruner, PruneResult, PrunerSettings
 from halo_client.conversation.session import Session, SessionModelMismatch, load, save
-from halo_client.conversation.state import ConversationState, FrameColumns, Role
+from halo_client.conversation.state import Checkpoint, ConversationState, FrameColumns, Role
 from halo_client.conversation.tracker import AttentionTracker, TrackerSettings
-from halo_client.conversation.turns import Part, Tokens, TurnBuilder
+from halo_client.conversation.turns import MessagePlan, Part, Tokens, TurnBuilder
 from halo_client.errors import HaloError
-from halo_client.messages import AttentionLayout, ModelInfo
+from halo_client.messages import AttentionLayout, ModelInfo, Timings
+
+#: `Reply.done.finish_reason` of a reply whose stream failed after it had begun
+INTERRUPTED: Final = "interrupted"
+#: where a chat's meta (and so its saved session) lists the turns of its interrupted replies
+INTERRUPTED_TURNS: Final = "interrupted_turns"
+#: the chat's settings a saved session keeps, by section
+SAVED_SETTINGS: Final = ("tracker", "pruner", "memory")
 
 
 class ContextBudgetExceeded(HaloError):
     """Even after pruning everything prunable, the request would not fit the server."""
+
+
+class MessageTooLong(ContextBudgetExceeded):
+    """The user's message cannot fit the server's context beside what must stay (system prompt,
+    pinned text, template) and the reply: refused before anything changed."""
+
+    def __init__(self, tokens: int, most: int, context: int, max_length: int) -> None:
+        self.tokens = tokens
+        self.most = most
+        room = (f"at most {most:,}" if most > 0 else "none: the system prompt and pinned text alone fill it")
+        super().__init__(
+            f"the message has {tokens:,} tokens; beside what must stay (system prompt, pinned text, template) "
+            f"and a {max_length:,}-token reply, the server's context of {context:,} has room for {room}; "
+            "nothing was sent or changed",
+            "Shorten the message (or split it), or lower the reply's max_length.")
+
+
+@dataclass(frozen=True)
+class ReplyStep:
+    """One generated token as `Chat.reply`'s listener gets it: already in the state, its frame
+    already applied to brightness."""
+
+    event: TokenEvent
+    #: the token's position in the state
+    position: int
+    #: the positions of its frame's columns (None when no frame came), and the frame aggregated
+    #: to one value per column as the tracker applied it (`AttentionTracker.aggregate`)
+    columns: npt.NDArray[np.int64] | None = None
+    attention: npt.NDArray[np.float32] | None = None
+
+    @property
+    def index(self) -> int:
+        return self.event.index
+
+    @property
+    def token_id(self) -> int:
+        return self.event.token_id
+
+    @property
+    def piece(self) -> bytes:
+        return self.event.piece
+
+
+Listener = Callable[[ReplyStep], Awaitable[None] | None]
 
 
 @dataclass
@@ -47,10 +112,56 @@ class Reply:
     context_positions: list[int] = field(default_factory=list)
     #: pruned sentences the user's message brought back before the reply
     recalled: list[Recall] = field(default_factory=list)
+    #: why the stream broke off after it had begun (the reply keeps what was written), else None
+    interrupted: str | None = None
+    #: the reply's turn in the state
+    turn: int = -1
 
     @property
     def text(self) -> str:
         return b"".join(t.piece for t in self.tokens).decode("utf-8", errors="replace")
+
+
+
+@dataclass(frozen=True)
+class SettingChange:
+    """A setting of a resumed session that the caller changed (`Chat.open(override=...)`)."""
+
+    section: str
+    name: str
+    saved: Any
+    now: Any
+
+
+@dataclass(frozen=True)
+class BudgetStatus:
+    """Where the conversation stands against its budget now."""
+
+    active: int
+    #: the pruner's budget, or the server's context when pruning is off
+    budget: int
+    context: int
+
+    @property
+    def over(self) -> bool:
+        return self.active > self.budget
+
+    @property
+    def message(self) -> str | None:
+        if not self.over:
+            return None
+        return (f"{self.active:,} tokens are active, over the budget of {self.budget:,}: all that is left is "
+                "protected (system prompt, the latest exchange, template, pinned); raise the budget, unpin, or "
+                "shorten the system prompt")
+
+
+@dataclass
+class _Prepared:
+    """What a request needs that takes the server to find out: tokenized before anything changes."""
+
+    prefix: Tokens
+    suffix_part: Part
+    suffix: Tokens
 
 
 class Chat:
@@ -58,13 +169,14 @@ class Chat:
                  tracker: TrackerSettings | None = None, pruner: PrunerSettings | None = None,
                  max_length: int = 200, sampler: dict[str, Any] | None = None,
                  meta: dict[str, Any] | None = None, attention_layout: AttentionLayout | None = None,
-                 memory: MemorySettings | None = None) -> None:
+                 memory: MemorySettings | None = None, frames_tracked: int = 0) -> None:
         """`attention_layout`: the frames to ask for; None (the default) asks for the smallest the
         tracker's aggregation can use (`TrackerSettings.smallest_layout`) among those the server
         offers, so long contexts do not pay for full frames; `full` keeps every head (to save them)."""
         self.client = client
         self.info = info
         self.tracker = AttentionTracker(tracker)
+        self.tracker.frames = frames_tracked
         self.pruner = Pruner(pruner)
         self.memory = Memory(memory)
         self.state = state or ConversationState(initial_brightness=self.tracker.settings.initial_brightness)
@@ -74,6 +186,8 @@ class Chat:
         self.sampler = sampler or {}
         self.meta = meta or {}
         self.attention_layout = attention_layout
+        #: settings of a resumed session that `open(override=...)` changed
+        self.overridden: list[SettingChange] = []
 
     @property
     def frame_layout(self) -> AttentionLayout:
@@ -88,9 +202,16 @@ class Chat:
 
     @classmethod
     async def open(cls, client: KoboldClient, *, system: str | None = None, session_path: str | None = None,
-                   force_model: bool = False, **kw: Any) -> Chat:
+                   force_model: bool = False, override: Mapping[str, Mapping[str, Any]] | None = None,
+                   **kw: Any) -> Chat:
         """A new chat, or the one saved at `session_path` if that file exists. A session saved
-        against another model is refused (`SessionModelMismatch`) unless `force_model`."""
+        against another model is refused (`SessionModelMismatch`) unless `force_model`, and one
+        holding a token id outside the model's vocabulary always (`SessionError`).
+
+        A resumed chat keeps the tracker, pruner and memory settings it was saved with (`tracker`,
+        `pruner` and `memory` are for a new chat), except those in `override`
+        (`{"pruner": {"max_context_tokens": 150}}`, what the user asked for now): those win, and
+        `chat.overridden` lists the saved values they replaced."""
         info = await client.model_info()
         if session_path is not None:
             try:
@@ -105,12 +226,14 @@ class Chat:
                         f"{session_path} was saved against the model {saved}, and {client.url} runs "
                         f"{info.model_name}: token ids are model-specific, so nothing was loaded.",
                         "Use a server with that model, or load it anyway with force_model=True.")
-                # a resumed chat keeps the tracker and pruner settings it was saved with
-                kw.pop("tracker", None)
-                kw.pop("pruner", None)
-                kw.pop("memory", None)
-                return cls(client, info, state=session.state, tracker=session.tracker, pruner=session.pruner,
-                           meta=session.meta, memory=session.memory, **kw)
+                session.check_vocabulary(info.vocab_size, info.model_name, session_path)
+                for name in SAVED_SETTINGS:
+                    kw.pop(name, None)
+                settings, changes = _overridden(session, override or {})
+                chat = cls(client, info, state=session.state, meta=session.meta,
+                           frames_tracked=session.frames_tracked, **settings, **kw)
+                chat.overridden = changes
+                return chat
         chat = cls(client, info, **kw)
         if system:
             await chat.add_message("system", system)
@@ -128,6 +251,25 @@ class Chat:
         plan = self.turns.plan_message(role, text)
         return self.turns.add_message(self.state, plan, [await self._tokens(p) for p in plan.parts])
 
+    async def _prepare(self, message: MessagePlan | None = None) -> _Prepared:
+        """The reply's opening and closing template, tokenized, for the history as it is or as it
+        will be once `message` is added."""
+        prefix = self.turns.plan_reply(message)
+        suffix = self.turns.plan_reply_suffix(message)
+        return _Prepared(self.turns.reply_prefix(prefix, await self._tokens(prefix)), suffix,
+                         await self._tokens(suffix))
+
+    # ------------------------------------------------------------------ undo
+
+    def _checkpoint(self) -> tuple[Checkpoint, int, int]:
+        return self.state.checkpoint(), len(self.turns.history), self.tracker.frames
+
+    def _rollback(self, checkpoint: tuple[Checkpoint, int, int]) -> None:
+        state, history, frames = checkpoint
+        self.state.rollback(state)
+        del self.turns.history[history:]
+        self.tracker.frames = frames
+
     # ------------------------------------------------------------------ pruning
 
     def prune(self, budget: int | None = None) -> PruneResult:
@@ -140,8 +282,21 @@ class Chat:
             return []
         return self.memory.recall(self.state, self.pruner, last["content"])
 
+    def interrupted_turns(self) -> list[int]:
+        """The turns of the replies a failure cut short (kept with what they wrote)."""
+        turns = self.meta.get(INTERRUPTED_TURNS, [])
+        return [t for t in turns if isinstance(t, int)] if isinstance(turns, list) else []
+
+    def budget_status(self) -> BudgetStatus:
+        context = self.info.max_context_length
+        return BudgetStatus(self.state.active_count, self.pruner.settings.max_context_tokens or context, context)
+
+    def _hard_limit(self, reserve: int) -> int:
+        """The most active tokens a request may have: the server's context minus the reply."""
+        return self.info.max_context_length - self.max_length - reserve
+
     def _fit_for_request(self, reserve: int, recalled: list[Recall] | None = None) -> PruneResult:
-        hard = self.info.max_context_length - self.max_length - reserve
+        hard = self._hard_limit(reserve)
         soft = self.pruner.settings.max_context_tokens
         budget = min(hard, soft) if soft else hard
         if self.state.active_count <= budget:
@@ -158,61 +313,114 @@ class Chat:
 
     # ------------------------------------------------------------------ replies
 
-    async def reply(self, on_token: Callable[[TokenEvent], Awaitable[None] | None] | None = None,
-                    stop: asyncio.Event | None = None) -> Reply:
+    async def send(self, text: str, on_token: Listener | None = None, stop: asyncio.Event | None = None, *,
+                   on_start: Callable[[], None] | None = None) -> Reply:
+        """The user's message and the reply to it, as one exchange (module docstring): refused
+        with `MessageTooLong` if it cannot fit, undone entirely if the reply fails before its
+        first token (the error is raised), kept with what was written if it fails later.
+        `on_start` is called once the request is made up (the message added, what it recalled
+        back, the prunes done, the reply opened), before it goes to the server."""
+        plan = self.turns.plan_message("user", text)
+        parts = [await self._tokens(p) for p in plan.parts]
+        prepared = await self._prepare(plan)
+        # from here to the request nothing waits: no other task sees the exchange half made
+        checkpoint = self._checkpoint()
+        try:
+            self.turns.add_message(self.state, plan, parts)
+        except BaseException:
+            self._rollback(checkpoint)
+            raise
+        content = len(parts[1])
+        return await self._reply(prepared, checkpoint, on_token, stop, on_start, message_tokens=content)
+
+    async def reply(self, on_token: Listener | None = None, stop: asyncio.Event | None = None, *,
+                    on_start: Callable[[], None] | None = None) -> Reply:
         """Generate the assistant's reply to the conversation so far. Setting `stop` ends it
-        early, keeping what was generated (the server finishes with `aborted`); cancelling the
-        call or a failed stream instead leaves the conversation exactly as before it."""
-        prefix = self.turns.plan_reply()
-        prefix_tokens = self.turns.reply_prefix(prefix, await self._tokens(prefix))
-        recalled = self.recall()
-        before = self._fit_for_request(len(prefix_tokens), recalled)
-        brightness_before = self.state.brightness.copy()
-        turns_before = len(self.state.turns)
-        self.turns.begin_reply(self.state, prefix_tokens)
+        early, keeping what was generated (the server finishes with `aborted`); a stream that
+        fails before its first token, or cancelling the call, leaves the conversation exactly
+        as before it; a stream that fails later keeps what was written (`Reply.interrupted`)."""
+        prepared = await self._prepare()
+        return await self._reply(prepared, self._checkpoint(), on_token, stop, on_start)
+
+    async def _reply(self, prepared: _Prepared, checkpoint: tuple[Checkpoint, int, int], on_token: Listener | None,
+                     stop: asyncio.Event | None, on_start: Callable[[], None] | None,
+                     message_tokens: int | None = None) -> Reply:
+        try:
+            recalled = self.recall()
+            before = self._fit_for_request(len(prepared.prefix), recalled)
+        except ContextBudgetExceeded:
+            excess = self.state.active_count - self._hard_limit(len(prepared.prefix))
+            self._rollback(checkpoint)
+            if message_tokens is None:
+                raise
+            raise MessageTooLong(message_tokens, message_tokens - excess, self.info.max_context_length,
+                                 self.max_length) from None
+        except BaseException:
+            self._rollback(checkpoint)
+            raise
+        turn = self.turns.begin_reply(self.state, prepared.prefix)
         request_positions = self.state.active_positions()
         columns = FrameColumns(request_positions, self.max_length)
         input_ids = self.state.input_ids()
-        want = self.info.attention.available
         tokens: list[TokenEvent] = []
         positions: list[int] = []
+        done: DoneEvent | None = None
+        interrupted: HaloError | None = None
+        started = asyncio.get_running_loop().time()
         try:
+            if on_start is not None:
+                on_start()
             async with self.client.generate_stream(input_ids, max_length=self.max_length,
-                                                   return_attention=want, attention_layout=self.frame_layout,
-                                                   **self.sampler) as stream:
+                                                   return_attention=self.info.attention.available,
+                                                   attention_layout=self.frame_layout, **self.sampler) as stream:
                 stopper = asyncio.create_task(self._abort_on(stop, stream)) if stop is not None else None
                 try:
                     async for event in stream:
                         if isinstance(event, DoneEvent):
                             done = event
                             break
-                        if event.attention is not None:
-                            cols = columns.for_frame(event.attention.ctx)
-                            self.tracker.update(self.state.brightness, cols, event.attention.values,
-                                                event.attention.layout)
-                        position = self.state.add_generated(event.token_id, event.piece)
-                        columns.add_generated(position)
-                        positions.append(position)
-                        tokens.append(event)
-                        if on_token is not None:
-                            maybe = on_token(event)
-                            if maybe is not None:
-                                await maybe
+                        await self._take(event, columns, tokens, positions, on_token)
                     else:
                         raise HaloError("the stream ended without `done`")
                 finally:
                     if stopper is not None:
                         stopper.cancel()
+        except HaloError as exc:
+            if not tokens:  # the reply never began: as if it had never been asked for
+                self._rollback(checkpoint)
+                raise
+            interrupted = exc
         except BaseException:
-            # the reply never happened: no tokens, no brightness from it
-            if len(self.state.turns) > turns_before:
-                self.state.discard_reply()
-            self.state.brightness[: len(brightness_before)] = brightness_before
+            self._rollback(checkpoint)
             raise
-        suffix = self.turns.plan_reply_suffix()
-        self.turns.end_reply(self.state, [t.token_id for t in tokens], suffix, await self._tokens(suffix))
+        if done is None:
+            elapsed = asyncio.get_running_loop().time() - started
+            done = DoneEvent(INTERRUPTED, len(tokens), len(input_ids),
+                             Timings(prompt_ms=0.0, generation_ms=elapsed * 1000.0,
+                                     tokens_per_second=len(tokens) / elapsed if elapsed > 0 else 0.0))
+        self.turns.end_reply(self.state, [t.token_id for t in tokens], prepared.suffix_part, prepared.suffix)
+        if interrupted is not None:
+            self.meta[INTERRUPTED_TURNS] = [*self.interrupted_turns(), turn]
         after = self.pruner.prune(self.state)
-        return Reply(tokens, done, before, after, input_ids, positions, request_positions.tolist(), recalled)
+        reply = Reply(tokens, done, before, after, input_ids, positions, request_positions.tolist(), recalled,
+                      str(interrupted) if interrupted is not None else None, turn)
+        return reply
+
+    async def _take(self, event: TokenEvent, columns: FrameColumns, tokens: list[TokenEvent], positions: list[int],
+                    on_token: Listener | None) -> None:
+        """One streamed token: its frame into brightness, the token into the state, the listener."""
+        cols = row = None
+        if event.attention is not None:
+            cols = columns.for_frame(event.attention.ctx)
+            row = self.tracker.update(self.state.brightness, cols, event.attention.values, event.attention.layout)
+        position = self.state.add_generated(event.token_id, event.piece)
+        columns.add_generated(position)
+        positions.append(position)
+        tokens.append(event)
+        if on_token is not None:
+            maybe = on_token(ReplyStep(event, position, cols, row))
+            if maybe is not None:
+                await maybe
 
     @staticmethod
     async def _abort_on(stop: asyncio.Event, stream: GenerationStream) -> None:
@@ -223,7 +431,7 @@ class Chat:
 
     def session(self) -> Session:
         return Session(self.state, self.tracker.settings, self.pruner.settings,
-                       {**self.meta, "model_name": self.info.model_name}, self.memory.settings)
+                       {**self.meta, "model_name": self.info.model_name}, self.memory.settings, self.tracker.frames)
 
     def save(self, path: str) -> None:
         save(self.session(), path)
@@ -237,7 +445,26 @@ class Chat:
             "tokens": len(state),
             "active": state.active_count,
             "pruned": int(np.count_nonzero(~active)),
-            "budget": self.pruner.settings.max_context_tokens or self.info.max_context_length,
+            "budget": self.budget_status().budget,
             "brightness_mean": float(brightness.mean()) if brightness.size else 0.0,
             "frames_tracked": self.tracker.frames,
         }
+
+
+def _overridden(session: Session, override: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, Any],
+                                                                                      list[SettingChange]]:
+    """The session's settings with `override` applied, and what that changed."""
+    saved: dict[str, pydantic.BaseModel] = {"tracker": session.tracker, "pruner": session.pruner,
+                                            "memory": session.memory}
+    unknown = set(override) - set(saved)
+    if unknown:
+        raise ValueError(f"no saved settings {sorted(unknown)}; a session keeps {', '.join(SAVED_SETTINGS)}")
+    settings: dict[str, Any] = {}
+    changes: list[SettingChange] = []
+    for section, model in saved.items():
+        values = model.model_dump()
+        wanted = dict(override.get(section, {}))
+        settings[section] = type(model).model_validate({**values, **wanted})
+        changes += [SettingChange(section, name, values[name], value) for name, value in wanted.items()
+                    if values.get(name) != value]
+    return settings, changes

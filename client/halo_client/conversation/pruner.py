@@ -16,9 +16,11 @@ Pruning is a soft delete with an audit trail (turn, score, reason); `restore` un
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Final, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -59,6 +61,14 @@ class PruneEvent:
     tokens_freed: int
     text: str
     restored: bool = False
+    #: the message's template, when this unit was the last of its message's content to go (it
+    #: went too, counted in `tokens_freed`); `restore` brings it back with the unit
+    template: tuple[int, ...] = ()
+
+    @property
+    def size(self) -> int:
+        """The unit's own tokens."""
+        return len(self.positions)
 
 
 @dataclass
@@ -77,6 +87,43 @@ class PruneResult:
                     "all that is left is protected (system prompt, current message, template, pinned); "
                     "raise the budget, unpin, or shorten the system prompt")
         return f"pruned {len(self.events)} units, {self.active_before} -> {self.active_after} tokens"
+
+
+#: a prune of more units than this is reported as one line (`summary`); the units: `/pruned`
+LISTED_ONE_BY_ONE: Final = 3
+
+
+def summary(events: Sequence[PruneEvent]) -> str:
+    """Many units pruned at once, in one line: how many, their tokens, their brightness."""
+    units = [e for e in events if not e.restored]
+    kinds = {e.kind for e in units}
+    kind = next(iter(kinds)) if len(kinds) == 1 else "unit"
+    tokens = sum(e.tokens_freed for e in units)
+    scores = [e.score for e in units if not math.isnan(e.score)]
+    brightness = f", brightness {min(scores):.2f} to {max(scores):.2f}" if scores else ""
+    return f"{len(units):,} {kind}{'' if len(units) == 1 else 's'} ({tokens:,} tokens{brightness})"
+
+
+def _content_text(state: ConversationState, positions: npt.NDArray[np.int64]) -> str:
+    """What a unit says: its text without template markup (a whole turn's has some)."""
+    template = state.column("template")
+    return state.text(positions[~template[positions]])
+
+
+def _with_templates(events: list[PruneEvent], dropped: dict[int, npt.NDArray[np.int64]]) -> list[PruneEvent]:
+    """`events` with each emptied message's template folded into the event of its last unit to go:
+    a template is never a unit of its own. (A message emptied without an event of this call, which
+    only a hand-edited state can hold, keeps a template-only event.)"""
+    out = list(events)
+    for turn, positions in dropped.items():
+        last = max((i for i, e in enumerate(out) if e.turn == turn and not e.template), default=None)
+        if last is None:
+            out.append(PruneEvent("turn", turn, turn, tuple(positions.tolist()), float("nan"), int(positions.size), ""))
+            continue
+        e = out[last]
+        out[last] = dataclasses.replace(e, template=tuple(positions.tolist()),
+                                        tokens_freed=e.tokens_freed + int(positions.size))
+    return out
 
 
 def _droppable_messages(state: ConversationState, protected: npt.NDArray[np.bool_]) -> tuple[
@@ -191,7 +238,7 @@ class Pruner:
             unit_positions = positions[a:b]
             result.events.append(self._delete(state, kind, int(units[a]), unit_positions,
                                               float(unit_scores[u]), current_turn_id))
-        result.events.extend(self._drop_empty_messages(state, current_turn_id, protected))
+        result.events = _with_templates(result.events, self._drop_empty_messages(state, current_turn_id, protected))
         result.active_after = state.active_count
         result.over_budget = result.active_after > budget
         return result
@@ -214,7 +261,7 @@ class Pruner:
         score = float(values.max() if self.settings.reduce == "max" else values.mean())
         turn_now = len(state.turns) - 1
         event = self._delete(state, "sentence", sentence, positions, score, turn_now)
-        return [event, *self._drop_empty_messages(state, turn_now, protected)]
+        return _with_templates([event], self._drop_empty_messages(state, turn_now, protected))
 
     @staticmethod
     def _recent(state: ConversationState, candidates: npt.NDArray[np.bool_], key: str,
@@ -254,25 +301,25 @@ class Pruner:
         state.mark_deleted(positions, turn=turn_now, score=score, reason="pruned")
         return PruneEvent(kind, unit, int(state.column("turn")[positions[0]]),
                           tuple(int(p) for p in positions), score, int(positions.size),
-                          state.text(positions))
+                          _content_text(state, positions))
 
     @staticmethod
     def _drop_empty_messages(state: ConversationState, turn_now: int,
-                             protected: npt.NDArray[np.bool_]) -> list[PruneEvent]:
-        """Take the template of every droppable message whose content is now all gone."""
+                             protected: npt.NDArray[np.bool_]) -> dict[int, npt.NDArray[np.int64]]:
+        """Take the template of every droppable message whose content is now all gone; returns
+        each such turn's template positions."""
         if not state.turns:
-            return []
+            return {}
         per_turn, droppable = _droppable_messages(state, protected)
         template, deleted = state.column("template"), state.column("deleted")
         empty = droppable & (per_turn(~template & ~deleted) == 0)
-        events = []
+        dropped = {}
         for t in np.flatnonzero(empty).tolist():
             span = state.turns[t]
             left = np.flatnonzero(~deleted[span.start : span.end] & template[span.start : span.end]) + span.start
             state.mark_deleted(left, turn=turn_now, score=np.nan, reason="empty message")
-            events.append(PruneEvent("turn", t, t, tuple(int(p) for p in left), float("nan"),
-                                     int(left.size), state.text(left)))
-        return events
+            dropped[t] = left.astype(np.int64)
+        return dropped
 
     @staticmethod
     def restore(state: ConversationState, event: PruneEvent) -> PruneEvent:
@@ -318,5 +365,5 @@ class Pruner:
             ps = positions[a:b]
             events.append(PruneEvent(key, int(unit_ids[a]), int(state.column("turn")[ps[0]]),
                                      tuple(int(p) for p in ps), float(state.column("deleted_score")[ps[0]]),
-                                     int(ps.size), state.text(ps)))
+                                     int(ps.size), _content_text(state, ps)))
         return events

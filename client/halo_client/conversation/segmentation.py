@@ -17,7 +17,8 @@ sentence's end goes with that sentence, never alone). A period does not end a se
 
 Boundaries are found on the decoded text and mapped back to tokens by byte offset: a token
 belongs to the sentence holding its first byte, so a piece like ". " stays with the sentence
-its period ends. Runs once per message, never per frame.
+its period ends. Whitespace is never a sentence or a line of its own: a blank line goes with the
+text before it. Runs once per message, never per frame.
 """
 
 from __future__ import annotations
@@ -118,4 +119,22 @@ def segment(pieces: Sequence[bytes]) -> tuple[npt.NDArray[np.int32], npt.NDArray
         return np.searchsorted(bounds, starts, side="right").astype(np.int32)
 
     newlines = [m.end() for m in re.finditer("\n", text)]
-    return index_of(_sentence_ends(text)), index_of(newlines)
+    blank = np.fromiter((not p.strip() for p in pieces), bool, n)
+    return _without_blank(index_of(_sentence_ends(text)), blank), _without_blank(index_of(newlines), blank)
+
+
+def _without_blank(ids: npt.NDArray[np.int32], blank: npt.NDArray[np.bool_]) -> npt.NDArray[np.int32]:
+    """`ids` with every segment of whitespace alone (the blank line between paragraphs, the
+    spaces before a line break) joined to the segment before it, or after it at the start: a
+    unit of no text is nothing to prune, list or restore. Renumbered 0, 1, 2, ..."""
+    segments, inverse = np.unique(ids, return_inverse=True)
+    has_text = np.zeros(segments.size, bool)
+    np.logical_or.at(has_text, inverse, ~blank)
+    if not has_text.any():
+        return np.zeros_like(ids)
+    # each segment's text-holding owner: itself, else the nearest one before, else the first after
+    owner = np.where(has_text, np.arange(segments.size), -1)
+    owner = np.maximum.accumulate(owner)
+    owner[owner < 0] = int(np.flatnonzero(has_text)[0])
+    _, renumbered = np.unique(owner[inverse], return_inverse=True)
+    return renumbered.astype(np.int32)

@@ -50,6 +50,19 @@ class Session:
     #: free-form facts about the chat (model name, server URL, system prompt)
     meta: dict[str, Any]
     memory: MemorySettings = field(default_factory=MemorySettings)
+    #: attention frames the tracker has applied over the chat's life (`/stats`)
+    frames_tracked: int = 0
+
+    def check_vocabulary(self, vocab_size: int, model_name: str, source: str = "session") -> None:
+        """Refuse (`SessionError`) a session holding a token id outside the model's vocabulary:
+        every request would fail, so nothing is loaded."""
+        ids = self.state.column("token_id")
+        bad = np.flatnonzero(ids >= vocab_size)
+        if bad.size:
+            p = int(bad[0])
+            raise SessionError(f"{source} cannot be loaded: token {p} has id {int(ids[p])}, outside the "
+                               f"{vocab_size:,}-token vocabulary of {model_name} ({bad.size} such tokens: "
+                               "damaged, or saved with another model); nothing was loaded")
 
 
 def to_json(session: Session) -> dict[str, Any]:
@@ -68,6 +81,7 @@ def to_json(session: Session) -> dict[str, Any]:
         "pruner": session.pruner.model_dump(),
         "memory": session.memory.model_dump(),
         "meta": session.meta,
+        "frames_tracked": session.frames_tracked,
         "initial_brightness": state.initial_brightness,
         "next_ids": list(state.next_ids),
         "turns": [[t.turn_id, t.role, t.start, t.end, t.complete] for t in state.turns],
@@ -115,6 +129,9 @@ def from_json(data: Any, source: str = "session") -> Session:
         if not isinstance(meta, dict):
             raise bad("its meta is not an object")
         initial_brightness = float(data["initial_brightness"])
+        frames_tracked = int(data.get("frames_tracked", 0))  # (files before it was saved: 0)
+        if frames_tracked < 0:
+            raise bad("its count of tracked frames is negative")
         state = ConversationState.from_arrays(arrays, pieces, turns, (next_sentence, next_line), initial_brightness)
     except SessionError:
         raise
@@ -122,7 +139,7 @@ def from_json(data: Any, source: str = "session") -> Session:
         raise bad(str(exc)) from exc
     except (KeyError, TypeError, ValueError, OverflowError) as exc:  # pydantic's errors are ValueErrors
         raise bad(f"it is damaged ({type(exc).__name__}: {exc})") from exc
-    return Session(state, tracker, pruner, dict(meta), memory)
+    return Session(state, tracker, pruner, dict(meta), memory, frames_tracked)
 
 
 def load(path: str | os.PathLike[str]) -> Session:

@@ -86,6 +86,19 @@ class Turn:
     complete: bool
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """A state as it was (`ConversationState.checkpoint`): copies, never views."""
+
+    n: int
+    columns: dict[str, npt.NDArray[Any]]
+    pieces: int
+    turns: tuple[Turn, ...]
+    next_ids: tuple[int, int]
+    start: float | None
+    initial_brightness: float
+
+
 class ConversationState:
     def __init__(self, initial_brightness: float = 1.0, capacity: int = 1024) -> None:
         self.initial_brightness = initial_brightness
@@ -269,6 +282,31 @@ class ConversationState:
             self._cols[name][turn.start : turn.start + (turn.end - turn.start)] = fill
         self.turns.pop()
         self._start = None
+
+    def checkpoint(self) -> Checkpoint:
+        """Everything the state is now, to `rollback` to: a user's message that cannot be
+        answered is undone with everything it set off (recalls, prunes, brightness)."""
+        return Checkpoint(self._n, {name: self._cols[name][: self._n].copy() for name in COLUMNS},
+                          len(self.pieces), tuple(Turn(t.turn_id, t.role, t.start, t.end, t.complete)
+                                                  for t in self.turns),
+                          (self._next_sentence, self._next_line), self._start, self.initial_brightness)
+
+    def rollback(self, checkpoint: Checkpoint) -> None:
+        """Back to exactly the state of `checkpoint` (taken from this state, which has only
+        grown or changed flags since): rows after it are forgotten, every column restored."""
+        if checkpoint.n > len(self.pieces) or checkpoint.pieces != checkpoint.n:
+            raise ConversationError("this checkpoint is not of this conversation")
+        end = self._n
+        self._grow(max(0, checkpoint.n - self._n))
+        for name, (_dtype, fill) in COLUMNS.items():
+            self._cols[name][: checkpoint.n] = checkpoint.columns[name]
+            self._cols[name][checkpoint.n : max(end, checkpoint.n)] = fill
+        self._n = checkpoint.n
+        del self.pieces[checkpoint.n :]
+        self.turns = [Turn(t.turn_id, t.role, t.start, t.end, t.complete) for t in checkpoint.turns]
+        self._next_sentence, self._next_line = checkpoint.next_ids
+        self._start = checkpoint.start
+        self.initial_brightness = checkpoint.initial_brightness
 
     def _open_reply(self) -> Turn:
         if not self.turns or self.turns[-1].complete or self.turns[-1].role != "assistant":

@@ -209,20 +209,24 @@ class AttentionTracker:
 
     def weighted(self, frame: npt.NDArray[np.floating], layout: AttentionLayout = "full") -> npt.NDArray[np.float32]:
         """The frame's contribution per column: boost x w(d) x aggregated attention."""
-        a = self.aggregate(frame, layout)
+        return self._weighted_row(self.aggregate(frame, layout))
+
+    def _weighted_row(self, a: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         contribution = a * self._reversed_weights(a.shape[0])
         if self.settings.boost != 1.0:
             contribution *= np.float32(self.settings.boost)
         return contribution
 
     def update(self, brightness: npt.NDArray[np.float32], positions: npt.NDArray[np.int64],
-               frame: npt.NDArray[np.floating], layout: AttentionLayout = "full") -> None:
+               frame: npt.NDArray[np.floating], layout: AttentionLayout = "full") -> npt.NDArray[np.float32]:
         """Apply one frame of `layout`: column j of `frame` is the token at `positions[j]` of
         `brightness` (`FrameColumns.for_frame(ctx)` gives `positions`). One vectorized pass;
-        `brightness` is updated in place."""
+        `brightness` is updated in place. Returns the frame aggregated to one value per column
+        (`aggregate`), for whoever shows it: computed once per frame."""
         if frame.ndim != 3 or frame.shape[2] != positions.shape[0]:
             raise ValueError(f"frame of shape {frame.shape} does not match {positions.shape[0]} positions")
-        contribution = self.weighted(frame, layout)
+        row = self.aggregate(frame, layout)
+        contribution = self._weighted_row(row)
         s = self.settings
         current = brightness[positions]
         if s.accumulation == "additive":
@@ -236,3 +240,4 @@ class AttentionTracker:
             current += contribution
         brightness[positions] = current
         self.frames += 1
+        return row

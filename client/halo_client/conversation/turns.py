@@ -92,9 +92,13 @@ class TurnBuilder:
 
     # ------------------------------------------------------------------ replies
 
-    def plan_reply(self) -> Part:
-        """The template text that opens the assistant's reply (e.g. `<|im_start|>assistant\\n`)."""
-        return Part(self.template.generation_prefix(self.history), True)
+    def _history(self, then: MessagePlan | None) -> list[dict[str, str]]:
+        return self.history if then is None else [*self.history, {"role": then.role, "content": then.content}]
+
+    def plan_reply(self, then: MessagePlan | None = None) -> Part:
+        """The template text that opens the assistant's reply (e.g. `<|im_start|>assistant\\n`);
+        with `then`, the reply to that message once it is added."""
+        return Part(self.template.generation_prefix(self._history(then)), True)
 
     def reply_prefix(self, prefix: Part, tokens: Tokens) -> Tokens:
         """The tokens that open the reply, from those of `plan_reply()`'s part."""
@@ -104,9 +108,10 @@ class TurnBuilder:
         """Open the reply in `state` with `reply_prefix`'s tokens; the model's tokens follow."""
         return state.begin_reply(prefix_tokens)
 
-    def plan_reply_suffix(self) -> Part:
-        """The template text that closes the assistant's reply (e.g. `<|im_end|>\\n`)."""
-        return Part(self.template.message_parts(self.history, "assistant").suffix, True)
+    def plan_reply_suffix(self, then: MessagePlan | None = None) -> Part:
+        """The template text that closes the assistant's reply (e.g. `<|im_end|>\\n`); with
+        `then`, of the reply to that message once it is added."""
+        return Part(self.template.message_parts(self._history(then), "assistant").suffix, True)
 
     def end_reply(self, state: ConversationState, generated: Sequence[int], suffix: Part,
                   tokens: Tokens) -> str:
