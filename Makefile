@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-run
 CHAT_ARGS ?=
 
-.PHONY: install test test-fast lint mock demo workbench bench bench-quality bench-workbench clean
+.PHONY: install test test-fast soak lint mock demo workbench bench bench-quality bench-workbench clean
 
 $(RUN_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ test: $(STAMP)  ## the whole test suite
 
 test-fast: $(STAMP)  ## what to run while working: every test that loads no real model and starts no process
 	$(BIN)/python -m pytest -m "not model and not process" -q
+
+SOAK_EXAMPLES ?= 300
+SOAK_STEPS    ?= 30
+soak: $(STAMP)  ## the chat and the workbench under random user actions and server faults, long (make test runs a short one): make soak [SOAK_EXAMPLES=300] [SOAK_STEPS=30]
+	HALO_SOAK_EXAMPLES=$(SOAK_EXAMPLES) HALO_SOAK_STEPS=$(SOAK_STEPS) $(BIN)/python -m pytest tests/faults -q -s
 
 lint: $(STAMP)  ## ruff and mypy --strict on the package, its tests and benchmarks and the patch's halo_api package; hadolint on docker/Dockerfile
 	$(BIN)/ruff check client tests bench kobold_patch/src

@@ -269,8 +269,7 @@ class GenerationStream(_AsyncClosing):
             raise RequestTimeout(client.url, client.timeout, what) from exc
         except WebSocketClosed as exc:
             raise ProtocolError(
-                f"{client.url} closed the stream before `done` ({exc}); the generation was cut "
-                "off, the conversation is unchanged"
+                f"{client.url} closed the stream before `done` ({exc}): the generation was cut off"
             ) from exc
 
     async def _connect(self, max_frame: int) -> StreamConnection:

@@ -359,3 +359,94 @@ def test_eval_pruning_on_your_own_conversations(tmp_path: Path) -> None:
                                "--out", str(tmp_path / "o2")))
     assert "bad.jsonl, line 1" in line
     assert not (tmp_path / "o2").exists()  # nothing written
+
+
+# --------------------------------------------------------- chat: sessions, pipes, failures (issue 21)
+
+
+def test_a_typed_flag_wins_over_the_resumed_session_and_says_so(mock_url: str, tmp_path: Path) -> None:
+    session = tmp_path / "s.json"
+    assert run("--url", mock_url, "chat", "--temperature", "0", "--session", str(session),
+               stdin="hello\n").returncode == 0
+    typed = run("--url", mock_url, "chat", "--temperature", "0", "--session", str(session),
+                "--max-context-tokens", "150", "--no-memory", stdin="/stats\n")
+    assert typed.returncode == 0, typed.stderr
+    assert "budget 150" in typed.stdout
+    said = [line for line in typed.stderr.splitlines() if "replaces" in line]
+    assert said == [f"  --max-context-tokens 150 replaces the max context tokens 0 saved in {session}, from now on",
+                    f"  --no-memory replaces the enabled True saved in {session}, from now on"]
+    kept = run("--url", mock_url, "chat", "--temperature", "0", "--session", str(session), stdin="/stats\n")
+    assert "budget 150" in kept.stdout and "replaces" not in kept.stderr  # saved now: nothing to say
+    assert "they win" in run("demo", "--help").stdout
+
+
+def test_a_session_with_a_token_outside_the_vocabulary_is_refused_at_load(mock_url: str, tmp_path: Path) -> None:
+    session = tmp_path / "s.json"
+    assert run("--url", mock_url, "chat", "--temperature", "0", "--session", str(session),
+               stdin="hello\n").returncode == 0
+    data = json.loads(session.read_text())
+    data["columns"]["token_id"][4] = 10_000_000
+    session.write_text(json.dumps(data))
+    saved = session.read_bytes()
+    line = one_line_exit_2(run("--url", mock_url, "chat", "--session", str(session), stdin="hi\nagain\n"))
+    assert "10000000" in line and "vocabulary" in line
+    assert session.read_bytes() == saved  # untouched: no turn without a reply written back
+
+
+def test_a_piped_chat_echoes_what_was_sent_and_shows_a_plain_view(mock_url: str, tmp_path: Path) -> None:
+    session = tmp_path / "s.json"
+    first = run("--url", mock_url, "chat", "--temperature", "0", "--session", str(session),
+                stdin="hello there. How are you?\n/show\n")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("you> hello there. How are you?\nmodel> ")
+    assert "\x1b" not in first.stdout  # no colour codes where no terminal shows them
+    view = first.stdout.split("model> ", 1)[1].splitlines()[1:]
+    assert view[0] == "system:" and "you:" in view and "model:" in view
+    assert any(line.endswith("hello there.") and line.split()[0] in "▁▂▃▄▅▆▇█" for line in view)
+    assert "dim to" in view[-1] and "brightest token" in view[-1]
+    resumed = run("--url", mock_url, "chat", "--session", str(session), stdin="/stats\n")
+    frames = re.search(r"frames tracked (\d+)", resumed.stdout)
+    assert frames and int(frames.group(1)) > 0  # counted on from the saved chat, not from 0
+
+
+def test_a_message_too_long_is_refused_and_a_prune_of_many_is_one_line(recording_mock: MockKoboldServer,
+                                                                          tmp_path: Path) -> None:
+    session = tmp_path / "s.json"
+    many = " ".join(f"Sentence number {i} is here." for i in range(40))
+    built = run("--url", recording_mock.url, "chat", "--temperature", "0", "--session", str(session),
+                "--max-length", "20", stdin=f"{many}\nOkay.\n")
+    assert built.returncode == 0, built.stderr
+    received = len(recording_mock.mock.received)
+    state_before = session.read_bytes()
+    result = run("--url", recording_mock.url, "chat", "--temperature", "0", "--session", str(session),
+                 "--max-length", "20", "--max-context-tokens", "60",
+                 stdin=f"{'word ' * 5000}\n/prune\n/pruned\n/quit\n")
+    assert result.returncode == 0, result.stderr
+    refused = [line for line in result.stderr.splitlines() if "nothing was sent" in line]
+    assert len(refused) == 1 and "tokens" in refused[0] and "at most" in refused[0]
+    assert len(recording_mock.mock.received) == received  # not sent
+    pruned = [line for line in result.stderr.splitlines() if "pruned" in line]
+    assert len(pruned) == 1 and re.search(r"pruned \d+ sentences \(\d+ tokens, brightness .+\): /pruned lists them",
+                                          pruned[0]), result.stderr
+    assert result.stdout.count("(brightness") > 3  # /pruned has the details
+    assert session.read_bytes() != state_before  # the /prune was saved, the refused message was not
+
+
+def test_a_server_dying_mid_reply_keeps_what_was_written_and_says_so(recording_mock: MockKoboldServer,
+                                                                     tmp_path: Path) -> None:
+    session = tmp_path / "s.json"
+    recording_mock.faults = FaultPlan(drop_before_token=3)
+    result = run("--url", recording_mock.url, "chat", "--temperature", "0", "--session", str(session),
+                 stdin="Tell me a story.\n")
+    assert result.returncode == 0, result.stderr
+    assert "[interrupted:" in result.stderr and "what was written stays" in result.stderr
+    from halo_client.conversation import load
+
+    saved = load(session)
+    reply = saved.state.turns[-1]
+    assert reply.role == "assistant" and reply.complete and saved.meta["interrupted_turns"] == [reply.turn_id]
+    recording_mock.faults = FaultPlan(drop_before_token=0)
+    failed = run("--url", recording_mock.url, "chat", "--temperature", "0", "--session", str(session),
+                 stdin="And then?\n")
+    assert "was not added to the chat" in failed.stderr
+    assert load(session).state.turns[-1].turn_id == reply.turn_id  # the failed message left nothing behind

@@ -7,11 +7,14 @@ import json
 import re
 
 import numpy as np
+import numpy.typing as npt
+import pytest
 
 from halo_client import config as config_file
 from halo_client.conversation.chat import Chat
 from halo_client.conversation.session import Session, save
 from halo_client.display.scale import conversation_levels
+from halo_client.messages import AttentionLayout
 from halo_client.testing import FaultPlan, MockKoboldServer
 from halo_client.ui.palette import buckets
 from halo_client.ui.protocol import decode_levels
@@ -320,3 +323,27 @@ async def test_a_setting_changed_on_an_opened_session_keeps_its_other_settings(b
     chat = bench.workbench.chat
     assert chat is not None and chat.tracker.settings.decay == 0.25 and chat.tracker.settings.boost == 2.0
     assert config_file.load(bench.tmp / "settings.json").tracker.decay == 0.25
+
+
+async def test_one_per_token_path_each_frame_is_aggregated_once(bench: Bench, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chat hands the workbench each token's column positions and aggregated row with the token
+    (`ReplyStep`): the workbench neither maps columns nor aggregates a frame again."""
+    from halo_client.conversation.tracker import AttentionTracker
+
+    calls: list[int] = []
+    aggregate = AttentionTracker.aggregate
+
+    def counted(self: AttentionTracker, frame: npt.NDArray[np.float32],
+                layout: AttentionLayout = "full") -> npt.NDArray[np.float32]:
+        calls.append(frame.shape[2])
+        return aggregate(self, frame, layout)
+
+    monkeypatch.setattr(AttentionTracker, "aggregate", counted)
+    await bench.say("Hello there. Tell me about the context window.")
+    tokens = bench.page.of("token")
+    assert tokens and len(calls) == len(tokens)
+    chat = bench.workbench.chat
+    assert chat is not None
+    last = tokens[-1]["position"]
+    info = (await bench.command(type="token_info", position=chat.state.turns[1].start + 3)).of("token_info")[0]
+    assert info["peak_from"] is not None and info["peak_from"] <= last

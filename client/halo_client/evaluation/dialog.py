@@ -167,7 +167,9 @@ class _Player:
         start = len(state) - message.size
         state.begin_reply(prefix)
         ids = state.input_ids()
-        positions = np.arange(len(state), dtype=np.int64)
+        # the one column map a live chat uses too: the request's positions, then each generated
+        # token's (they join the state after the loop, from position len(state) on)
+        columns = state.frame_columns(len(script) if script is not None else limit)
         template = np.asarray(state.column("template"), bool).copy()
         answer, greedy, correct = (0, 0), "", False
         if question is not None and question.fact is not None:
@@ -194,17 +196,20 @@ class _Player:
             tokens = list(script)
             reference = logprobs[new:]
             if keep_frames:
-                cols = np.r_[positions, len(state) + np.arange(len(script) - 1)]
+                for r in range(len(script) - 1):
+                    columns.add_generated(len(state) + r)
                 tmpl = np.r_[template, np.zeros(len(script) - 1, bool)]
-                self.frames.extend(frames_of(attention[:, :, new:], cols, tmpl))
+                self.frames.extend(frames_of(attention[:, :, new:], columns.for_frame(len(ids) + len(script) - 1),
+                                             tmpl))
         else:
             tokens, rows = [], []
             row_logits, row_attention = logits[-1], attention[:, :, -1:, : len(ids)]
             for r in range(limit):
                 if keep_frames:
-                    cols = np.r_[positions, len(state) + np.arange(r)]
-                    self.frames.extend(frames_of(row_attention, cols, np.r_[template, np.zeros(r, bool)]))
+                    self.frames.extend(frames_of(row_attention, columns.for_frame(len(ids) + r),
+                                                 np.r_[template, np.zeros(r, bool)]))
                 token = int(np.argmax(row_logits))
+                columns.add_generated(len(state) + r)
                 tokens.append(token)
                 rows.append(log_softmax(row_logits))
                 if token in model.stops or r + 1 == limit:
