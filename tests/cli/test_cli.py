@@ -170,25 +170,25 @@ def test_help_and_unknown_commands_are_not_sent(recording_mock: MockKoboldServer
 def test_show_draws_the_heat_view_on_demand(mock_url: str) -> None:
     result = run("--url", mock_url, "chat", "--temperature", "0", stdin="hello there.\n/show\n/show all\n/quit\n")
     assert result.returncode == 0, result.stderr
-    views = ANSI.sub("", result.stdout).split("percentile among")
+    views = result.stdout.split("percentile among")  # (a pipe: the plain view)
     assert len(views) == 3  # two views, each ending with its legend
-    assert "you: hello there." in views[0] and "<|im_start|>" not in views[0]
-    assert "<|im_start|>" in views[1]  # /show all: template tokens too
+    assert "you:\n" in views[0] and "hello there." in views[0] and "<|im_start|>" not in views[0]
+    assert "tpl  <|im_start|>user\\n" in views[1]  # /show all: template tokens too
 
 
 def test_prune_report_numbers_are_what_restore_and_pruned_take(recording_mock: MockKoboldServer) -> None:
     script = ("My locker code is 4817. Please remember it.\nWhat do octopuses eat? Tell me.\n"
               "And one more message. It has two sentences.\n/pruned\n/restore {n}\n/pruned\n/quit\n")
-    first = run("--url", recording_mock.url, "chat", "--temperature", "0", "--max-context-tokens", "120",
-                stdin=script.replace("/restore {n}\n", ""))
+    first = run("--url", recording_mock.url, "chat", "--temperature", "0", "--max-context-tokens", "200",
+                "--max-length", "30", stdin=script.replace("/restore {n}\n", ""))
     reported = re.findall(r"pruned sentence (\d+) \(brightness [0-9.]+, \d+ tokens\): (.+)", first.stderr)
     assert reported, first.stderr
     number, text = reported[0]
     assert "nan" not in first.stderr
     listed = re.findall(r"sentence (\d+) \(brightness [0-9.]+, \d+ tokens\): (.+)", first.stdout)
     assert (number, text) in listed  # /pruned uses the report's number
-    second = run("--url", recording_mock.url, "chat", "--temperature", "0", "--max-context-tokens", "120",
-                 stdin=script.replace("{n}", number))
+    second = run("--url", recording_mock.url, "chat", "--temperature", "0", "--max-context-tokens", "200",
+                 "--max-length", "30", stdin=script.replace("{n}", number))
     assert f"restored sentence {number} " in second.stderr and text.strip() in second.stderr
 
 
@@ -241,7 +241,14 @@ def test_a_session_from_another_model_is_refused(mock_url: str, tmp_path: Path) 
         line = one_line_exit_2(run("--url", url, "chat", "--session", str(session), stdin="hi\n"))
         assert "halo-mock" in line and "--force-model" in line
         assert session.read_bytes() == saved  # nothing was changed
-        forced = run("--url", url, "chat", "--session", str(session), "--force-model", "--max-length", "3",
+        # forced, but its ids are not all in this model's vocabulary: every request would fail
+        line = one_line_exit_2(run("--url", url, "chat", "--session", str(session), "--force-model", stdin="hi\n"))
+        assert "vocabulary of tiny" in line
+        assert session.read_bytes() == saved
+        # the other way round (a small vocabulary's ids are all in the mock's): forced, it loads
+        small = tmp_path / "tiny-chat.json"
+        assert run("--url", url, "chat", "--session", str(small), "--max-length", "3", stdin="hi\n").returncode == 0
+        forced = run("--url", mock_url, "chat", "--session", str(small), "--force-model", "--max-length", "3",
                      stdin="/stats\n")
         assert forced.returncode == 0, forced.stderr
     finally:
@@ -260,7 +267,8 @@ def test_ctrl_c_stops_the_reply_and_keeps_the_chat(tmp_path: Path) -> None:
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write("Tell me a long story.\n")
         proc.stdin.flush()
-        assert proc.stdout.read(len("model> ")) == "model> "
+        echoed = "you> Tell me a long story.\nmodel> "  # (stdin is not a terminal: the message is echoed)
+        assert proc.stdout.read(len(echoed)) == echoed
         time.sleep(0.5)  # some tokens stream
         proc.send_signal(signal.SIGINT)
         time.sleep(1.0)

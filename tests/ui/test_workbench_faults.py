@@ -3,6 +3,8 @@ refused, undone, or kept and marked interrupted; never half of each (issue 21, i
 
 from __future__ import annotations
 
+import json
+
 from halo_client.conversation.session import to_json
 from halo_client.testing import FaultPlan
 from tests.ui.conftest import Bench
@@ -87,3 +89,14 @@ async def test_every_reply_says_where_the_chat_stands_against_its_budget(bench: 
     assert done["budget"] == {"active": chat.state.active_count, "budget": 2000,
                               "context": chat.info.max_context_length, "over": False, "message": None}
     assert bench.page.of("rows")[-1]["budget"]["over"] is False
+
+
+async def test_a_session_with_a_token_outside_the_vocabulary_is_refused_and_the_chat_stays(bench: Bench) -> None:
+    await bench.say("Hello.")
+    before = to_json(bench.workbench.session())
+    damaged = json.loads(json.dumps(before))
+    damaged["columns"]["token_id"][3] = 10_000_000
+    answer = await bench.command(type="upload", session=damaged, name="damaged")
+    error = answer.of("error")[0]
+    assert "10000000" in error["message"] and "vocabulary" in error["message"]
+    assert to_json(bench.workbench.session()) == before

@@ -73,7 +73,7 @@ class Repl:
 
     def show(self, show_template: bool = False) -> None:
         if not self.colour:
-            self.answer(*render_plain(self.chat.state, mode=self.scale))
+            self.answer(*render_plain(self.chat.state, mode=self.scale, show_template=show_template))
             return
         self.answer(*render_conversation(self.chat.state, mode=self.scale, show_template=show_template))
 
@@ -170,8 +170,6 @@ COMMANDS: dict[str, tuple[str, str, Handler]] = {
 
 async def _send(repl: Repl, line: str) -> None:
     chat = repl.chat
-    if not repl.interactive:
-        click.echo(f"you> {line}")  # a piped chat's output reads as the transcript it was
     repl.stop.clear()
     try:
         reply = await print_reply(chat, line, repl.stop, label="model> ", eager=repl.interactive)
@@ -263,6 +261,8 @@ async def run_repl(repl: Repl) -> None:
             text = line.strip()
             if not text:
                 continue
+            if not repl.interactive:
+                click.echo(f"you> {text}")  # a piped chat's output reads as the transcript it was
             if text.startswith("/"):
                 command, _, arg = text.partition(" ")
                 entry = COMMANDS.get(command)

@@ -20,7 +20,7 @@ import numpy.typing as npt
 from halo_client.conversation.memory import Recall
 from halo_client.conversation.pruner import LISTED_ONE_BY_ONE, PruneEvent, PruneResult, summary
 from halo_client.conversation.state import ROLES, ConversationState
-from halo_client.display.scale import HeatScale, ScaleMode, conversation_levels
+from halo_client.display.scale import HeatScale, ScaleMode, conversation_levels, heat_scale
 from halo_client.messages import ModelInfo
 
 #: dim slate -> ember -> amber: dark enough at the bottom for white text, bright at the top
@@ -96,40 +96,46 @@ def render_conversation(state: ConversationState, *, mode: ScaleMode = "percenti
 _BARS = "▁▂▃▄▅▆▇█"
 
 
-def render_plain(state: ConversationState, *, mode: ScaleMode = "percentile") -> list[str]:
+def render_plain(state: ConversationState, *, mode: ScaleMode = "percentile",
+                 show_template: bool = False) -> list[str]:
     """The heat view without colours, for a pipe or a file: each message under its role label,
-    one sentence a line, each led by a bar as high as its brightest token on the same scale
-    (and that token's brightness), then the legend."""
+    one sentence a line, led by its score as the pruner ranks it (its brightest token) and a bar
+    for that score on the scale `mode` fitted to the sentences (system text drawn, not setting
+    it), then the legend. With `show_template`, the template's runs too, marked `tpl`."""
     active = state.active_positions()
     if not active.size:
         return ["  (the conversation is empty)"]
-    levels, scale = conversation_levels(state, active, mode)
     template = state.column("template")[active]
-    keep = ~template
-    positions, levels = active[keep], levels[keep]
+    positions = active if show_template else active[~template]
+    template = state.column("template")[positions]
     sentence, turn = state.column("sentence")[positions], state.column("turn")[positions]
-    brightness = state.brightness[positions]
-    lines: list[str] = []
     starts = np.flatnonzero(np.r_[True, (sentence[1:] != sentence[:-1]) | (turn[1:] != turn[:-1])])
     ends = np.r_[starts[1:], positions.size]
+    scores = np.asarray([state.brightness[positions[a:b]].max() for a, b in zip(starts, ends, strict=True)])
+    text_units = ~template[starts]
+    system = state.column("role")[positions[starts]] == ROLES.index("system")
+    scale = heat_scale(scores[text_units], ~system[text_units], mode)
+    levels = scale.levels(scores)
+    lines: list[str] = []
     shown_turn = -1
-    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
-        text = " ".join(state.text(positions[a:b]).split())
+    for i, (a, b) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
+        raw = state.text(positions[a:b])
+        text = raw.encode("unicode_escape").decode("ascii") if template[a] else " ".join(raw.split())
         if not text:
             continue
         t = int(turn[a])
         if t != shown_turn:
             lines.append(f"{_ROLE_LABELS[state.turns[t].role]}:")
             shown_turn = t
-        top = a + int(np.argmax(levels[a:b]))
-        bar = _BARS[min(int(levels[top] * len(_BARS)), len(_BARS) - 1)]
-        lines.append(f"  {bar} {brightness[top]:6.2f}  {text}")
-    if mode == "percentile":
-        what = f"percentile among {scale.count} content tokens"
-    else:
-        what = f"log brightness over {scale.count} content tokens, {scale.low:.3g} to {scale.high:.3g}"
-    lines.append(f"  ({_BARS[0]} dim to {_BARS[-1]} bright: each sentence's brightest token and its brightness; "
-                 f"{what})")
+        if template[a]:
+            lines.append(f"  {'tpl':>8}  {text}")
+            continue
+        bar = _BARS[min(int(levels[i] * len(_BARS)), len(_BARS) - 1)]
+        lines.append(f"  {bar} {scores[i]:6.2f}  {text}")
+    how = (f"percentile among {scale.count} sentences" if mode == "percentile"
+           else f"log scale over {scale.count} sentences, {scale.low:.3g} to {scale.high:.3g}")
+    lines.append(f"  (each sentence's brightness is its brightest token's, what the pruner ranks it by; {_BARS[0]} dim "
+                 f"to {_BARS[-1]} bright: {how}; system text does not set the scale)")
     return lines
 
 

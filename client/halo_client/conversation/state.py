@@ -6,9 +6,10 @@ through `from_arrays` (which checks everything a saved state must satisfy), and 
 writes brightness in place through the `brightness` view.
 
 A token's position is its row: rows are only ever appended, so positions are unique and never
-reused, also after pruning (pruning only sets `deleted`). The one exception is a reply whose
-generation failed: `discard_reply` rolls it back as if it had never been asked for, and its
-positions (never committed, never saved, never pruned or restored) go to the next reply.
+reused, also after pruning (pruning only sets `deleted`). The exceptions are undone work: an
+exchange whose reply never began (`rollback` to the `checkpoint` taken before the message), or
+a reply whose generation failed (`discard_reply`); their positions were never saved, and go to
+what comes next.
 Columns are numpy arrays grown geometrically, so 100,000 tokens cost a few megabytes and every
 bulk question (which tokens are active, which sentence has the dimmest token) is one
 vectorized expression.
