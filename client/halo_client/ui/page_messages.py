@@ -3,6 +3,21 @@ commands the page sends and the binary `levels` update).
 
 Every message is one object with a `type`; these functions build their parts from a `Chat`
 without changing it. Fields are only ever added, so an older page ignores what it does not know.
+
+What a message says about the user's message and the budget:
+
+- `error` with `command: "send"`: the message was not sent and nothing changed; `text` is the
+  message (for the input box). `kind` is `too_long` (with `tokens` and `most`: its size and the
+  most it may have), `busy`, `unreachable`, `unauthorized` or `error`.
+- `error` with `kind: "interrupted"` (`command: "reply"`, `turn`): the server cut the reply short;
+  the message and what the reply wrote stay (the input box stays empty).
+- `reply_done`: `finish_reason` (`interrupted` for a reply cut short, with `interrupted` saying
+  why), `turn` (the reply's), `budget`.
+- `budget` (in `snapshot`, `rows`, `reply_done` and `settings`): `active`, `budget`, `context`,
+  `over` and, while over, `message`; an over-budget warning holds while `over` is true.
+- `rows.events[]`: `tokens` (the unit's own) and `freed` (with the template that went with it);
+  `rows.summary`: one line for a prune of more than `LISTED_ONE_BY_ONE` units, else null.
+- `snapshot.interrupted_turns`: the replies a failure cut short, kept with the session.
 """
 
 from __future__ import annotations

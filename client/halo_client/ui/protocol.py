@@ -3,8 +3,8 @@ update the UI server sends per generated token.
 
 One WebSocket carries everything. The page sends one JSON object per command (`Command`,
 validated here: an unknown type or field is refused, as in the contract). The server sends JSON
-objects (`{"type": ...}`, built by `workbench.py`) and, per generated token, one binary `levels`
-message (at most one per display frame: tokens faster than 60 a second share one) with the
+objects (`{"type": ...}`, built by `page_messages.py`) and, per generated token, one binary
+`levels` message (at most one per display frame: tokens faster than 60 a second share one) with the
 brightness of every active position and its colour bucket on the heat scale,
 
     offset size field
