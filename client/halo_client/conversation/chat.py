@@ -122,7 +122,6 @@ class Reply:
         return b"".join(t.piece for t in self.tokens).decode("utf-8", errors="replace")
 
 
-
 @dataclass(frozen=True)
 class SettingChange:
     """A setting of a resumed session that the caller changed (`Chat.open(override=...)`)."""
