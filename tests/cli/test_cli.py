@@ -408,7 +408,8 @@ def test_a_piped_chat_echoes_what_was_sent_and_shows_a_plain_view(mock_url: str,
     assert first.returncode == 0, first.stderr
     assert first.stdout.startswith("you> hello there. How are you?\nmodel> ")
     assert "\x1b" not in first.stdout  # no colour codes where no terminal shows them
-    view = first.stdout.split("model> ", 1)[1].splitlines()[1:]
+    assert "\nyou> /show\n" in first.stdout  # commands too: the output is the whole transcript
+    view = first.stdout.split("\nyou> /show\n", 1)[1].splitlines()
     assert view[0] == "system:" and "you:" in view and "model:" in view
     assert any(line.endswith("hello there.") and line.split()[0] in "▁▂▃▄▅▆▇█" for line in view)
     assert "dim to" in view[-1] and "brightest token" in view[-1]
