@@ -25,7 +25,8 @@ async def test_a_reply_that_fails_before_its_first_token_undoes_the_message_and_
     bench.server.faults = FaultPlan(drop_before_token=0)
     await bench.say("Second.")
     error = bench.page.of("error")[-1]
-    assert error["command"] == "send" and error["text"] == "Second." and "not sent" in error["message"]
+    assert error["command"] == "send" and error["outcome"] == "undone" and error["text"] == "Second."
+    assert "not sent" in error["message"]
     assert to_json(bench.workbench.session()) == before  # undone means undone: no message, no reply
     assert sorted(bench.page.text) == list(range(len(chat.state)))  # the page was told
     bench.server.faults = FaultPlan()
@@ -47,6 +48,7 @@ async def test_a_too_long_message_is_refused_before_anything_changes(bench: Benc
     await bench.say(text)
     error = bench.page.of("error")[-1]
     assert error["kind"] == "too_long" and error["command"] == "send" and error["text"] == text
+    assert error["outcome"] == "refused" and error["max_tokens"] == error["most"]
     assert error["tokens"] > chat.info.max_context_length and 0 < error["most"] < chat.info.max_context_length
     assert f"{error['tokens']:,} tokens" in error["message"] and f"at most {error['most']:,}" in error["message"]
     assert to_json(bench.workbench.session()) == before  # nothing pruned to make room, nothing added
@@ -64,7 +66,8 @@ async def test_a_reply_cut_short_by_the_server_keeps_what_it_wrote_marked_interr
     reply = chat.state.turns[-1]
     assert reply.role == "assistant" and reply.complete and done["turn"] == reply.turn_id
     notice = bench.page.of("error")[-1]
-    assert notice["kind"] == "interrupted" and notice["command"] != "send"  # the box stays empty: it was sent
+    assert notice["kind"] == "interrupted" and notice["outcome"] == "interrupted"  # the box stays empty: it was sent
+    assert notice["turn"] == reply.turn_id and "text" not in notice
     assert "Second." in active_text(bench)
     assert chat.interrupted_turns() == [reply.turn_id]
     assert bench.workbench.session().meta["interrupted_turns"] == [reply.turn_id]  # kept with the session

@@ -6,11 +6,12 @@ without changing it. Fields are only ever added, so an older page ignores what i
 
 What a message says about the user's message and the budget:
 
-- `error` with `command: "send"`: the message was not sent and nothing changed; `text` is the
-  message (for the input box). `kind` is `too_long` (with `tokens` and `most`: its size and the
-  most it may have), `busy`, `unreachable`, `unauthorized` or `error`.
-- `error` with `kind: "interrupted"` (`command: "reply"`, `turn`): the server cut the reply short;
-  the message and what the reply wrote stay (the input box stays empty).
+- `error` with `command: "send"` says what became of the message in `outcome`: `refused` (kind
+  `too_long`, with `tokens` and `max_tokens`, also as `most`: its size and the most it may have)
+  or `undone` (kind `busy`, `unreachable`, `unauthorized` or `error`): the message was not sent
+  and nothing changed, `text` is the message (for the input box); or `interrupted` (kind
+  `interrupted`, with `turn`): the server cut the reply short, the message and what the reply
+  wrote stay (the input box stays empty).
 - `reply_done`: `finish_reason` (`interrupted` for a reply cut short, with `interrupted` saying
   why), `turn` (the reply's), `budget`.
 - `budget` (in `snapshot`, `rows`, `reply_done` and `settings`): `active`, `budget`, `context`,

@@ -9,11 +9,12 @@ the pages have been sent (row diffs, epochs, paced levels updates), `Broadcast` 
 
 Commands that change the conversation are refused while a reply streams (except Stop and view
 settings): the page's controls say so, and the state is never edited under a running tracker.
-A message is one exchange (`Chat.send`): one the server's context cannot hold is refused before
-anything changes (`too_long`, with its token count and the most it may have); a reply that fails
-before its first token undoes the whole exchange (the error names the message's `text`, so the
-page can put it back in the input box); one that fails later keeps what it wrote, marked
-interrupted. The autosave is only written between replies.
+A message is one exchange (`Chat.send`), and the page is told its `outcome`: one the server's
+context cannot hold is `refused` before anything changes (with its token count and the most it
+may have); a reply that fails before its first token is `undone` with the whole exchange (the
+error carries the message's `text`, so the page can put it back in the input box); one that
+fails later is `interrupted`: it keeps what it wrote, marked. The autosave is only written
+between replies.
 """
 
 from __future__ import annotations
@@ -435,7 +436,7 @@ class Workbench:
                 result = chat.prune()
                 events = result.events
                 if result.over_budget:
-                    self._notify("warning", result.message, "settings", over_budget=True)
+                    self._notify("warning", result.message, over_budget=True)
             if "memory" in changes:
                 chat.memory = Memory(new.memory)
             chat.max_length = new.sampler.max_length
@@ -539,10 +540,12 @@ class Workbench:
                 self.attention.forget_from(start)
                 self._resend_all()
             if isinstance(exc, MessageTooLong):
-                self._notify("too_long", str(exc), "send", text=text, tokens=exc.tokens, most=exc.most)
+                self._notify("too_long", str(exc), "send", outcome="refused", text=text, tokens=exc.tokens,
+                             most=exc.most, max_tokens=exc.most)
                 return
             if isinstance(exc, HaloError):
-                self._notify(kind_of(exc), f"the message was not sent and nothing changed: {exc}", "send", text=text)
+                self._notify(kind_of(exc), f"the message was not sent and nothing changed: {exc}", "send",
+                             outcome="undone", text=text)
                 return
             raise
         self._streaming = None
@@ -561,9 +564,9 @@ class Workbench:
                                 over_budget=reply.pruned_after.over_budget, turn=reply.turn,
                                 interrupted=reply.interrupted, budget=budget_json(chat)))
         if reply.interrupted is not None:
-            # not the command "send": the message was sent and stays, so the page keeps its box empty
-            self._notify("interrupted", f"the reply was cut short ({reply.interrupted}); what it wrote is kept, "
-                                        "marked interrupted", "reply", turn=reply.turn)
+            # the message was sent and stays (outcome "interrupted"): the page keeps its box empty
+            self._notify("interrupted", f"The reply was cut short: {reply.interrupted}.", "send",
+                         outcome="interrupted", turn=reply.turn)
             self.watch.wake()
         self._autosave()
 
