@@ -278,3 +278,39 @@ def test_sessions_save_open_upload_and_the_other_exports(page: Page, tmp_path: P
     shot(page, "mock-11-other-model")
     page.click("#banner-action")
     wait_until(page, "document.querySelectorAll('.turn').length === 3", what="opening it anyway")
+
+
+def test_a_reply_cut_by_the_server_is_kept_and_a_failed_send_is_undone(page: Page, mock: ServerThread) -> None:
+    """End to end through the UI server's outcomes: the page never duplicates a turn."""
+    assert mock.server is not None
+    send(page, "My sister is Marta. She lives in Porto.")
+    box = page.get_by_role("textbox", name="Message")
+    users = "document.querySelectorAll('.turn.role-user').length"
+    assert page.evaluate(users) == 1
+    # the connection drops mid-reply: what was written stays, marked interrupted, the box stays empty
+    mock.server.faults = FaultPlan(token_delay_s=0.03, drop_before_token=6)
+    send(page, "Tell me a long story about the sea.")
+    mock.server.faults = FaultPlan()
+    assert "interrupted" in page.locator(".turn.role-assistant .who").last.inner_text()
+    assert page.locator(".turn.role-assistant").last.locator(".tok:not(.tpl)").count() >= 3
+    assert "interrupted" in page.inner_text("#banner-text")
+    assert box.input_value() == "" and page.evaluate(users) == 2
+    shot(page, "mock-12-interrupted")
+    # the connection drops before the first token: the exchange is undone, the text is back in the box
+    replies = page.evaluate("document.querySelectorAll('.turn.role-assistant').length")
+    mock.server.faults = FaultPlan(drop_before_token=0)
+    box.fill("And what about the mountains?")
+    box.press("Enter")
+    wait_until(page, "!window.halo.busy && document.getElementById('message').value !== ''", timeout=60,
+               what="the undone send")
+    mock.server.faults = FaultPlan()
+    assert box.input_value() == "And what about the mountains?"
+    assert page.evaluate(users) == 2
+    assert page.evaluate("document.querySelectorAll('.turn.role-assistant').length") == replies
+    # sending it again adds it once
+    sent_before = len(backend(mock).received)
+    box.press("Enter")
+    wait_until(page, f"{users} === 3 && !window.halo.busy", timeout=60, what="the resend")
+    assert len(backend(mock).received) == sent_before + 1
+    texts = page.evaluate("Array.from(document.querySelectorAll('.turn.role-user')).map((el) => el.innerText)")
+    assert sum("mountains" in t for t in texts) == 1
