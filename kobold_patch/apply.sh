@@ -18,7 +18,7 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 HOOKS="$HERE/halo-weave-koboldcpp-v1.76.patch"
-NEW_FILES=(attention_export.h attention_export.cpp)
+NEW_FILES=(halo_capture.h halo_capture.cpp attention_export.h attention_export.cpp)
 # the halo_api package, every module of it (koboldcpp.py imports it from the tree's top level)
 while IFS= read -r f; do NEW_FILES+=("$f"); done < <(cd "$HERE/src" && find halo_api -name '*.py' -type f | LC_ALL=C sort)
 TAG="${KOBOLDCPP_TAG:-v1.76}"

@@ -2,9 +2,11 @@
 //
 // This file is #included by gpttype_adapter.cpp after src/llama.cpp (KoboldCPP compiles the
 // adapter and llama.cpp as one translation unit), so llama_context and the KV cache internals
-// are visible here. C++11.
+// are visible here. The capture itself (the graph nodes, the reduced layouts, the reads, the
+// columns in position order) is halo_capture.cpp, which the llama.cpp engine shares. C++11.
 
 #include "attention_export.h"
+#include "halo_capture.cpp"
 
 #include <algorithm>
 #include <chrono>
@@ -23,21 +25,12 @@ namespace halo_detail {
 static const size_t QUEUE_MAX_EVENTS = 8;
 static const size_t QUEUE_MAX_BYTES = 64u * 1024u * 1024u;
 static const int FRAME_HEADER_BYTES = 32;
-// attention_layout (api_spec websocket.md section 4), as generation_inputs.halo_attention_layout
-// and the frame header's u16 at offset 14 carry it
-enum layout_code { LAYOUT_FULL = 0, LAYOUT_LAYER_STATS = 1, LAYOUT_MODEL_STATS = 2 };
+// attention_layout codes (generation_inputs.halo_attention_layout and the frame header carry them)
+using halo::LAYOUT_FULL;
+using halo::LAYOUT_LAYER_STATS;
+using halo::LAYOUT_MODEL_STATS;
 
 typedef std::chrono::steady_clock clock_type;
-
-struct capture_group
-{
-    ggml_backend_buffer_type_t buft = nullptr;
-    ggml_context * ctx = nullptr;
-    ggml_backend_buffer_t buf = nullptr;
-    ggml_tensor * tensor = nullptr;
-    int n_layers = 0;
-    int last_layer = -1;             // the group's last layer, where model_stats reduces over its layers
-};
 
 struct queued_event
 {
@@ -60,18 +53,12 @@ struct state
     int eos_id = -1;
     int eot_id = -1;                 // see end_of_turn_id
     int64_t kv_size = 0;
-    std::vector<capture_group> groups;
-    std::vector<int> layer_group;   // layer -> group
-    std::vector<int> layer_slot;    // layer -> index inside its group
+    halo::capture cap;               // the capture tensors and what the last graph captured
 
     // ---- graph (written by the hook while the graph is built)
-    bool capture_on = false;
-    int graph_n_kv = 0;
-    int graph_hooked = 0;
-    bool graph_error = false;
     unsigned long long graph_seq = 0;      // graphs built with the capture on
     unsigned long long frame_graph_seq = 0; // the graph the last frame was read from
-    int planned_kind = -1;           // graph_kind() the graph allocator last planned for (-1: unknown)
+    int planned_kind = -1;           // the capture kind the graph allocator last planned for (-1: unknown)
 
     // ---- generation (generation thread)
     bool gen_active = false;
@@ -88,11 +75,7 @@ struct state
     bool gen_error = false;
     bool kv_shifted = false;
     clock_type::time_point t_begin, t_first;
-    std::vector<float> host_rows;   // capture read-back
-    std::vector<int> cell_to_pos;
-    std::vector<char> pos_seen;
-    std::vector<float> f32_row;
-    std::vector<float> combined;    // model_stats over several devices
+    std::vector<int32_t> cell_pos;  // KV cell -> the position it holds (-1: none)
 
     // ---- queue (shared with the consumer thread)
     std::mutex mtx;
@@ -122,67 +105,21 @@ static void set_error(const std::string & msg)
 static void put_u16(unsigned char * p, uint32_t v) { p[0] = (unsigned char)(v & 0xff); p[1] = (unsigned char)((v >> 8) & 0xff); }
 static void put_u32(unsigned char * p, uint32_t v) { put_u16(p, v & 0xffff); put_u16(p + 2, (v >> 16) & 0xffff); }
 
-static void free_capture()
-{
-    state & s = S();
-    for (size_t i = 0; i < s.groups.size(); ++i)
-    {
-        if (s.groups[i].buf) { ggml_backend_buffer_free(s.groups[i].buf); }
-        if (s.groups[i].ctx) { ggml_free(s.groups[i].ctx); }
-    }
-    s.groups.clear();
-    s.layer_group.clear();
-    s.layer_slot.clear();
-}
-
-// Capture tensors, allocated the way llama_kv_cache_init allocates the KV cache: one ggml
-// context and buffer per buffer type, each layer's rows on that layer's device. Each group
-// holds [layers_in_group][n_head][kv_size + 1] floats (or the statistics layouts' fewer rows); a
-// graph packs its rows with a stride of n_kv + 1 (see the hook) so that one read per group gets
-// every layer.
+// Capture tensors on each layer's device (the KV cache's buffer type), one KV cache: v1.76 has
+// no sliding-window cache of its own.
 static bool alloc_capture(llama_context * ctx, std::string & why)
 {
     state & s = S();
     const llama_model & model = ctx->model;
     const bool offload = ctx->cparams.offload_kqv;
-    std::map<ggml_backend_buffer_type_t, int> group_of;
-    s.layer_group.assign(s.n_layer, -1);
-    s.layer_slot.assign(s.n_layer, -1);
+    std::vector<halo::layer_place> places(s.n_layer);
     for (int il = 0; il < s.n_layer; ++il)
     {
-        ggml_backend_buffer_type_t buft = offload ? model.buft_layer[il].buft : llama_default_buffer_type_cpu(model, true);
-        std::map<ggml_backend_buffer_type_t, int>::iterator it = group_of.find(buft);
-        if (it == group_of.end())
-        {
-            capture_group g;
-            g.buft = buft;
-            s.groups.push_back(g);
-            it = group_of.insert(std::make_pair(buft, (int)s.groups.size() - 1)).first;
-        }
-        s.layer_group[il] = it->second;
-        s.layer_slot[il] = s.groups[it->second].n_layers++;
-        s.groups[it->second].last_layer = il;
+        places[il].buft = offload ? model.buft_layer[il].buft : llama_default_buffer_type_cpu(model, true);
+        places[il].cache = 0;
+        places[il].cache_cells = s.kv_size;
     }
-    size_t total = 0;
-    for (size_t gi = 0; gi < s.groups.size(); ++gi)
-    {
-        capture_group & g = s.groups[gi];
-        struct ggml_init_params params = { 2 * ggml_tensor_overhead(), NULL, true };
-        g.ctx = ggml_init(params);
-        if (!g.ctx) { why = "could not create a ggml context for the attention capture"; return false; }
-        // full: [layers][n_head][kv + 1]; the statistics: [layers][2][kv + 1] and, for
-        // model_stats, the group's [2][kv + 1] after them
-        const int64_t rows = std::max((int64_t)g.n_layers * s.n_head, (int64_t)(g.n_layers + 1) * 2);
-        g.tensor = ggml_new_tensor_1d(g.ctx, GGML_TYPE_F32, rows * (s.kv_size + 1));
-        ggml_format_name(g.tensor, "halo_attn_capture_%d", (int)gi);
-        g.buf = ggml_backend_alloc_ctx_tensors_from_buft(g.ctx, g.buft);
-        if (!g.buf) { why = "could not allocate the attention capture buffer (out of memory?)"; return false; }
-        ggml_backend_buffer_clear(g.buf, 0);
-        total += ggml_backend_buffer_get_size(g.buf);
-        printf("Attention export: %10s capture buffer = %8.2f MiB (%d layers)\n", ggml_backend_buffer_name(g.buf), ggml_backend_buffer_get_size(g.buf) / 1024.0 / 1024.0, g.n_layers);
-    }
-    (void)total;
-    return true;
+    return s.cap.allocate(s.n_layer, s.n_head, places, why);
 }
 
 // The end-of-turn token: model_info's eot_token_id, and with eos what ends a stream. llama.cpp
@@ -210,118 +147,6 @@ static int end_of_turn_id(const llama_model & model)
     return -1;
 }
 
-// ---- the statistics layouts, computed in the graph next to the softmax ---------------------
-// CPU (the layer's rows in host memory): one custom op per layer, every thread on a share of the
-// columns, reading the softmax rows once. A GPU: ggml's pool_2d (AVG and MAX over the heads, a
-// kernel CUDA has), so the device->host copy carries the statistics only. Either way the ops
-// write into the capture tensor, as the full layout's copy does.
-
-// Column blocks small enough for the L1 cache: each input row is read once, the running mean and
-// max stay in the block (a loop of adds and maxima the compiler vectorizes)
-static const int64_t STATS_BLOCK = 256;
-
-// this thread's share [c0, c1) of n columns
-static void thread_columns(int64_t n, int ith, int nth, int64_t & c0, int64_t & c1)
-{
-    const int64_t per = (n + nth - 1) / nth;
-    c0 = std::min(n, per * ith);
-    c1 = std::min(n, c0 + per);
-}
-
-// over `rows` rows `stride` bytes apart, the mean of the rows starting at `mean_src` and the max
-// of those starting at `max_src`, into dst's two rows (mean, max), for this thread's share of the
-// n columns
-static void rows_mean_max(struct ggml_tensor * dst, const char * mean_src, const char * max_src, int64_t n,
-                          int64_t rows, size_t stride, int ith, int nth)
-{
-    int64_t c0, c1;
-    thread_columns(n, ith, nth, c0, c1);
-    float * mean = (float *)dst->data;
-    float * max = (float *)((char *)dst->data + dst->nb[1]);
-    const float inv = 1.0f / (float)rows;
-    float m[STATS_BLOCK];
-    float x[STATS_BLOCK];
-    for (int64_t b0 = c0; b0 < c1; b0 += STATS_BLOCK)
-    {
-        const int64_t k = std::min(c1 - b0, STATS_BLOCK);
-        const float * rm = (const float *)mean_src + b0;
-        const float * rx = (const float *)max_src + b0;
-        for (int64_t c = 0; c < k; ++c) { m[c] = rm[c]; x[c] = rx[c]; }
-        for (int64_t h = 1; h < rows; ++h)
-        {
-            rm = (const float *)(mean_src + h * stride) + b0;
-            rx = (const float *)(max_src + h * stride) + b0;
-            for (int64_t c = 0; c < k; ++c)
-            {
-                m[c] += rm[c];
-                x[c] = rx[c] > x[c] ? rx[c] : x[c];
-            }
-        }
-        for (int64_t c = 0; c < k; ++c) { mean[b0 + c] = m[c] * inv; max[b0 + c] = x[c]; }
-    }
-}
-
-// a = dst [n_kv, 2] (rows: mean, max; row stride free), b = the softmax rows [n_kv, heads]
-static void head_stats_op(struct ggml_tensor * dst, const struct ggml_tensor * a, const struct ggml_tensor * b, int ith, int nth, void * userdata)
-{
-    (void)a; (void)userdata;
-    const char * rows = (const char *)b->data;
-    rows_mean_max(dst, rows, rows, b->ne[0], b->ne[1], b->nb[1], ith, nth);
-}
-
-// a = dst [n_kv, 2], b = the group's layer statistics [n_kv, 2, layers]: the mean of the layers'
-// means (every layer has the same heads), the max of their maxima
-static void layer_stats_op(struct ggml_tensor * dst, const struct ggml_tensor * a, const struct ggml_tensor * b, int ith, int nth, void * userdata)
-{
-    (void)a; (void)userdata;
-    const char * means = (const char *)b->data;
-    rows_mean_max(dst, means, means + b->nb[1], b->ne[0], b->ne[2], b->nb[2], ith, nth);
-}
-
-// pool_2d of x [n, k] over its k rows, as [n, 1] (GPU path: CUDA has the kernel; it reads
-// whole rows, so a strided view is made contiguous first)
-static struct ggml_tensor * pool_rows(struct ggml_context * ctx, struct ggml_tensor * x, enum ggml_op_pool op)
-{
-    const int k = (int)x->ne[1];
-    return ggml_pool_2d(ctx, x, op, 1, k, 1, k, 0, 0);
-}
-
-static struct ggml_tensor * contiguous(struct ggml_context * ctx, struct ggml_tensor * x)
-{
-    return ggml_is_contiguous(x) ? x : ggml_cont(ctx, x);
-}
-
-// statistics of `src` ([n_kv, heads] rows, or [n_kv, 2, layers] layer statistics) into dst [n_kv, 2]
-static void add_stats(struct ggml_context * ctx, struct ggml_cgraph * gf, const capture_group & g, struct ggml_tensor * src, struct ggml_tensor * dst, bool over_layers)
-{
-    if (ggml_backend_buft_is_host(g.buft))
-    {
-        ggml_build_forward_expand(gf, ggml_map_custom2_inplace(ctx, dst, src, over_layers ? layer_stats_op : head_stats_op, GGML_N_TASKS_MAX, nullptr));
-        return;
-    }
-    struct ggml_tensor * means;
-    struct ggml_tensor * maxes;
-    if (over_layers)
-    {
-        // the mean of the layers' means (every layer has the same heads), the max of their maxima
-        means = contiguous(ctx, ggml_view_2d(ctx, src, src->ne[0], src->ne[2], src->nb[2], 0));
-        maxes = contiguous(ctx, ggml_view_2d(ctx, src, src->ne[0], src->ne[2], src->nb[2], src->nb[1]));
-    }
-    else
-    {
-        means = maxes = contiguous(ctx, src);
-    }
-    struct ggml_tensor * stats = ggml_concat(ctx, pool_rows(ctx, means, GGML_OP_POOL_AVG), pool_rows(ctx, maxes, GGML_OP_POOL_MAX), 1);
-    ggml_build_forward_expand(gf, ggml_cpy(ctx, stats, dst)); // dst's stride n_kv + 1: a copy kernel
-}
-
-// What the hook adds to a graph: 0 nothing, 1 + layout the capture of that layout.
-static int graph_kind()
-{
-    state & s = S();
-    return s.capture_on ? 1 + s.gen_layout : 0;
-}
-
 // ggml's graph allocator (v1.76) reuses its plan when a graph has as many nodes and leafs as the
 // last one, assuming the same graph; two kinds of capture can have the same counts with other
 // nodes (full: a copy per layer, layer_stats on the CPU: a custom op per layer), and a stale plan
@@ -330,7 +155,7 @@ static int graph_kind()
 static void plan_graph_kind(llama_context * ctx)
 {
     state & s = S();
-    const int kind = graph_kind();
+    const int kind = s.cap.kind();
     if (ctx == nullptr || !s.available || kind == s.planned_kind)
     {
         return; // (without export available the hook never adds a node: nothing to plan for)
@@ -352,14 +177,6 @@ static void plan_graph_kind(llama_context * ctx)
     }
 }
 
-static void reset_graph_record()
-{
-    state & s = S();
-    s.graph_n_kv = 0;
-    s.graph_hooked = 0;
-    s.graph_error = false;
-}
-
 } // namespace halo_detail
 
 using namespace halo_detail;
@@ -370,56 +187,16 @@ using namespace halo_detail;
 void halo_attn_graph_hook(struct ggml_context * ctx, struct ggml_cgraph * gf, struct ggml_tensor * kq, int il)
 {
     state & s = S();
-    if (!s.capture_on)
+    if (s.cap.kind() == halo::KIND_OFF)
     {
         return; // no attention request: the graph stays the unpatched one
     }
     if (il == 0)
     {
-        reset_graph_record(); // layers are built in order: layer 0 starts a new graph
+        s.cap.begin_graph(); // layers are built in order: layer 0 starts a new graph
         s.graph_seq += 1;
     }
-    if (il < 0 || il >= s.n_layer || kq->type != GGML_TYPE_F32 || kq->ne[2] != s.n_head || kq->ne[3] != 1 || kq->ne[0] > s.kv_size)
-    {
-        s.graph_error = true;
-        return;
-    }
-    const int64_t n_kv = kq->ne[0];
-    const int64_t rows = kq->ne[1];
-    const int64_t heads = kq->ne[2];
-    if (s.graph_hooked > 0 && n_kv != s.graph_n_kv)
-    {
-        s.graph_error = true;
-        return;
-    }
-    const capture_group & g = s.groups[s.layer_group[il]];
-    // stride n_kv + 1: the destination is never contiguous, so ggml-cuda copies it with a kernel
-    // (CUDA graphs stay usable) rather than a memcpy node
-    const int64_t stride = n_kv + 1;
-    const size_t row_bytes = (size_t)stride * sizeof(float);
-    // the last query row of every head: row (rows - 1) of [n_kv, rows, heads]
-    struct ggml_tensor * src = ggml_view_2d(ctx, kq, n_kv, heads, kq->nb[2], (size_t)(rows - 1) * kq->nb[1]);
-    if (s.gen_layout == LAYOUT_FULL)
-    {
-        const size_t offset = (size_t)s.layer_slot[il] * (size_t)heads * row_bytes;
-        struct ggml_tensor * dst = ggml_view_2d(ctx, g.tensor, n_kv, heads, row_bytes, offset);
-        ggml_build_forward_expand(gf, ggml_cpy(ctx, src, dst));
-    }
-    else
-    {
-        // this layer's [mean, max] rows; model_stats then reduces the group's layers at its last
-        // one (graph order is execution order: every layer's statistics are written by then)
-        struct ggml_tensor * dst = ggml_view_2d(ctx, g.tensor, n_kv, 2, row_bytes, (size_t)s.layer_slot[il] * 2 * row_bytes);
-        add_stats(ctx, gf, g, src, dst, false);
-        if (s.gen_layout == LAYOUT_MODEL_STATS && il == g.last_layer)
-        {
-            struct ggml_tensor * layer_stats = ggml_view_3d(ctx, g.tensor, n_kv, 2, g.n_layers, row_bytes, 2 * row_bytes, 0);
-            struct ggml_tensor * model = ggml_view_2d(ctx, g.tensor, n_kv, 2, row_bytes, (size_t)g.n_layers * 2 * row_bytes);
-            add_stats(ctx, gf, g, layer_stats, model, true);
-        }
-    }
-    s.graph_n_kv = (int)n_kv;
-    s.graph_hooked += 1;
+    s.cap.on_softmax(ctx, gf, kq, il);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -428,7 +205,7 @@ void halo_attn_graph_hook(struct ggml_context * ctx, struct ggml_cgraph * gf, st
 void halo_attn_unsupported(const char * reason)
 {
     state & s = S();
-    free_capture();
+    s.cap.release();
     s.available = false;
     s.reason = reason;
     s.lctx = nullptr;
@@ -438,7 +215,7 @@ void halo_attn_unsupported(const char * reason)
 void halo_attn_on_model_loaded(struct llama_context * ctx, bool requested, bool flash_attn, int quant_kv)
 {
     state & s = S();
-    free_capture();
+    s.cap.release();
     s.lctx = ctx;
     s.model = &ctx->model;
     const llama_model & model = ctx->model;
@@ -500,7 +277,6 @@ void halo_attn_on_model_loaded(struct llama_context * ctx, bool requested, bool 
     std::string why;
     if (!alloc_capture(ctx, why))
     {
-        free_capture();
         s.reason = why;
         return;
     }
@@ -508,17 +284,19 @@ void halo_attn_on_model_loaded(struct llama_context * ctx, bool requested, bool 
     llama_kv_cache_clear(ctx);
     llama_token probe = llama_token_bos(&model);
     if (probe < 0) { probe = 0; }
-    reset_graph_record();
     s.gen_layout = LAYOUT_FULL;
-    s.capture_on = true;
+    s.cap.set_kind(halo::kind_of(LAYOUT_FULL));
+    s.cap.begin_graph();
     int rc = llama_decode(ctx, llama_batch_get_one(&probe, 1, 0, 0));
     s.planned_kind = -1; // the allocator planned for the probe's one-token graph
-    s.capture_on = false;
+    std::string probe_err;
+    const bool probed = rc == 0 && s.cap.check_graph(probe_err);
+    s.cap.set_kind(halo::KIND_OFF);
     llama_synchronize(ctx);
     llama_kv_cache_clear(ctx);
-    if (rc != 0 || s.graph_error || s.graph_hooked != s.n_layer)
+    if (!probed)
     {
-        free_capture();
+        s.cap.release();
         s.reason = "this model's architecture (" + s.arch + ") does not compute attention where the capture hook is (llm_build_kqv)";
         printf("Attention export: unavailable: %s\n", s.reason.c_str());
         return;
@@ -535,7 +313,7 @@ bool halo_gen_begin(const generation_inputs & inputs)
 {
     state & s = S();
     s.gen_active = inputs.halo_input_count > 0 && inputs.halo_input_ids != nullptr;
-    s.capture_on = false;
+    s.cap.set_kind(halo::KIND_OFF);
     s.gen_index = 0;
     s.gen_finish = -1;
     s.gen_error = false;
@@ -576,11 +354,11 @@ bool halo_gen_begin(const generation_inputs & inputs)
         }
         else
         {
-            s.capture_on = true;
+            s.cap.set_kind(halo::kind_of(s.gen_layout));
         }
     }
     plan_graph_kind(s.lctx);
-    reset_graph_record();
+    s.cap.begin_graph(); // nothing captured yet for this generation
     s.frame_graph_seq = s.graph_seq;
     return true;
 }
@@ -622,14 +400,15 @@ void halo_gen_apply_bans(float * logits, float lowest_logit, int n_vocab)
     }
 }
 
-// Reads the captured rows of the last decode and writes the frame: [layers][heads][n_past] for
-// the full layout, [layers][2][n_past] for layer_stats, [1][2][n_past] for model_stats.
-static bool build_frame(llama_context * ctx, int n_past, std::vector<unsigned char> & frame, std::string & err)
+// The frame of the last decode, in named steps: the graph captured every layer of a decode made
+// since the last frame; the rows are read (once per device); each KV cell's position is taken
+// from the cache; the header is written; the core writes the rows in position order:
+// [layers][heads][n_past] (full), [layers][2][n_past] (layer_stats), [1][2][n_past] (model_stats).
+static bool check_new_decode(std::string & err)
 {
     state & s = S();
-    if (s.graph_error || s.graph_hooked != s.n_layer || s.graph_n_kv <= 0)
+    if (!s.cap.check_graph(err))
     {
-        err = "the attention capture did not reach every layer in the last decode";
         return false;
     }
     if (s.graph_seq == s.frame_graph_seq)
@@ -638,137 +417,66 @@ static bool build_frame(llama_context * ctx, int n_past, std::vector<unsigned ch
         return false;
     }
     s.frame_graph_seq = s.graph_seq;
-    const int n_kv = s.graph_n_kv;
-    const int64_t stride = (int64_t)n_kv + 1;
-    const int layout = s.gen_layout;
-    const int heads = layout == LAYOUT_FULL ? s.n_head : 2;       // rows per layer in the frame
-    const int layers = layout == LAYOUT_MODEL_STATS ? 1 : s.n_layer;
-    const int64_t per_layer = (int64_t)heads * stride;             // floats per layer in the capture
+    return true;
+}
 
-    // the normal synchronization (llama_get_logits did it already; this is a no-op then)
-    llama_synchronize(ctx);
-    // one read per device, of what the layout needs: the group's layers are packed at the front
-    // of its tensor (model_stats: the group's two rows after them); a group in host memory (CPU
-    // backend) is read in place
-    std::vector<const float *> group_rows(s.groups.size(), nullptr);
-    std::vector<size_t> group_offset(s.groups.size(), 0), group_count(s.groups.size(), 0);
-    size_t device_floats = 0;
-    for (size_t gi = 0; gi < s.groups.size(); ++gi)
-    {
-        const int g_layers = s.groups[gi].n_layers;
-        group_offset[gi] = layout == LAYOUT_MODEL_STATS ? (size_t)g_layers * 2 * stride : 0;
-        group_count[gi] = layout == LAYOUT_MODEL_STATS ? (size_t)2 * stride : (size_t)g_layers * per_layer;
-        if (!ggml_backend_buffer_is_host(s.groups[gi].buf)) { device_floats += group_count[gi]; }
-    }
-    s.host_rows.resize(device_floats);
-    size_t base = 0;
-    for (size_t gi = 0; gi < s.groups.size(); ++gi)
-    {
-        s.capture_bytes += (long long)(group_count[gi] * sizeof(float));
-        if (ggml_backend_buffer_is_host(s.groups[gi].buf))
-        {
-            group_rows[gi] = (const float *)s.groups[gi].tensor->data + group_offset[gi];
-            continue;
-        }
-        ggml_backend_tensor_get(s.groups[gi].tensor, s.host_rows.data() + base, group_offset[gi] * sizeof(float), group_count[gi] * sizeof(float));
-        s.device_bytes += (long long)(group_count[gi] * sizeof(float));
-        group_rows[gi] = s.host_rows.data() + base;
-        base += group_count[gi];
-    }
-    s.frames += 1;
-    // model_stats from several devices: combine their partial statistics (weighted by their layers)
-    if (layout == LAYOUT_MODEL_STATS && s.groups.size() > 1)
-    {
-        s.combined.assign((size_t)2 * stride, 0.0f);
-        for (size_t gi = 0; gi < s.groups.size(); ++gi)
-        {
-            const float w = (float)s.groups[gi].n_layers / (float)s.n_layer;
-            for (int64_t c = 0; c < stride; ++c)
-            {
-                s.combined[c] += w * group_rows[gi][c];
-                s.combined[stride + c] = gi == 0 ? group_rows[gi][stride + c] : std::max(s.combined[stride + c], group_rows[gi][stride + c]);
-            }
-        }
-        group_rows[0] = s.combined.data();
-    }
-
-    // columns are KV cells: map each cell to the position it holds
+// KV cell -> the position it holds for sequence 0 (-1: empty or another sequence's)
+static halo::cell_positions kv_cell_positions(const llama_context * ctx)
+{
+    state & s = S();
     const llama_kv_cache & kv = ctx->kv_self;
-    const int ctx_len = n_past;
-    s.cell_to_pos.assign(n_kv, -1);
-    s.pos_seen.assign(ctx_len, 0);
-    int filled = 0;
-    bool identity = true;
-    for (int c = 0; c < n_kv && c < (int)kv.cells.size(); ++c)
+    s.cell_pos.assign(kv.cells.size(), -1);
+    for (size_t c = 0; c < kv.cells.size(); ++c)
     {
         const llama_kv_cell & cell = kv.cells[c];
-        if (cell.pos < 0 || cell.pos >= ctx_len || !cell.has_seq_id(0))
-        {
-            continue;
-        }
-        if (s.pos_seen[cell.pos])
-        {
-            err = "two KV cells hold position " + std::to_string(cell.pos);
-            return false;
-        }
-        s.pos_seen[cell.pos] = 1;
-        s.cell_to_pos[c] = cell.pos;
-        filled += 1;
-        if (cell.pos != c) { identity = false; }
+        if (cell.pos >= 0 && cell.has_seq_id(0)) { s.cell_pos[c] = cell.pos; }
     }
-    if (filled != ctx_len)
-    {
-        err = "the KV cache holds " + std::to_string(filled) + " of the " + std::to_string(ctx_len) + " positions of the context";
-        return false;
-    }
+    halo::cell_positions out;
+    out.pos = s.cell_pos.data();
+    out.n = (int64_t)s.cell_pos.size();
+    out.covers_context = true;
+    return out;
+}
 
-    const int itemsize = s.gen_attention == 2 ? 2 : 4;
-    const size_t values = (size_t)layers * heads * ctx_len;
-    frame.resize(FRAME_HEADER_BYTES + values * itemsize);
-    unsigned char * h = frame.data();
+static void write_frame_header(unsigned char * h, int layout, int layers, int heads, int ctx_len, bool fp16)
+{
+    state & s = S();
     memcpy(h, "HWAF", 4);
     put_u16(h + 4, layout == LAYOUT_FULL ? 1 : 2); // version: 1 is the full layout, as it always was
     put_u16(h + 6, FRAME_HEADER_BYTES);      // header_size
     put_u32(h + 8, (uint32_t)s.gen_index);   // token_index
-    put_u16(h + 12, s.gen_attention == 2 ? 2 : 1);
+    put_u16(h + 12, fp16 ? 2 : 1);
     put_u16(h + 14, (uint32_t)layout);
     put_u32(h + 16, (uint32_t)layers);
     put_u32(h + 20, (uint32_t)heads);
     put_u32(h + 24, (uint32_t)ctx_len);
     put_u32(h + 28, 0);
-    // payload: little-endian values (every platform KoboldCPP builds for is little-endian)
-    unsigned char * payload = h + FRAME_HEADER_BYTES;
-    if (!identity || itemsize == 2) { s.f32_row.resize(ctx_len); }
-    for (int il = 0; il < layers; ++il)
+}
+
+static bool build_frame(llama_context * ctx, int n_past, std::vector<unsigned char> & frame, std::string & err)
+{
+    state & s = S();
+    if (!check_new_decode(err))
     {
-        const float * layer_rows = layout == LAYOUT_MODEL_STATS ? group_rows[0]
-            : group_rows[s.layer_group[il]] + (int64_t)s.layer_slot[il] * per_layer;
-        for (int hd = 0; hd < heads; ++hd)
-        {
-            const float * src = layer_rows + (int64_t)hd * stride;
-            const size_t row = ((size_t)il * heads + hd) * ctx_len;
-            const float * ordered = src;
-            if (!identity)
-            {
-                float * tmp = s.f32_row.data();
-                for (int c = 0; c < n_kv; ++c)
-                {
-                    const int p = s.cell_to_pos[c];
-                    if (p >= 0) { tmp[p] = src[c]; }
-                }
-                ordered = tmp;
-            }
-            if (itemsize == 4)
-            {
-                memcpy(payload + row * 4, ordered, (size_t)ctx_len * 4);
-            }
-            else
-            {
-                ggml_fp32_to_fp16_row(ordered, (ggml_fp16_t *)(payload + row * 2), ctx_len);
-            }
-        }
+        return false;
     }
-    return true;
+    // the normal synchronization (llama_get_logits did it already; this is a no-op then)
+    llama_synchronize(ctx);
+    size_t bytes = 0, device_bytes = 0;
+    s.cap.read_rows(bytes, device_bytes);
+    s.capture_bytes += (long long)bytes;
+    s.device_bytes += (long long)device_bytes;
+    s.frames += 1;
+
+    const std::vector<halo::cell_positions> caches(1, kv_cell_positions(ctx));
+    const int layout = s.gen_layout;
+    const bool fp16 = s.gen_attention == 2;
+    const int layers = layout == LAYOUT_MODEL_STATS ? 1 : s.n_layer;
+    const int heads = layout == LAYOUT_FULL ? s.n_head : 2;
+    frame.resize(FRAME_HEADER_BYTES + s.cap.frame_values(n_past) * (fp16 ? 2 : 4));
+    write_frame_header(frame.data(), layout, layers, heads, n_past, fp16);
+    // payload: little-endian values (every platform KoboldCPP builds for is little-endian)
+    return s.cap.write_frame(n_past, caches, frame.data() + FRAME_HEADER_BYTES, fp16, err);
 }
 
 static std::vector<unsigned char> take_pooled_frame()
@@ -872,7 +580,7 @@ bool halo_gen_on_token(struct llama_context * ctx, int token_id, int n_past, int
 void halo_gen_end()
 {
     state & s = S();
-    s.capture_on = false;
+    s.cap.set_kind(halo::KIND_OFF);
     if (!s.gen_active)
     {
         return;

@@ -15,7 +15,7 @@ PATCH = KOBOLD_PATCH / "halo-weave-koboldcpp-v1.76.patch"
 SRC = KOBOLD_PATCH / "src"
 #: the Python package koboldcpp.py imports (standard library only, Python >= 3.9)
 HALO_API = SRC / "halo_api"
-NEW_FILES = ("attention_export.h", "attention_export.cpp",
+NEW_FILES = ("halo_capture.h", "halo_capture.cpp", "attention_export.h", "attention_export.cpp",
              *sorted(str(p.relative_to(SRC)) for p in HALO_API.glob("*.py")))
 
 _DIFF = re.compile(r"^diff --git a/(\S+) b/(\S+)$")
@@ -68,6 +68,32 @@ def patch_figures() -> str:
         removed += sum(1 for line in body if line.startswith("-") and not line.startswith("---"))
     return (f"{len(NEW_FILES)} files copied (`src/`, {lines:,} lines), "
             f"hooks into {len(hooks)} files (+{added} / -{removed})")
+
+
+def hunk_count_errors(sections: dict[str, list[str]]) -> list[str]:
+    """The files of a diff whose hunks hold other line counts than their headers say (what
+    `git apply` checks first)."""
+    bad = []
+    for path, lines in sections.items():
+        i = 0
+        while i < len(lines):
+            m = _HUNK.match(lines[i])
+            i += 1
+            if not m:
+                continue
+            old, new = int(m.group(2) or 1), int(m.group(4) or 1)
+            while (old > 0 or new > 0) and i < len(lines):
+                tag = lines[i][:1]
+                if tag in (" ", "", "-"):
+                    old -= 1
+                if tag in (" ", "", "+"):
+                    new -= 1
+                if tag not in (" ", "", "-", "+", "\\"):
+                    bad.append(f"{path}: unexpected line in a hunk: {lines[i]!r}")
+                i += 1
+            if old != 0 or new != 0:
+                bad.append(f"{path}: a hunk's line counts do not match its header")
+    return bad
 
 
 if __name__ == "__main__":  # python -m tests.kobold_patch.patchfile: the figures for the README

@@ -15,7 +15,8 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "kobold_patch" / "apply.sh"
 PATCH_NAME = "halo-weave-koboldcpp-v1.76.patch"
-NEW_FILES = ("attention_export.h", "attention_export.cpp", "halo_api/__init__.py", "halo_api/server.py")
+NEW_FILES = ("halo_capture.h", "halo_capture.cpp", "attention_export.h", "attention_export.cpp", "halo_api/__init__.py",
+             "halo_api/server.py")
 
 pytestmark = [pytest.mark.process, pytest.mark.skipif(
     shutil.which("git") is None,

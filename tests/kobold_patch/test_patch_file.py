@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 from tests.kobold_patch.patchfile import (
-    _HUNK,
     HALO_API,
     KOBOLD_PATCH,
     NEW_FILES,
@@ -29,6 +28,7 @@ from tests.kobold_patch.patchfile import (
     SRC,
     added_lines,
     halo_api_source,
+    hunk_count_errors,
     load_halo_api,
     patch_figures,
     sections,
@@ -59,27 +59,7 @@ def test_the_readme_states_the_patchs_size_as_it_is() -> None:
 
 def test_hunk_line_counts_add_up() -> None:
     """Every hunk holds as many old/new lines as its header says (what `git apply` checks first)."""
-    for path, lines in sections().items():
-        i = 0
-        while i < len(lines):
-            m = _HUNK.match(lines[i])
-            i += 1
-            if not m:
-                continue
-            old = int(m.group(2) or 1)
-            new = int(m.group(4) or 1)
-            while (old > 0 or new > 0) and i < len(lines):
-                tag = lines[i][:1]
-                if tag in (" ", ""):
-                    old, new = old - 1, new - 1
-                elif tag == "-":
-                    old -= 1
-                elif tag == "+":
-                    new -= 1
-                elif tag != "\\":
-                    pytest.fail(f"{path}: unexpected line in a hunk: {lines[i]!r}")
-                i += 1
-            assert old == 0 and new == 0, f"{path}: a hunk's line counts do not match its header"
+    assert hunk_count_errors(sections()) == []
 
 
 @pytest.mark.process  # starts git
