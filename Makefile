@@ -75,11 +75,16 @@ clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
 
 # ---------------------------------------------------------------------------------------------
-# The KoboldCPP patch (kobold_patch/): attention export in KoboldCPP v1.76 itself.
-#   make patch-and-build [BACKEND=cuda|cpu] [KOBOLDCPP_SRC=DIR] [CUDA_ARCH=sm_90] [CUBLAS_ROOT=DIR]
+# The engines (kobold_patch/): attention export in KoboldCPP v1.76 itself (HOST=koboldcpp, the
+# default), or in current llama.cpp (HOST=llama.cpp: libllama from the llama-cpp-python sdist,
+# served by `halo-client serve --engine llama.cpp`).
+#   make patch-and-build [HOST=koboldcpp|llama.cpp] [BACKEND=cuda|cpu] [KOBOLDCPP_SRC=DIR] [CUDA_ARCH=sm_90] [CUBLAS_ROOT=DIR]
+#   make patch-and-build HOST=llama.cpp BACKEND=cpu [RPC=1] [LLAMA_CPP_SDIST=llama_cpp_python-0.3.36.tar.gz]
 #   make serve MODEL=PATH.gguf [KOBOLD_ARGS="--contextsize 8192 ..."]
+#   make serve HOST=llama.cpp MODEL=PATH.gguf [SERVE_ARGS="--ctx-size 8192 --threads 4"]
 #   make kobold-bench MODEL=PATH.gguf [UNPATCHED_DIR=DIR of a built unpatched v1.76]
 #   make bench-context [MODEL=SmolLM2.gguf] [UNPATCHED_DIR=DIR] [BENCH_ARGS="--large-contexts 16384 32768"]
+HOST          ?= koboldcpp
 KOBOLDCPP_TAG ?= v1.76
 KOBOLDCPP_GIT ?= https://github.com/LostRuins/koboldcpp.git
 KOBOLDCPP_DIR ?= build/koboldcpp-$(KOBOLDCPP_TAG)
@@ -94,19 +99,37 @@ MODEL         ?=
 KOBOLD_ARGS   ?=
 UNPATCHED_DIR ?=
 BENCH_ARGS    ?=
+LLAMA_CPP_DIR ?= build/llama.cpp-0.3.36
+LLAMA_CPP_SDIST ?=
+LLAMA_LIB     ?=
+RPC           ?=
+SERVE_ARGS    ?=
 
-.PHONY: patch-and-build kobold-patch serve kobold-bench bench-context kobold-clean
+.PHONY: patch-and-build kobold-patch serve kobold-bench bench-context kobold-clean llama-clean
 
 kobold-patch:  ## get KoboldCPP $(KOBOLDCPP_TAG) into $(KOBOLDCPP_DIR) and apply the patch (idempotent)
 	KOBOLDCPP_SRC="$(KOBOLDCPP_SRC)" KOBOLDCPP_TAG="$(KOBOLDCPP_TAG)" KOBOLDCPP_GIT="$(KOBOLDCPP_GIT)" \
 		kobold_patch/apply.sh "$(KOBOLDCPP_DIR)"
 
-patch-and-build: kobold-patch  ## ... and build it (BACKEND=cuda, default, or cpu)
+ifeq ($(HOST),llama.cpp)
+patch-and-build:  ## build the engine: KoboldCPP v1.76 (HOST=koboldcpp, default) or current llama.cpp (HOST=llama.cpp); BACKEND=cuda (default) or cpu
+	BACKEND="$(BACKEND)" RPC="$(RPC)" CUDA_ARCH="$(CUDA_ARCH)" CUDA_PATH="$(CUDA_PATH)" CUBLAS_ROOT="$(CUBLAS_ROOT)" JOBS="$(JOBS)" \
+		LLAMA_CPP_SDIST="$(LLAMA_CPP_SDIST)" PYTHON="$(PYTHON)" kobold_patch/llama.cpp/build.sh "$(LLAMA_CPP_DIR)"
+
+serve: $(RUN_STAMP)  ## serve MODEL with attention export on 127.0.0.1:$(PORT): the patched KoboldCPP, or (HOST=llama.cpp) current llama.cpp
+	$(BIN)/halo-client serve --engine llama.cpp --port $(PORT) $(if $(MODEL),--model "$(MODEL)") \
+		$(if $(LLAMA_LIB),--llama-lib "$(LLAMA_LIB)") $(SERVE_ARGS)
+else ifeq ($(HOST),koboldcpp)
+patch-and-build: kobold-patch
 	BACKEND="$(BACKEND)" CUDA_ARCH="$(CUDA_ARCH)" CUDA_PATH="$(CUDA_PATH)" CUBLAS_ROOT="$(CUBLAS_ROOT)" JOBS="$(JOBS)" PORTABLE="$(PORTABLE)" \
 		kobold_patch/build.sh "$(KOBOLDCPP_DIR)"
 
-serve:  ## run the patched server on 127.0.0.1:$(PORT) with attention export: make serve MODEL=PATH.gguf
+serve:
 	BACKEND="$(BACKEND)" kobold_patch/serve.sh "$(KOBOLDCPP_DIR)" "$(MODEL)" $(PORT) $(KOBOLD_ARGS)
+else
+patch-and-build serve:
+	@echo "make $@: HOST=$(HOST): use koboldcpp (the default) or llama.cpp" >&2; exit 2
+endif
 
 kobold-bench: $(STAMP)  ## tokens/s ratios of the patched server (needs MODEL; UNPATCHED_DIR for the third ratio)
 	$(BIN)/python bench/bench_kobold.py --kobold-dir "$(KOBOLDCPP_DIR)" --model "$(MODEL)" \
@@ -119,3 +142,6 @@ bench-context: $(STAMP)  ## attention export's cost by context length and frame 
 
 kobold-clean:  ## remove $(KOBOLDCPP_DIR)
 	rm -rf "$(KOBOLDCPP_DIR)"
+
+llama-clean:  ## remove $(LLAMA_CPP_DIR) (the llama.cpp tree and its builds)
+	rm -rf "$(LLAMA_CPP_DIR)"

@@ -76,11 +76,54 @@ def _reference_smollm2() -> tuple[ContractServer, Callable[[], ModelBackend], di
     return _reference(default_model(), 2048)
 
 
+def _llama_cpp(path: Path, n_ctx: int, tolerances: Tolerances) -> tuple[
+        ContractServer, Callable[[], ModelBackend], Tolerances]:
+    """The llama.cpp engine (the Halo Weave libllama) in this process; its oracle is the reference
+    backend rounding K, V and the query to F16 as llama.cpp's default KV cache does."""
+    from halo_client.llama_cpp import LlamaCppBackend
+    from halo_client.reference import ReferenceBackend
+
+    server = ContractServer(LlamaCppBackend(path, n_ctx=n_ctx, n_threads=2), password=PASSWORD, port=0,
+                            allowed_origins=(ALLOWED_ORIGIN,))
+    oracle = ReferenceBackend(path, n_ctx=n_ctx, kv_cache="f16")
+    return server, lambda: oracle, tolerances
+
+
+def _llama_cpp_tiny() -> tuple[ContractServer, Callable[[], ModelBackend], Tolerances]:
+    from halo_client.reference.tiny_model import write_tiny_llama
+
+    path = write_tiny_llama(Path(tempfile.mkdtemp()) / "tiny.gguf", n_ctx=4096)
+    return _llama_cpp(path, 4096, {"max_abs": 2e-3, "mean_tv": 1e-3, "top1": 0.99})
+
+
+def _llama_cpp_smollm2() -> tuple[ContractServer, Callable[[], ModelBackend], Tolerances]:
+    from halo_client.reference import default_model
+
+    # Q4_1 weights: llama.cpp also quantizes activations to 8 bits (see _default_max_abs)
+    return _llama_cpp(default_model(), 2048, {"max_abs": 0.1, "mean_tv": 0.015, "top1": 0.97})
+
+
 BUILTIN["mock"] = _mock
 BUILTIN["reference-tiny"] = _reference_tiny
 BUILTIN["reference-smollm2"] = _reference_smollm2
+BUILTIN["llama.cpp-tiny"] = _llama_cpp_tiny
+BUILTIN["llama.cpp-smollm2"] = _llama_cpp_smollm2
 #: targets that load the real model (marked `model`: `make test-fast` leaves them out)
-LOADS_A_MODEL = frozenset({"reference-smollm2"})
+LOADS_A_MODEL = frozenset({"reference-smollm2", "llama.cpp-smollm2"})
+#: targets that need the Halo Weave build of libllama (make patch-and-build HOST=llama.cpp)
+NEEDS_LLAMA_LIB = frozenset({"llama.cpp-tiny", "llama.cpp-smollm2"})
+
+
+def _llama_lib_missing() -> str | None:
+    """Why the llama.cpp targets cannot run here, or None."""
+    from halo_client.llama_cpp import LlamaLibraryError, find_library
+
+    try:
+        find_library()
+    except LlamaLibraryError as exc:
+        return (f"{exc.message} The llama.cpp engine's conformance needs it: make patch-and-build HOST=llama.cpp "
+                "BACKEND=cpu (CI builds it and runs these), or HALO_LLAMA_LIB=PATH")
+    return None
 
 
 def _default_max_abs(model_path: str) -> float:
@@ -96,6 +139,14 @@ def _default_max_abs(model_path: str) -> float:
     reader = GGUFReader(model_path)
     all_f32 = all(t.tensor_type == GGMLQuantizationType.F32 for t in reader.tensors)
     return 2e-3 if all_f32 else 0.1
+
+
+def _reference_runs(model_path: str) -> bool:
+    """The numpy reference (the fidelity oracle) runs llama-family GGUFs only."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(model_path).get_field("general.architecture")
+    return field is not None and field.contents() == "llama"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -124,7 +175,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "target" in metafunc.fixturenames:
         names = ["external"] if metafunc.config.getoption("--server-url") else list(BUILTIN)
-        params = [pytest.param(n, marks=pytest.mark.model) if n in LOADS_A_MODEL else n for n in names]
+        missing = _llama_lib_missing() if NEEDS_LLAMA_LIB & set(names) else None
+        params = []
+        for n in names:
+            marks: list[pytest.MarkDecorator] = [pytest.mark.model] if n in LOADS_A_MODEL else []
+            if n in NEEDS_LLAMA_LIB:
+                marks.append(pytest.mark.process)  # (runs llama.cpp's threads; left out by make test-fast)
+                if missing:
+                    marks.append(pytest.mark.skip(reason=missing))
+            params.append(pytest.param(n, marks=marks))
         metafunc.parametrize("target", params, indirect=True, scope="session")
 
 
@@ -134,7 +193,8 @@ def target(request: pytest.FixtureRequest) -> Iterator[Target]:
     if request.param == "external":
         model_path = config.getoption("--model-path")
         oracle = None
-        if model_path:
+        notes: list[str] = []
+        if model_path and _reference_runs(model_path):
             from halo_client.reference import load_backend
 
             kv_cache = config.getoption("--server-kv-cache")
@@ -142,6 +202,9 @@ def target(request: pytest.FixtureRequest) -> Iterator[Target]:
             def oracle() -> ModelBackend:
                 return load_backend(model_path, kv_cache=kv_cache)
 
+        elif model_path:
+            notes.append("the numpy reference runs llama-family GGUFs only: this model's fidelity is checked against "
+                         "HF transformers by the fidelity tests, not here")
         default_max_abs = _default_max_abs(model_path) if model_path else 0.0
         yield Target(
             name="external", url=config.getoption("--server-url").rstrip("/"),
@@ -149,7 +212,7 @@ def target(request: pytest.FixtureRequest) -> Iterator[Target]:
             max_abs=config.getoption("--fidelity-max-abs") or default_max_abs,
             mean_tv=config.getoption("--fidelity-mean-tv") or 0.015,
             top1=config.getoption("--fidelity-top1") or 0.97,
-            allowed_origin=config.getoption("--allowed-origin"),
+            allowed_origin=config.getoption("--allowed-origin"), notes=notes,
         )
         return
     server, oracle_factory, tolerances = BUILTIN[request.param]()

@@ -58,7 +58,8 @@ def check(target: Target, what: str, agreement: Agreement) -> None:
 @pytest.fixture
 def oracle_target(target: Target) -> Target:
     if target.oracle is None:
-        pytest.skip("fidelity needs the model the server runs: pass --model-path MODEL.gguf")
+        pytest.skip(target.notes[0] if target.notes
+                    else "fidelity needs the model the server runs: pass --model-path MODEL.gguf")
     return target
 
 

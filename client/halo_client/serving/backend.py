@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
-from halo_client.messages import ModelInfo
+from halo_client.messages import AttentionLayout, ModelInfo
 
 
 @dataclass(frozen=True)
@@ -29,10 +29,14 @@ class ForwardResult:
     Both arrays stay valid until the backend's next `prefill` or `decode` call, so a backend
     may write every result into the same buffers; the server is done with a result before it
     asks for the next one.
+
+    `layout`: what `attention` holds; a backend that reduces in the model (`ReducesInGraph`)
+    returns the reduced frame (`[layers or 1, 2, ctx]`) and says which.
     """
 
     logits: npt.NDArray[np.float32]
     attention: npt.NDArray[np.float32] | None
+    layout: AttentionLayout = "full"
 
 
 class ModelBackend(Protocol):
@@ -55,4 +59,14 @@ class ModelBackend(Protocol):
 
     def decode(self, token_id: int, want_attention: bool) -> ForwardResult:
         """Append one token to the sequence and run it."""
+        ...
+
+
+@runtime_checkable
+class ReducesInGraph(Protocol):
+    """A backend that computes the reduced layouts itself, next to the attention (a C++ engine:
+    the reduction then happens on the layer's device and only its result is copied out)."""
+
+    def set_attention_layout(self, layout: AttentionLayout) -> None:
+        """The layout of the frames of the `prefill` and `decode` calls that follow."""
         ...

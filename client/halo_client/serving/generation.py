@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from halo_client.frame import reduce_attention
 from halo_client.messages import FinishReason, GenerateRequest, ModelInfo
-from halo_client.serving.backend import ModelBackend
+from halo_client.serving.backend import ModelBackend, ReducesInGraph
 from halo_client.serving.sampling import Sampler
 from halo_client.serving.validation import RequestRejected
 
@@ -95,6 +95,8 @@ def generate(
     history = list(request.input_ids)
     eos = info.end_token_ids
     stops = set(request.stop_token_ids)
+    if want and isinstance(backend, ReducesInGraph):
+        backend.set_attention_layout(request.attention_layout)
     started = time.perf_counter()
     result = backend.prefill(request.input_ids, want)
     prompt_done = time.perf_counter()
@@ -107,7 +109,7 @@ def generate(
         token = sampler.sample(result.logits, history)
         history.append(token)
         frame = result.attention
-        if frame is not None and request.attention_layout != "full":
+        if frame is not None and result.layout != request.attention_layout:
             frame = reduce_attention(frame, request.attention_layout)  # in the model's thread, next to it
         yield GeneratedToken(count, token, backend.token_bytes(token), frame)
         count += 1
