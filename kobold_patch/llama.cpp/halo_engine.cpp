@@ -35,6 +35,7 @@ struct halo_engine
     int32_t n_vocab = 0;
     bool context_shift = false;
     bool kv_f32 = false;
+    bool iswa = false;                          // a second KV cache for the sliding-window layers
 
     // ---- what the model is
     std::string arch;
@@ -286,11 +287,12 @@ void find_dropped_span(const halo_engine * e, const llama_token * ids, size_t n,
 
 // The attention of sliding-window layers reaches back n_swa positions: a prefix is reusable only
 // if the sliding-window cache still holds what the next position can see (llama-server's rule).
+// Asked before anything is removed: the cache holds the positions [pos_min, pos_max] then.
 bool swa_prefix_usable(halo_engine * e, llama_pos n_keep)
 {
-    if (e->n_swa == 0 || n_keep == 0) { return true; }
+    if (!e->iswa || n_keep == 0) { return true; }
     const llama_pos pos_min = llama_memory_seq_pos_min(llama_get_memory(e->ctx), 0);
-    return pos_min <= std::max<llama_pos>(0, n_keep - (llama_pos)e->n_swa);
+    return pos_min >= 0 && pos_min <= std::max<llama_pos>(0, n_keep - (llama_pos)e->n_swa);
 }
 
 // Keeps what the cache can reuse of `ids`; returns how many leading tokens it now holds.
@@ -299,7 +301,11 @@ size_t reuse_cache(halo_engine * e, const llama_token * ids, size_t n)
     llama_memory_t mem = llama_get_memory(e->ctx);
     size_t keep = common_prefix(e->cached, ids, n);
     if (keep >= n) { keep = n - 1; } // the newest token is decoded again: its logits (and frame) are wanted
-    if (e->context_shift && keep < e->cached.size() && e->caches.size() == 1 && llama_memory_can_shift(mem))
+    if (!swa_prefix_usable(e, (llama_pos)keep))
+    {
+        keep = 0;
+    }
+    if (e->context_shift && keep < e->cached.size() && !e->iswa && llama_memory_can_shift(mem))
     {
         size_t b, m;
         find_dropped_span(e, ids, n, keep, b, m);
@@ -315,13 +321,9 @@ size_t reuse_cache(halo_engine * e, const llama_token * ids, size_t n)
             return keep + m;
         }
     }
-    if (keep < e->cached.size() && !llama_memory_seq_rm(mem, 0, (llama_pos)keep, -1))
+    if (keep > 0 && keep < e->cached.size() && !llama_memory_seq_rm(mem, 0, (llama_pos)keep, -1))
     {
         keep = 0; // (a cache that cannot drop a tail)
-    }
-    if (!swa_prefix_usable(e, (llama_pos)keep))
-    {
-        keep = 0;
     }
     if (keep == 0)
     {
@@ -580,6 +582,7 @@ struct halo_engine * halo_engine_load(const struct halo_engine_params * p, char 
     e->batch = llama_batch_init(e->n_batch, 0, 1);
     e->n_swa = e->model->hparams.n_swa;
     e->swa_type = e->model->hparams.swa_type;
+    e->iswa = dynamic_cast<llama_kv_cache_iswa *>(llama_get_memory(e->ctx)) != nullptr;
     bool found = false;
     e->chat_template = meta_string(e->model, "tokenizer.chat_template", found);
     e->has_chat_template = found;

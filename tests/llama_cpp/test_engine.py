@@ -149,6 +149,23 @@ def test_sliding_window_cache_in_its_own_cell_order(llama_lib: Path, gemma: Path
         assert frame[2, :, :-8].sum() > 0.1          # layer 2: global
 
 
+def test_sliding_window_reuse_only_where_the_window_is_still_cached(llama_lib: Path, gemma: Path) -> None:
+    """An extended request reuses the cache; one that diverges far back, where the sliding-window
+    cache no longer holds what the window needs, is computed again (llama-server's rule): both
+    equal a fresh engine's frames."""
+    ids = [3 + (i * 13) % 250 for i in range(300)]
+    extended = [*ids, 5, 6, 7, 8]
+    diverged = [*ids[:20], 9, 10, 11, *ids[20:150]]  # the ring of 256 cells holds positions 48 on
+    with engine(llama_lib, gemma, n_batch=16) as llama:
+        generate(llama, ids, 4)
+        got_ext, tokens_ext = generate(llama, extended, 3)
+        got_div, tokens_div = generate(llama, diverged, 3)
+    for seq, got, tokens in ((extended, got_ext, tokens_ext), (diverged, got_div, tokens_div)):
+        with engine(llama_lib, gemma, n_batch=16) as fresh:
+            want, _ = generate(fresh, seq, 3, follow=tokens)
+        assert max_diff(got, want) <= 1e-6
+
+
 def test_recurrent_model_is_served_without_export(llama_lib: Path, tmp_path: Path) -> None:
     with engine(llama_lib, write_tiny_mamba(tmp_path / "mamba.gguf"), n_ctx=256) as llama:
         info = llama.model_info()
