@@ -104,8 +104,9 @@ LLAMA_CPP_SDIST ?=
 LLAMA_LIB     ?=
 RPC           ?=
 SERVE_ARGS    ?=
+LLAMA_CPP_PYTHON ?=
 
-.PHONY: patch-and-build kobold-patch serve kobold-bench bench-context kobold-clean llama-clean
+.PHONY: patch-and-build kobold-patch serve kobold-bench bench-context bench-llama-cpp kobold-clean llama-clean
 
 kobold-patch:  ## get KoboldCPP $(KOBOLDCPP_TAG) into $(KOBOLDCPP_DIR) and apply the patch (idempotent)
 	KOBOLDCPP_SRC="$(KOBOLDCPP_SRC)" KOBOLDCPP_TAG="$(KOBOLDCPP_TAG)" KOBOLDCPP_GIT="$(KOBOLDCPP_GIT)" \
@@ -135,10 +136,20 @@ kobold-bench: $(STAMP)  ## tokens/s ratios of the patched server (needs MODEL; U
 	$(BIN)/python bench/bench_kobold.py --kobold-dir "$(KOBOLDCPP_DIR)" --model "$(MODEL)" \
 		$(if $(UNPATCHED_DIR),--unpatched-dir "$(UNPATCHED_DIR)") $(BENCH_ARGS)
 
-bench-context: $(STAMP)  ## attention export's cost by context length and frame layout (SmolLM2; a random 32x32 llama)
+bench-context: $(STAMP)  ## attention export's cost by context length and frame layout (KoboldCPP: SmolLM2, a random 32x32 llama; HOST=llama.cpp: SmolLM2, Gemma 3 270M)
+ifeq ($(HOST),llama.cpp)
+	$(BIN)/python bench/bench_context.py --engine llama.cpp $(if $(LLAMA_LIB),--llama-lib "$(LLAMA_LIB)") \
+		$(if $(MODEL),--smollm2 "$(MODEL)") --large-contexts --json out/bench_context_llama_cpp.json \
+		--svg-dir out/llama-cpp $(BENCH_ARGS)
+else
 	$(BIN)/python bench/bench_context.py --kobold-dir "$(KOBOLDCPP_DIR)" $(if $(MODEL),--smollm2 "$(MODEL)") \
 		$(if $(UNPATCHED_DIR),--unpatched-dir "$(UNPATCHED_DIR)") --json out/bench_context.json \
 		--svg-dir out $(BENCH_ARGS)
+endif
+
+bench-llama-cpp: $(STAMP)  ## the llama.cpp engine without export / llama-cpp-python's own generation (needs LLAMA_CPP_PYTHON, MODEL)
+	$(BIN)/python bench/bench_llama_cpp.py --model "$(MODEL)" --llama-cpp-python "$(LLAMA_CPP_PYTHON)" \
+		--json out/bench_llama_cpp.json $(BENCH_ARGS)
 
 kobold-clean:  ## remove $(KOBOLDCPP_DIR)
 	rm -rf "$(KOBOLDCPP_DIR)"

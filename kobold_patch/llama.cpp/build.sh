@@ -12,6 +12,7 @@
 #   LLAMA_CPP_SDIST  a local copy of the sdist (checked by the same hash) instead of pip download
 #   PYTHON        the python whose pip downloads the sdist (default: python3)
 #   CUDA_ARCH, CUDA_PATH, CUBLAS_ROOT   as for the KoboldCPP build (kobold_patch/build.sh)
+#   CMAKE_ARGS    more CMake options for llama.cpp (e.g. -DGGML_CUDA_FA=OFF: no flash-attention kernels)
 #
 # Nothing else is fetched: CMake builds llama.cpp offline (LLAMA_OPENSSL=OFF, no downloads).
 # GGML_NATIVE=OFF: code for any x86-64 with AVX2, not this machine's CPU (a VM may report
@@ -124,16 +125,32 @@ cuda)
         [0-9]*|native|all|all-major) ;;
         *) die "CUDA_ARCH=$arch: use sm_XX, XX, X.Y, native or all" ;;
     esac
-    cmake_args+=(-DGGML_CUDA=ON "-DCMAKE_CUDA_COMPILER=$NVCC_BIN" "-DCMAKE_CUDA_ARCHITECTURES=$arch")
-    if [ -n "${CUBLAS_ROOT:-}" ]; then
+    toolkit="$(cd "$(dirname "$(readlink -f "$NVCC_BIN")")/.." && pwd)"
+    cmake_args+=(-DGGML_CUDA=ON "-DCMAKE_CUDA_COMPILER=$NVCC_BIN" "-DCMAKE_CUDA_ARCHITECTURES=$arch"
+                 "-DCUDAToolkit_ROOT=$toolkit")
+    shim="$abs_dir/.halo-cuda-shim"
+    mkdir -p "$shim"
+    if [ -n "${CUBLAS_ROOT:-}" ]; then  # a cuBLAS outside the toolkit (the PyPI wheel nvidia-cublas)
         [ -f "$CUBLAS_ROOT/include/cublas_v2.h" ] || die "CUBLAS_ROOT=$CUBLAS_ROOT has no include/cublas_v2.h"
-        export CPATH="$CUBLAS_ROOT/include${CPATH:+:$CPATH}"
-        export LIBRARY_PATH="$CUBLAS_ROOT/lib${LIBRARY_PATH:+:$LIBRARY_PATH}"
-        cmake_args+=("-DCUDAToolkit_ROOT=$(cd "$(dirname "$NVCC_BIN")/.." && pwd)")
+        for lib in cublas cublasLt; do
+            real="$(ls "$CUBLAS_ROOT"/lib/lib$lib.so* 2>/dev/null | head -1 || true)"
+            [ -n "$real" ] || die "CUBLAS_ROOT=$CUBLAS_ROOT has no lib/lib$lib.so*"
+            cmake_args+=("-DCUDA_${lib}_LIBRARY=$real")
+        done
+        cmake_args+=("-DCMAKE_CUDA_FLAGS=-I$CUBLAS_ROOT/include" "-DCMAKE_CXX_FLAGS=-I$CUBLAS_ROOT/include")
+    fi
+    if ! ldconfig -p 2>/dev/null | grep -q 'libcuda\.so\b' && ! ls "$toolkit"/lib64/stubs/libcuda.so "$toolkit"/targets/*/lib/stubs/libcuda.so >/dev/null 2>&1; then
+        say "no libcuda.so (the NVIDIA driver) here: linking against a stub with its soname; the driver is loaded at run time"
+        grep -rhoE '\bcu[A-Z][A-Za-z0-9_]*[[:space:]]*\(' "$abs_dir"/ggml/src/ggml-cuda 2>/dev/null \
+            | tr -d ' (' | sort -u | sed 's/.*/void &(void) {}/' > "$shim/libcuda_stub.c"
+        gcc -shared -fPIC "$shim/libcuda_stub.c" -o "$shim/libcuda.so" -Wl,-soname,libcuda.so.1
+        cmake_args+=("-DCUDA_cuda_driver_LIBRARY=$shim/libcuda.so")
     fi
     ;;
 *) die "BACKEND=$BACKEND: use cpu or cuda" ;;
 esac
+# shellcheck disable=SC2206  # (words, as CMake options are given)
+[ -n "${CMAKE_ARGS:-}" ] && cmake_args+=(${CMAKE_ARGS})
 if [ ! -f "$build/build.ninja" ] || ! grep -qF -- "${cmake_args[*]}" "$build/.halo-cmake-args" 2>/dev/null; then
     say "configuring $build"
     cmake -S "$abs_dir" -B "$build" "${cmake_args[@]}" > "$build.configure.log" 2>&1 \
