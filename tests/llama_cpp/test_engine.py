@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -18,7 +19,7 @@ from halo_client.llama_cpp import LlamaCppBackend, LlamaCppError, LlamaLibraryEr
 from halo_client.messages import AttentionLayout
 from halo_client.reference import ReferenceBackend
 from halo_client.reference.tiny_model import write_tiny_llama
-from tests.llama_cpp.tiny_models import write_tiny_gemma3, write_tiny_mamba
+from tests.llama_cpp.tiny_models import write_tiny_gemma3, write_tiny_gpt_oss, write_tiny_mamba
 
 pytestmark = pytest.mark.process  # llama.cpp's threads; left out by make test-fast
 
@@ -166,11 +167,16 @@ def test_sliding_window_reuse_only_where_the_window_is_still_cached(llama_lib: P
         assert max_diff(got, want) <= 1e-6
 
 
-def test_recurrent_model_is_served_without_export(llama_lib: Path, tmp_path: Path) -> None:
-    with engine(llama_lib, write_tiny_mamba(tmp_path / "mamba.gguf"), n_ctx=256) as llama:
+@pytest.mark.parametrize(("writer", "reason"), [(write_tiny_mamba, "recurrent layers"),
+                                                 (write_tiny_gpt_oss, "attention sinks")])
+def test_what_a_frame_cannot_show_is_refused_and_still_served(llama_lib: Path, tmp_path: Path, writer: Any,
+                                                               reason: str) -> None:
+    """A recurrent model has no attention over the context; gpt-oss's sinks take part of each
+    row's mass (found by the probe decode at load, through the hook)."""
+    with engine(llama_lib, writer(tmp_path / "model.gguf"), n_ctx=256) as llama:
         info = llama.model_info()
         assert not info.attention.available
-        assert "recurrent" in (info.attention.reason or "")
+        assert reason in (info.attention.reason or "")
         assert llama.prefill([3, 4, 5], False).logits.shape == (info.vocab_size,)
         with pytest.raises(LlamaCppError, match="unavailable"):
             llama.decode(6, True)

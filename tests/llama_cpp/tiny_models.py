@@ -1,6 +1,7 @@
 """Tiny random GGUFs for the llama.cpp engine's tests, beyond reference/tiny_model.py's llama: a
 Gemma 3 with a short sliding window (its sliding-window layers get a second KV cache of their
-own, with its own cell order), and a Mamba (recurrent: no attention at all, to be refused)."""
+own, with its own cell order), and two to be refused: a gpt-oss (attention sinks: a row over the
+context sums to less than 1) and a Mamba (recurrent: no attention at all)."""
 
 from __future__ import annotations
 
@@ -71,6 +72,60 @@ def write_tiny_gemma3(path: Path, *, n_layer: int = 3, n_embd: int = 32, n_head:
         writer.add_tensor(b + "ffn_down.weight", w(n_embd, n_ff))
         writer.add_tensor(b + "post_ffw_norm.weight", 1 + w(n_embd, scale=0.1))
     writer.add_tensor("output_norm.weight", 1 + w(n_embd, scale=0.1))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def write_tiny_gpt_oss(path: Path, *, n_layer: int = 2, n_embd: int = 32, n_head: int = 4, n_head_kv: int = 2,
+                       head_dim: int = 8, n_expert: int = 4, n_ff: int = 16, seed: int = 0) -> Path:
+    """gpt-oss: attention sinks (one learned logit per head in every softmax) and an MoE."""
+    from gguf import GGUFWriter
+
+    rng = np.random.default_rng(seed)
+    writer = GGUFWriter(str(path), "gpt-oss")
+    writer.add_block_count(n_layer)
+    writer.add_context_length(1024)
+    writer.add_embedding_length(n_embd)
+    writer.add_feed_forward_length(n_ff)
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(n_head_kv)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_sliding_window(8)
+    writer.add_expert_count(n_expert)
+    writer.add_expert_used_count(2)
+    writer.add_expert_feed_forward_length(n_ff)
+    n_vocab = _tokenizer(writer)
+
+    def w(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) * 0.2).astype(np.float32)
+
+    writer.add_tensor("token_embd.weight", w(n_vocab, n_embd))
+    for i in range(n_layer):
+        b = f"blk.{i}."
+        writer.add_tensor(b + "attn_norm.weight", 1 + w(n_embd))
+        writer.add_tensor(b + "post_attention_norm.weight", 1 + w(n_embd))
+        writer.add_tensor(b + "attn_q.weight", w(n_head * head_dim, n_embd))
+        writer.add_tensor(b + "attn_k.weight", w(n_head_kv * head_dim, n_embd))
+        writer.add_tensor(b + "attn_v.weight", w(n_head_kv * head_dim, n_embd))
+        writer.add_tensor(b + "attn_output.weight", w(n_embd, n_head * head_dim))
+        writer.add_tensor(b + "attn_output.bias", w(n_embd))
+        writer.add_tensor(b + "attn_sinks.weight", w(n_head))
+        writer.add_tensor(b + "ffn_gate_inp.weight", w(n_expert, n_embd))
+        writer.add_tensor(b + "ffn_gate_inp.bias", w(n_expert))
+        for name in ("gate", "up"):
+            writer.add_tensor(b + f"ffn_{name}_exps.weight", w(n_expert, n_ff, n_embd))
+            writer.add_tensor(b + f"ffn_{name}_exps.bias", w(n_expert, n_ff))
+        writer.add_tensor(b + "ffn_down_exps.weight", w(n_expert, n_embd, n_ff))
+        writer.add_tensor(b + "ffn_down_exps.bias", w(n_expert, n_embd))
+    writer.add_tensor("output_norm.weight", 1 + w(n_embd))
+    writer.add_tensor("output.weight", w(n_vocab, n_embd))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
