@@ -6,6 +6,7 @@ context sums to less than 1) and a Mamba (recurrent: no attention at all)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -13,165 +14,133 @@ from halo_client.reference.tiny_model import MERGES, SPECIALS
 from halo_client.reference.tokenizer import _byte_decoder
 
 
-def _tokenizer(writer: object) -> int:
-    from gguf import GGUFWriter
+class _Tiny:
+    """One GGUF being written: the hyper-parameters every model here has, the tiny byte-level BPE
+    vocabulary, random F32 weights."""
 
-    assert isinstance(writer, GGUFWriter)
-    byte_symbols = sorted(_byte_decoder(), key=lambda ch: _byte_decoder()[ch])
-    tokens = list(SPECIALS) + byte_symbols + ["".join(m.split(" ")) for m in MERGES]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_types([3] * len(SPECIALS) + [1] * (len(tokens) - len(SPECIALS)))
-    writer.add_token_merges(list(MERGES))
-    writer.add_bos_token_id(0)
-    writer.add_eos_token_id(2)
-    writer.add_add_bos_token(False)
-    return len(tokens)
+    def __init__(self, path: Path, arch: str, *, n_layer: int, n_embd: int, n_ctx: int, seed: int,
+                 n_ff: int = 0, n_head: int = 0, n_head_kv: int = 0, head_dim: int = 0, eps: float = 1e-5) -> None:
+        from gguf import GGUFWriter
+
+        self.path, self.n_embd = path, n_embd
+        self.rng = np.random.default_rng(seed)
+        self.writer: Any = GGUFWriter(str(path), arch)
+        w = self.writer
+        w.add_block_count(n_layer)
+        w.add_context_length(n_ctx)
+        w.add_embedding_length(n_embd)
+        w.add_feed_forward_length(n_ff)
+        w.add_head_count(n_head)
+        if n_head:
+            w.add_head_count_kv(n_head_kv)
+            w.add_key_length(head_dim)
+            w.add_value_length(head_dim)
+            w.add_rope_freq_base(10000.0)
+        w.add_layer_norm_rms_eps(eps)
+        byte_symbols = sorted(_byte_decoder(), key=lambda ch: _byte_decoder()[ch])
+        tokens = list(SPECIALS) + byte_symbols + ["".join(m.split(" ")) for m in MERGES]
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("default")
+        w.add_token_list(tokens)
+        w.add_token_types([3] * len(SPECIALS) + [1] * (len(tokens) - len(SPECIALS)))
+        w.add_token_merges(list(MERGES))
+        w.add_bos_token_id(0)
+        w.add_eos_token_id(2)
+        w.add_add_bos_token(False)
+        self.n_vocab = len(tokens)
+        self.tensor("token_embd.weight", self.n_vocab, n_embd, scale=1.0)
+
+    def tensor(self, name: str, *shape: int, scale: float = 0.2, offset: float = 0.0) -> None:
+        self.writer.add_tensor(name, (offset + self.rng.standard_normal(shape) * scale).astype(np.float32))
+
+    def attention(self, b: str, n_head: int, n_head_kv: int, head_dim: int, scale: float = 0.2) -> None:
+        self.tensor(b + "attn_q.weight", n_head * head_dim, self.n_embd, scale=scale)
+        self.tensor(b + "attn_k.weight", n_head_kv * head_dim, self.n_embd, scale=scale)
+        self.tensor(b + "attn_v.weight", n_head_kv * head_dim, self.n_embd, scale=scale)
+        self.tensor(b + "attn_output.weight", self.n_embd, n_head * head_dim, scale=scale)
+
+    def norm(self, name: str, size: int = 0) -> None:
+        self.tensor(name, size or self.n_embd, scale=0.1, offset=1.0)
+
+    def finish(self, output: bool = True) -> Path:
+        self.norm("output_norm.weight")
+        if output:
+            self.tensor("output.weight", self.n_vocab, self.n_embd)
+        self.writer.write_header_to_file()
+        self.writer.write_kv_data_to_file()
+        self.writer.write_tensors_to_file()
+        self.writer.close()
+        return self.path
 
 
 def write_tiny_gemma3(path: Path, *, n_layer: int = 3, n_embd: int = 32, n_head: int = 4, n_head_kv: int = 2,
                       head_dim: int = 8, n_ff: int = 64, n_swa: int = 8, swa_pattern: int = 3,
                       n_ctx: int = 4096, seed: int = 0) -> Path:
     """Gemma 3: every `swa_pattern`-th layer global, the others see the last `n_swa` positions."""
-    from gguf import GGUFWriter
-
-    rng = np.random.default_rng(seed)
-    writer = GGUFWriter(str(path), "gemma3")
-    writer.add_block_count(n_layer)
-    writer.add_context_length(n_ctx)
-    writer.add_embedding_length(n_embd)
-    writer.add_feed_forward_length(n_ff)
-    writer.add_head_count(n_head)
-    writer.add_head_count_kv(n_head_kv)
-    writer.add_key_length(head_dim)
-    writer.add_value_length(head_dim)
-    writer.add_rope_freq_base(10000.0)
-    writer.add_layer_norm_rms_eps(1e-6)
-    writer.add_sliding_window(n_swa)
-    writer.add_uint32("gemma3.attention.sliding_window_pattern", swa_pattern)
-    n_vocab = _tokenizer(writer)
-
-    def w(*shape: int, scale: float = 0.3) -> np.ndarray:
-        return (rng.standard_normal(shape) * scale).astype(np.float32)
-
-    writer.add_tensor("token_embd.weight", w(n_vocab, n_embd, scale=1.0))
+    m = _Tiny(path, "gemma3", n_layer=n_layer, n_embd=n_embd, n_ctx=n_ctx, seed=seed, n_ff=n_ff, n_head=n_head,
+              n_head_kv=n_head_kv, head_dim=head_dim, eps=1e-6)
+    m.writer.add_sliding_window(n_swa)
+    m.writer.add_uint32("gemma3.attention.sliding_window_pattern", swa_pattern)
     for i in range(n_layer):
         b = f"blk.{i}."
-        writer.add_tensor(b + "attn_norm.weight", 1 + w(n_embd, scale=0.1))
-        writer.add_tensor(b + "attn_q.weight", w(n_head * head_dim, n_embd))
-        writer.add_tensor(b + "attn_k.weight", w(n_head_kv * head_dim, n_embd))
-        writer.add_tensor(b + "attn_v.weight", w(n_head_kv * head_dim, n_embd))
-        writer.add_tensor(b + "attn_output.weight", w(n_embd, n_head * head_dim))
-        writer.add_tensor(b + "post_attention_norm.weight", 1 + w(n_embd, scale=0.1))
-        writer.add_tensor(b + "attn_q_norm.weight", 1 + w(head_dim, scale=0.1))
-        writer.add_tensor(b + "attn_k_norm.weight", 1 + w(head_dim, scale=0.1))
-        writer.add_tensor(b + "ffn_norm.weight", 1 + w(n_embd, scale=0.1))
-        writer.add_tensor(b + "ffn_gate.weight", w(n_ff, n_embd))
-        writer.add_tensor(b + "ffn_up.weight", w(n_ff, n_embd))
-        writer.add_tensor(b + "ffn_down.weight", w(n_embd, n_ff))
-        writer.add_tensor(b + "post_ffw_norm.weight", 1 + w(n_embd, scale=0.1))
-    writer.add_tensor("output_norm.weight", 1 + w(n_embd, scale=0.1))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+        m.norm(b + "attn_norm.weight")
+        m.attention(b, n_head, n_head_kv, head_dim, scale=0.3)
+        m.norm(b + "post_attention_norm.weight")
+        m.norm(b + "attn_q_norm.weight", head_dim)
+        m.norm(b + "attn_k_norm.weight", head_dim)
+        m.norm(b + "ffn_norm.weight")
+        m.tensor(b + "ffn_gate.weight", n_ff, n_embd, scale=0.3)
+        m.tensor(b + "ffn_up.weight", n_ff, n_embd, scale=0.3)
+        m.tensor(b + "ffn_down.weight", n_embd, n_ff, scale=0.3)
+        m.norm(b + "post_ffw_norm.weight")
+    return m.finish(output=False)
 
 
 def write_tiny_gpt_oss(path: Path, *, n_layer: int = 2, n_embd: int = 32, n_head: int = 4, n_head_kv: int = 2,
                        head_dim: int = 8, n_expert: int = 4, n_ff: int = 16, seed: int = 0) -> Path:
     """gpt-oss: attention sinks (one learned logit per head in every softmax) and an MoE."""
-    from gguf import GGUFWriter
-
-    rng = np.random.default_rng(seed)
-    writer = GGUFWriter(str(path), "gpt-oss")
-    writer.add_block_count(n_layer)
-    writer.add_context_length(1024)
-    writer.add_embedding_length(n_embd)
-    writer.add_feed_forward_length(n_ff)
-    writer.add_head_count(n_head)
-    writer.add_head_count_kv(n_head_kv)
-    writer.add_key_length(head_dim)
-    writer.add_value_length(head_dim)
-    writer.add_rope_dimension_count(head_dim)
-    writer.add_rope_freq_base(10000.0)
-    writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_sliding_window(8)
-    writer.add_expert_count(n_expert)
-    writer.add_expert_used_count(2)
-    writer.add_expert_feed_forward_length(n_ff)
-    n_vocab = _tokenizer(writer)
-
-    def w(*shape: int) -> np.ndarray:
-        return (rng.standard_normal(shape) * 0.2).astype(np.float32)
-
-    writer.add_tensor("token_embd.weight", w(n_vocab, n_embd))
+    m = _Tiny(path, "gpt-oss", n_layer=n_layer, n_embd=n_embd, n_ctx=1024, seed=seed, n_ff=n_ff, n_head=n_head,
+              n_head_kv=n_head_kv, head_dim=head_dim)
+    m.writer.add_rope_dimension_count(head_dim)
+    m.writer.add_sliding_window(8)
+    m.writer.add_expert_count(n_expert)
+    m.writer.add_expert_used_count(2)
+    m.writer.add_expert_feed_forward_length(n_ff)
     for i in range(n_layer):
         b = f"blk.{i}."
-        writer.add_tensor(b + "attn_norm.weight", 1 + w(n_embd))
-        writer.add_tensor(b + "post_attention_norm.weight", 1 + w(n_embd))
-        writer.add_tensor(b + "attn_q.weight", w(n_head * head_dim, n_embd))
-        writer.add_tensor(b + "attn_k.weight", w(n_head_kv * head_dim, n_embd))
-        writer.add_tensor(b + "attn_v.weight", w(n_head_kv * head_dim, n_embd))
-        writer.add_tensor(b + "attn_output.weight", w(n_embd, n_head * head_dim))
-        writer.add_tensor(b + "attn_output.bias", w(n_embd))
-        writer.add_tensor(b + "attn_sinks.weight", w(n_head))
-        writer.add_tensor(b + "ffn_gate_inp.weight", w(n_expert, n_embd))
-        writer.add_tensor(b + "ffn_gate_inp.bias", w(n_expert))
+        m.norm(b + "attn_norm.weight")
+        m.norm(b + "post_attention_norm.weight")
+        m.attention(b, n_head, n_head_kv, head_dim)
+        m.tensor(b + "attn_output.bias", n_embd)
+        m.tensor(b + "attn_sinks.weight", n_head)
+        m.tensor(b + "ffn_gate_inp.weight", n_expert, n_embd)
+        m.tensor(b + "ffn_gate_inp.bias", n_expert)
         for name in ("gate", "up"):
-            writer.add_tensor(b + f"ffn_{name}_exps.weight", w(n_expert, n_ff, n_embd))
-            writer.add_tensor(b + f"ffn_{name}_exps.bias", w(n_expert, n_ff))
-        writer.add_tensor(b + "ffn_down_exps.weight", w(n_expert, n_embd, n_ff))
-        writer.add_tensor(b + "ffn_down_exps.bias", w(n_expert, n_embd))
-    writer.add_tensor("output_norm.weight", 1 + w(n_embd))
-    writer.add_tensor("output.weight", w(n_vocab, n_embd))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+            m.tensor(b + f"ffn_{name}_exps.weight", n_expert, n_ff, n_embd)
+            m.tensor(b + f"ffn_{name}_exps.bias", n_expert, n_ff)
+        m.tensor(b + "ffn_down_exps.weight", n_expert, n_embd, n_ff)
+        m.tensor(b + "ffn_down_exps.bias", n_expert, n_embd)
+    return m.finish()
 
 
 def write_tiny_mamba(path: Path, *, n_layer: int = 2, n_embd: int = 16, seed: int = 0) -> Path:
     """A recurrent model (Mamba): no attention at all."""
-    from gguf import GGUFWriter
-
-    rng = np.random.default_rng(seed)
     d_inner, d_conv, d_state, dt_rank = 2 * n_embd, 4, 8, 4
-    writer = GGUFWriter(str(path), "mamba")
-    writer.add_block_count(n_layer)
-    writer.add_context_length(512)
-    writer.add_embedding_length(n_embd)
-    writer.add_feed_forward_length(0)
-    writer.add_head_count(0)
-    writer.add_ssm_conv_kernel(d_conv)
-    writer.add_ssm_inner_size(d_inner)
-    writer.add_ssm_state_size(d_state)
-    writer.add_ssm_time_step_rank(dt_rank)
-    writer.add_layer_norm_rms_eps(1e-5)
-    n_vocab = _tokenizer(writer)
-
-    def w(*shape: int) -> np.ndarray:
-        return (rng.standard_normal(shape) * 0.2).astype(np.float32)
-
-    writer.add_tensor("token_embd.weight", w(n_vocab, n_embd))
+    m = _Tiny(path, "mamba", n_layer=n_layer, n_embd=n_embd, n_ctx=512, seed=seed)
+    m.writer.add_ssm_conv_kernel(d_conv)
+    m.writer.add_ssm_inner_size(d_inner)
+    m.writer.add_ssm_state_size(d_state)
+    m.writer.add_ssm_time_step_rank(dt_rank)
     for i in range(n_layer):
         b = f"blk.{i}."
-        writer.add_tensor(b + "attn_norm.weight", 1 + w(n_embd))
-        writer.add_tensor(b + "ssm_in.weight", w(2 * d_inner, n_embd))
-        writer.add_tensor(b + "ssm_conv1d.weight", w(d_inner, d_conv))
-        writer.add_tensor(b + "ssm_conv1d.bias", w(d_inner))
-        writer.add_tensor(b + "ssm_x.weight", w(dt_rank + 2 * d_state, d_inner))
-        writer.add_tensor(b + "ssm_dt.weight", w(d_inner, dt_rank))
-        writer.add_tensor(b + "ssm_dt.bias", w(d_inner))
-        writer.add_tensor(b + "ssm_a", -np.abs(w(d_inner, d_state)) - 0.1)
-        writer.add_tensor(b + "ssm_d", w(d_inner))
-        writer.add_tensor(b + "ssm_out.weight", w(n_embd, d_inner))
-    writer.add_tensor("output_norm.weight", 1 + w(n_embd))
-    writer.add_tensor("output.weight", w(n_vocab, n_embd))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+        m.norm(b + "attn_norm.weight")
+        m.tensor(b + "ssm_in.weight", 2 * d_inner, n_embd)
+        m.tensor(b + "ssm_conv1d.weight", d_inner, d_conv)
+        m.tensor(b + "ssm_conv1d.bias", d_inner)
+        m.tensor(b + "ssm_x.weight", dt_rank + 2 * d_state, d_inner)
+        m.tensor(b + "ssm_dt.weight", d_inner, dt_rank)
+        m.tensor(b + "ssm_dt.bias", d_inner)
+        m.tensor(b + "ssm_a", d_inner, d_state, scale=0.2, offset=-1.0)  # (negative: a decaying state)
+        m.tensor(b + "ssm_d", d_inner)
+        m.tensor(b + "ssm_out.weight", n_embd, d_inner)
+    return m.finish()
