@@ -17,6 +17,9 @@
 //  - a bounded queue hands token events (and their frames) from the generation thread to the
 //    WebSocket sender; a full queue makes the generation wait, abort wakes it.
 //
+// The capture itself (graph nodes, statistics, reads, columns in position order) is the core in
+// halo_capture.h, which the current-llama.cpp engine (kobold_patch/llama.cpp/) shares.
+//
 // C++11, no dependency beyond ggml/llama. Compiled as part of gpttype_adapter.cpp (which
 // #includes attention_export.cpp after src/llama.cpp, KoboldCPP's single-TU style).
 #pragma once
