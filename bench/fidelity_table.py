@@ -36,6 +36,7 @@ from halo_client.testing.fidelity import (
     CONTEXT,
     GEMMA_PROMPT,
     MAX_ABS,
+    NUMERICS,
     Agreement,
     Result,
     agreement,
@@ -80,8 +81,14 @@ def tiny_rows(engine: Engine, archs: list[str], cache: Path) -> tuple[list[dict[
                      "heads": info.num_attention_heads, "kv_heads": info.num_key_value_heads,
                      "scenarios": {k: _agreement_json(v) for k, v in result.scenarios.items()},
                      "after_shift_matched": result.after_shift, "shift_logged": shifted,
-                     "difference": result.difference.why if result.difference else None,
+                     "difference": ({"label": result.difference.label, "why": result.difference.why}
+                                    if result.difference else None),
                      "controls": {k: v.worst for k, v in result.controls.items()},
+                     "numerics": ({"label": NUMERICS[name].label, "why": NUMERICS[name].why,
+                                   "fresh_max_abs": result.numerics.worst,
+                                   "plain_fresh_max_abs": max(result.scenarios["prefill"].worst,
+                                                              result.scenarios["decode"].worst)}
+                                  if result.numerics is not None else None),
                      "seconds": round(served, 1)})
         print(f"  {engine.name} {name}: worst {result.worst:.2e} ({served:.1f} s serving)", file=sys.stderr)
     return rows, refused
@@ -120,11 +127,24 @@ def markdown(data: dict[str, Any]) -> str:
     out = ["| architecture | engine | prefill | decode | middle chunk dropped | after another request's shift | "
            "shifted requests computed as | llama.cpp vs transformers | controls (must miss) |",
            "|---|---|---|---|---|---|---|---|---|"]
+    notes: list[str] = []
     for row in data["tiny"]:
         worst = [fmt(max(row["scenarios"][s]["max_abs"])) for s in SCENARIOS]
         controls = "; ".join(f"{k}: {fmt(v)}" for k, v in row["controls"].items())
+        difference = "same"
+        if row["difference"]:
+            if row["difference"]["why"] not in notes:
+                notes.append(row["difference"]["why"])
+            difference = f"{row['difference']['label']} ({notes.index(row['difference']['why']) + 1})"
         out.append(f"| {row['arch']} | {row['engine']} | {' | '.join(worst)} | {row['after_shift_matched']}"
-                   f"{' (shift logged)' if row['shift_logged'] else ''} | {row['difference'] or 'same'} | {controls} |")
+                   f"{' (shift logged)' if row['shift_logged'] else ''} | {difference} | {controls} |")
+    out.extend(f"\n({i}) {why}." for i, why in enumerate(notes, 1))
+    for row in data["tiny"]:
+        if row["numerics"]:
+            n = row["numerics"]
+            out.append(f"\n{row['arch']} on {row['engine']}: {fmt(n['plain_fresh_max_abs'])} (prefill and decode) "
+                       f"becomes {fmt(n['fresh_max_abs'])} with transformers imitating llama.cpp's {n['label']}: "
+                       f"{n['why']}.")
     for engine, reason in data["unavailable"].items():
         out.append(f"\n{engine}: not run ({reason})")
     for engine, refused in data["refused"].items():
@@ -162,7 +182,9 @@ def main() -> int:
             continue
         rows, refused = tiny_rows(engine, args.archs, cache)
         data["tiny"].extend(rows)
-        if refused:
+        if refused and engine.name == "reference":
+            data["refused"][name] = {", ".join(refused): "the numpy reference runs the llama architecture only"}
+        elif refused:
             data["refused"][name] = {a: probe_refusal(engine, a, cache) for a in refused}
         for real in args.real:
             if engine.knows({"gemma3-270m": "gemma3", "smollm2": "llama"}[real]):

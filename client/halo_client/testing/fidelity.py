@@ -26,7 +26,7 @@ control that the frames must *not* match.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,12 +49,14 @@ class Difference:
     """Where llama.cpp computes other attention than transformers' model, and how to make
     transformers compute what llama.cpp does."""
 
+    #: a few words for a table
+    label: str
     overrides: dict[str, Any]
     why: str
 
 
 _MISTRAL_SWA = Difference(
-    {"sliding_window": None},
+    "no sliding window", {"sliding_window": None},
     "llama.cpp runs Mistral as `llama`, which has no sliding window: every layer attends to the whole "
     "context (transformers' Mistral masks keys more than `sliding_window` positions back)")
 #: (llama.cpp generation, architecture) -> the difference
@@ -62,10 +64,43 @@ DIFFERENCES: dict[tuple[Semantics, str], Difference] = {
     ("v1.76", "mistral"): _MISTRAL_SWA,
     ("current", "mistral"): _MISTRAL_SWA,
     ("current", "phi3"): Difference(
-        {"sliding_window": None},
+        "no sliding window", {"sliding_window": None},
         "current llama.cpp turns Phi-3's sliding window off at load (llama_model_phi3::load_arch_hparams: "
         "\"Phi SWA is currently disabled\", llama.cpp PR 13676); KoboldCPP v1.76's llama.cpp applies it"),
 }
+
+
+def _f16_gelu(hf: HFAttention) -> None:
+    import torch
+
+    class F16Gelu(torch.nn.Module):
+        def __init__(self, gelu: Any) -> None:
+            super().__init__()
+            self.gelu = gelu
+
+        def forward(self, x: Any) -> Any:
+            return self.gelu(x.half().float()).half().float()
+
+    for layer in hf.model.model.layers:
+        layer.mlp.act_fn = F16Gelu(layer.mlp.act_fn)
+
+
+@dataclass(frozen=True)
+class Numerics:
+    """A way llama.cpp's CPU arithmetic differs from transformers' float32 (well inside the
+    tolerance, but the largest part of what is left), and transformers made to do the same."""
+
+    label: str
+    apply: Callable[[HFAttention], None]
+    why: str
+
+
+#: architecture -> the numerics that explain most of its residual
+NUMERICS: dict[str, Numerics] = {name: Numerics(
+    "F16 GELU", _f16_gelu,
+    "ggml's CPU GELU looks its result up in a table indexed by the input rounded to F16 (GGML_GELU_FP16, "
+    "in v1.76 and today); Gemma's feed-forward uses GELU, so every layer's input carries that rounding "
+    "into the next layer's attention") for name in ("gemma2", "gemma3")}
 
 
 #: a window longer than any test context: transformers without a sliding window, whatever the model
@@ -234,6 +269,8 @@ class Result:
     difference: Difference | None = None
     #: the fresh request against each control (see `controls`)
     controls: dict[str, Agreement] = field(default_factory=dict)
+    #: the fresh request against transformers imitating llama.cpp's numerics (see `NUMERICS`)
+    numerics: Agreement | None = None
 
     @property
     def worst(self) -> float:
@@ -264,13 +301,17 @@ def judge(arch: str, config: dict[str, Any], engine: str, semantics: Semantics, 
     for name, overrides in controls(arch, config, difference).items():
         other = HFAttention.from_pretrained(hf_dir, **overrides)
         result.controls[name] = agreement(fresh.frames, fresh_frames(other, fresh))
+    if arch in NUMERICS:
+        imitating = HFAttention.from_pretrained(hf_dir, **(difference.overrides if difference else {}))
+        NUMERICS[arch].apply(imitating)
+        result.numerics = agreement(fresh.frames, fresh_frames(imitating, fresh))
     return result
 
 
 def chat_prompt(start: str, end: str, model: str) -> str:
-    """A long chat (over 600 tokens: past Gemma 3's 512-token sliding window) in a turn format."""
+    """A chat of about 700 tokens (past Gemma 3's 512-token sliding window) in a turn format."""
     turns = [f"{start}user\nYou keep the harbour's ledger.{end}\n"]
-    for i in range(24):
+    for i in range(14):
         cargo = ("salt", "wool", "tea", "iron")[i % 4]
         turns.append(f"{start}user\nFact {i}: the {i}th ship was called Vessel-{i * 7} and carried {i * 3} tons "
                      f"of {cargo}.{end}\n{start}{model}\nNoted, ship {i} is Vessel-{i * 7}.{end}\n")
