@@ -22,17 +22,19 @@ class FetchError(HaloError):
 
 
 def pip_download(requirement: str, sha: str, directory: Path, *, sdist: bool = False) -> Path:
-    """Download `requirement` (NAME==VERSION) into `directory` and check its sha256; the archive's path.
+    """Download `requirement` (NAME==VERSION) into a new folder in `directory` and check its sha256;
+    the archive's path.
 
     `sdist=True` takes the source distribution (pip prepares its metadata, which needs its build
     backend from the index too)."""
+    target = directory / requirement.replace("==", "-")
+    target.mkdir(parents=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--quiet",
-           "-d", str(directory), requirement]
+           "-d", str(target), requirement]
     if sdist:
         cmd[5:5] = ["--no-binary", ":all:"]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    name = requirement.split("==")[0].replace("-", "_").lower()
-    found = [p for p in directory.iterdir() if p.name.lower().replace("-", "_").startswith(name + "-")]
+    found = list(target.iterdir())
     if result.returncode != 0 or len(found) != 1:
         last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise FetchError(f"could not download {requirement} with pip (exit {result.returncode}): {last}",
