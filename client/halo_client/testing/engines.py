@@ -3,8 +3,10 @@
 - `reference`: halo-client's numpy llama (llama-architecture GGUFs only), in this process; always there.
 - `koboldcpp-v1.76`: the patched KoboldCPP v1.76 (`koboldcpp.py --attentionexport f32kv`, CPU);
   `HALO_KOBOLDCPP_DIR` = a tree built by `make patch-and-build BACKEND=cpu KOBOLDCPP_DIR=DIR`.
-- `llama.cpp`: the current-llama.cpp engine (`halo-client serve --engine llama.cpp`);
+- `llama.cpp`: the current-llama.cpp engine (`halo-client serve --engine llama.cpp`, F32 KV cache);
   `HALO_LLAMA_LIB` = its patched libllama, built by `make patch-and-build HOST=llama.cpp BACKEND=cpu`.
+  `llama.cpp+context-shift` is the same with `--context-shift` (it moves its cache after a pruned
+  re-request instead of recomputing).
 
 Each engine also names the llama.cpp generation whose converter makes its GGUFs (`tiny_models`)
 and whose attention semantics it has (`semantics`: "v1.76" or "current"; the numpy reference
@@ -193,12 +195,18 @@ class KoboldEngine(Engine):
 
 
 class LlamaCppEngine(Engine):
-    """The current-llama.cpp engine: `halo-client serve --engine llama.cpp` over the patched
-    libllama that `HALO_LLAMA_LIB` names."""
+    """The current-llama.cpp engine: `halo-client serve --engine llama.cpp --attention-export f32kv`
+    over the patched libllama that `HALO_LLAMA_LIB` names. With `context_shift`, `--context-shift`:
+    a re-request that drops a span of the cached tokens moves the rest of the cache instead of
+    recomputing it (whether it can, with a sliding-window cache, is the engine's call: the checks
+    accept either computation there and report which)."""
 
-    name = "llama.cpp"
     semantics: Semantics = "current"
-    after_shift = None
+
+    def __init__(self, *, context_shift: bool = False) -> None:
+        self.context_shift = context_shift
+        self.name = "llama.cpp+context-shift" if context_shift else "llama.cpp"
+        self.after_shift = None if context_shift else "recompute"
 
     def unavailable(self) -> str | None:
         how = (f"set {LLAMA_LIB_ENV}=PATH of the current-llama.cpp engine's patched libllama, built with "
@@ -223,9 +231,12 @@ class LlamaCppEngine(Engine):
         port = free_port()
         lib = os.environ[LLAMA_LIB_ENV]
         cmd = [sys.executable, "-m", "halo_client.cli", "serve", "--engine", "llama.cpp", "--model", str(gguf),
-               "--llama-lib", lib, "--host", "127.0.0.1", "--port", str(port), "--context", str(n_ctx)]
+               "--llama-lib", lib, "--host", "127.0.0.1", "--port", str(port), "--context", str(n_ctx),
+               "--attention-export", "f32kv", "--threads", "1", "--threads-batch", "1",
+               *(["--context-shift"] if self.context_shift else [])]
         with _process(cmd, None, {**os.environ, LLAMA_LIB_ENV: lib}, port) as server:
             yield server
 
 
-ENGINES: dict[str, Engine] = {e.name: e for e in (ReferenceEngine(), KoboldEngine(), LlamaCppEngine())}
+ENGINES: dict[str, Engine] = {e.name: e for e in (
+    ReferenceEngine(), KoboldEngine(), LlamaCppEngine(), LlamaCppEngine(context_shift=True))}
