@@ -67,6 +67,7 @@ def _row(arch: str, engine: str, layers: int, heads: int, kv_heads: int, result:
     return {"arch": arch, "engine": engine, "layers": layers, "heads": heads, "kv_heads": kv_heads,
             "scenarios": {k: _agreement_json(v) for k, v in result.scenarios.items()},
             "after_shift_matched": result.after_shift, "shift_logged": shift_logged,
+            "other_after_shift": result.other_after_shift,
             "difference": ({"label": result.difference.label, "why": result.difference.why}
                            if result.difference else None),
             "controls": {k: v.worst for k, v in result.controls.items()},
@@ -179,8 +180,12 @@ def markdown(data: dict[str, Any]) -> str:
             if row["difference"]["why"] not in notes:
                 notes.append(row["difference"]["why"])
             difference = f"{row['difference']['label']} ({notes.index(row['difference']['why']) + 1})"
-        after = (f"{row['after_shift_matched']}{' (shift logged)' if row['shift_logged'] else ''}"
-                 if "shift" in row["scenarios"] else "-")
+        after = "-"
+        if "shift" in row["scenarios"]:
+            done, other = (("recomputed", "shifted") if row["after_shift_matched"] == "recompute"
+                           else ("shifted", "recomputed"))
+            after = (f"{done}{', shift logged' if row['shift_logged'] else ''}"
+                     f" ({other}: {fmt(row['other_after_shift'])})")
         out.append(f"| {row['arch']} | {row['engine']} | {' | '.join(worst)} | {after} | {difference} | {controls} |")
     out.extend(f"\n({i}) {why}." for i, why in enumerate(notes, 1))
     for row in data["tiny"]:

@@ -17,5 +17,6 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def model_cache(request: pytest.FixtureRequest) -> Path:
-    return Path(request.config.cache.mkdir("halo-tiny-models"))
+def model_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cache = getattr(request.config, "cache", None)  # None with `-p no:cacheprovider`: made anew each run
+    return Path(cache.mkdir("halo-tiny-models")) if cache is not None else tmp_path_factory.mktemp("tiny-models")

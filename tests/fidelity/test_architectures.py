@@ -87,10 +87,11 @@ def test_decode_frames(run: Run) -> None:
 
 
 def test_after_dropping_a_middle_chunk(run: Run) -> None:
-    """The re-request a pruned chat makes; a server that keeps its cache may shift it."""
+    """The re-request a pruned chat makes: the frames equal what the engine says it computes
+    (recomputed, or its cache shifted); one with no such claim matches one of the two."""
+    print(f"[{run.engine.name} {run.model.arch.name}] after a shift: {run.result.after_shift}, the other "
+          f"computation misses by {run.result.other_after_shift:.2e}")
     check(run, "shift")
-    if run.engine.after_shift is not None:
-        assert run.result.after_shift == run.engine.after_shift
 
 
 def test_after_a_context_shift_by_another_request(run: Run) -> None:

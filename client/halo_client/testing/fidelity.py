@@ -271,6 +271,9 @@ class Result:
     controls: dict[str, Agreement] = field(default_factory=dict)
     #: the fresh request against transformers imitating llama.cpp's numerics (see `NUMERICS`)
     numerics: Agreement | None = None
+    #: how far the shifted requests' frames are from the other computation (None: no such requests);
+    #: small where a sliding window hides the dropped tokens from every layer
+    other_after_shift: float | None = None
 
     @property
     def worst(self) -> float:
@@ -288,19 +291,23 @@ def judge(arch: str, config: dict[str, Any], engine: str, semantics: Semantics, 
     scenarios = {"prefill": agreement(fresh.frames[:1], want[:1]),
                  "decode": agreement(fresh.frames[1:], want[1:])}
     shifted = [r for r in done if r.attention and r.name != "fresh"]
-    recomputed = {r.name: agreement(r.frames, fresh_frames(hf, r)) for r in shifted}
-    chosen = "recompute"
-    if after_shift != "recompute":
+    chosen, other = "recompute", None
+    if shifted:
+        recomputed = {r.name: agreement(r.frames, fresh_frames(hf, r)) for r in shifted}
         replay = replayed_frames(hf, done)
         reused = {r.name: agreement(r.frames, replay[r.name]) for r in shifted}
+        worst_recomputed = max(a.worst for a in recomputed.values())
         worst_reused = max(a.worst for a in reused.values())
-        if after_shift == "shift" or worst_reused < max(a.worst for a in recomputed.values()):
-            recomputed, chosen = reused, "shift"
-    scenarios.update(recomputed)
-    result = Result(arch, engine, scenarios, chosen, difference)
+        if after_shift == "shift" or (after_shift is None and worst_reused < worst_recomputed):
+            chosen, other = "shift", worst_recomputed
+            scenarios.update(reused)
+        else:
+            other = worst_reused
+            scenarios.update(recomputed)
+    result = Result(arch, engine, scenarios, chosen, difference, other_after_shift=other)
     for name, overrides in controls(arch, config, difference).items():
-        other = HFAttention.from_pretrained(hf_dir, **overrides)
-        result.controls[name] = agreement(fresh.frames, fresh_frames(other, fresh))
+        control = HFAttention.from_pretrained(hf_dir, **overrides)
+        result.controls[name] = agreement(fresh.frames, fresh_frames(control, fresh))
     if arch in NUMERICS:
         imitating = HFAttention.from_pretrained(hf_dir, **(difference.overrides if difference else {}))
         NUMERICS[arch].apply(imitating)
