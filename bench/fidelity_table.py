@@ -24,7 +24,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import struct
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,7 +52,7 @@ from halo_client.testing.fidelity import (
     run_requests,
 )
 from halo_client.testing.gemma3_270m import gemma3_270m
-from halo_client.testing.hf_attention import HFAttention
+from halo_client.testing.hf_attention import HFAttention, imitate_quantized_matmuls
 from halo_client.testing.tiny_models import ARCHITECTURES, tiny_models, vocabulary
 
 SCENARIOS = ("prefill", "decode", "shift", "after_shift")
@@ -104,12 +107,27 @@ def tiny_rows(engine: Engine, archs: list[str], cache: Path) -> tuple[list[dict[
     return rows, refused
 
 
+def run_probe(exe: Path, gguf: Path, input_ids: list[int], generated: list[int], layers: int,
+              heads: int) -> list[np.ndarray]:
+    """Current llama.cpp's own attention rows (bench/llama_attention_probe.cpp), as frames."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ids, out = Path(tmp) / "ids.bin", Path(tmp) / "out.bin"
+        ids.write_bytes(struct.pack(f"<i{len(input_ids)}i", len(input_ids), *input_ids)
+                        + struct.pack(f"<i{len(generated)}i", len(generated), *generated))
+        subprocess.run([str(exe), str(gguf), str(ids), str(out)], check=True, capture_output=True)
+        raw = np.fromfile(out, dtype=np.float32)
+    frames, start = [], 0
+    for i in range(len(generated)):
+        size = layers * heads * (len(input_ids) + i)
+        frames.append(raw[start:start + size].reshape(layers, heads, -1))
+        start += size
+    if start != raw.size:
+        raise RuntimeError(f"{raw.size} values from the probe, expected {start}")
+    return frames
+
+
 def llama_probe_rows(exe: Path, archs: list[str], cache: Path) -> list[dict[str, Any]]:
     """The fresh request's attention as current llama.cpp computes it (the probe), against transformers."""
-    import struct
-    import subprocess
-    import tempfile
-
     from halo_client.testing.llama_cpp_source import llama_cpp_tree
 
     models = tiny_models(archs, llama_cpp_tree(cache), cache)
@@ -119,18 +137,8 @@ def llama_probe_rows(exe: Path, archs: list[str], cache: Path) -> list[dict[str,
         fresh = requests(len(vocabulary()))[0]
         # no server samples here: any ordinary tokens serve as the generated ones
         fresh.generated = fresh.input_ids[7:7 + fresh.max_length]
-        with tempfile.TemporaryDirectory() as tmp:
-            ids, out = Path(tmp) / "ids.bin", Path(tmp) / "out.bin"
-            ids.write_bytes(struct.pack(f"<i{len(fresh.input_ids)}i", len(fresh.input_ids), *fresh.input_ids)
-                            + struct.pack(f"<i{len(fresh.generated)}i", len(fresh.generated), *fresh.generated))
-            subprocess.run([str(exe), str(model.gguf), str(ids), str(out)], check=True, capture_output=True)
-            raw = np.fromfile(out, dtype=np.float32)
-        layers, heads, start = arch.config["num_hidden_layers"], arch.config["num_attention_heads"], 0
-        for i in range(len(fresh.generated)):
-            size = layers * heads * (len(fresh.input_ids) + i)
-            fresh.frames.append(raw[start:start + size].reshape(layers, heads, -1))
-            start += size
-        assert start == raw.size, f"{name}: {raw.size} values from the probe, expected {start}"
+        layers, heads = arch.config["num_hidden_layers"], arch.config["num_attention_heads"]
+        fresh.frames = run_probe(exe, model.gguf, fresh.input_ids, fresh.generated, layers, heads)
         result = judge(name, arch.config, "llama.cpp eval callback", "current", "recompute", model.hf_dir, [fresh])
         rows.append(_row(name, "llama.cpp eval callback", layers, heads, arch.config["num_key_value_heads"],
                          result, False, 0.0))
@@ -151,16 +159,31 @@ def probe_refusal(engine: Engine, arch: str, cache: Path) -> str:
         return lines[-1].strip() if lines else str(exc).splitlines()[0]
 
 
-def real_rows(engine: Engine, name: str) -> dict[str, Any]:
+def real_rows(engine: Engine, name: str, probe: Path | None) -> dict[str, Any]:
+    """A real model's frames against transformers on its dequantized weights; also against
+    transformers rounding each matmul's input as ggml does (and its GELU), and, with the probe,
+    against llama.cpp's own attention."""
     fetch, prompt = REAL_MODELS[name]
     path = fetch()
     with engine.serve(path, 2048) as server:
         request = asyncio.run(real_model_request(server.url, prompt))
     hf = HFAttention.from_gguf(path)
-    found = agreement(request.frames, hf.frames(request.input_ids, request.generated))
+    ids, generated = request.input_ids, request.generated
+    found = agreement(request.frames, hf.frames(ids, generated))
     layer_types = getattr(hf.model.config, "layer_types", None)
-    return {"model": name, "engine": engine.name, "file": path.name, "prompt_tokens": len(request.input_ids),
-            "frames": len(request.frames), "layer_types": layer_types, **_agreement_json(found)}
+    row = {"model": name, "engine": engine.name, "file": path.name, "prompt_tokens": len(ids),
+           "frames": len(request.frames), "layer_types": layer_types, **_agreement_json(found)}
+    imitated = imitate_quantized_matmuls(hf, path)
+    arch = hf.model.config.model_type.removesuffix("_text")
+    if arch in NUMERICS:
+        NUMERICS[arch].apply(hf)
+    row["imitated"] = {"matmuls": imitated, "gelu": arch in NUMERICS,
+                       **_agreement_json(agreement(request.frames, hf.frames(ids, generated)))}
+    if probe is not None:
+        config = hf.model.config
+        own = run_probe(probe, path, ids, generated, config.num_hidden_layers, config.num_attention_heads)
+        row["vs_llama_cpp"] = agreement(request.frames, own).worst
+    return row
 
 
 def fmt(x: float) -> str:
@@ -200,13 +223,21 @@ def markdown(data: dict[str, Any]) -> str:
         for arch, why in refused.items():
             out.append(f"\n{engine} does not load {arch}: {why}")
     for real in data["real"]:
+        imitated = real["imitated"]
+        own = (f"; the frames against llama.cpp's own attention (the probe): max |diff| {fmt(real['vs_llama_cpp'])}"
+               if "vs_llama_cpp" in real else "")
         out.append(f"\n{real['model']} ({real['file']}) on {real['engine']}: {real['prompt_tokens']} prompt tokens, "
                    f"{real['frames']} frames; TV mean {np.mean(real['mean_tv']):.4f}, "
-                   f"top-1 {np.mean(real['top1']):.1%}\n")
-        out.append("| layer | kind | TV mean | top-1 | max abs |\n|---|---|---|---|---|")
-        for i, (tv, top1, mx) in enumerate(zip(real["mean_tv"], real["top1"], real["max_abs"], strict=True)):
+                   f"top-1 {np.mean(real['top1']):.1%}, max |diff| {max(real['max_abs']):.3f}; with transformers "
+                   f"rounding the inputs of {imitated['matmuls']} matmuls as ggml does"
+                   f"{' and its GELU' if imitated['gelu'] else ''}: TV mean {np.mean(imitated['mean_tv']):.4f}, "
+                   f"top-1 {np.mean(imitated['top1']):.1%}{own}\n")
+        out.append("| layer | kind | TV mean | top-1 | max abs | TV mean, ggml's rounding imitated |\n"
+                   "|---|---|---|---|---|---|")
+        rows = zip(real["mean_tv"], real["top1"], real["max_abs"], imitated["mean_tv"], strict=True)
+        for i, (tv, top1, mx, tv2) in enumerate(rows):
             kind = (real["layer_types"] or ["full_attention"] * len(real["mean_tv"]))[i].replace("_attention", "")
-            out.append(f"| {i} | {kind} | {tv:.4f} | {top1:.1%} | {mx:.3f} |")
+            out.append(f"| {i} | {kind} | {tv:.4f} | {top1:.1%} | {mx:.3f} | {tv2:.4f} |")
     return "\n".join(out)
 
 
@@ -239,7 +270,8 @@ def main() -> int:
             data["refused"][name] = {a: probe_refusal(engine, a, cache) for a in refused}
         for real in args.real:
             if engine.knows({"gemma3-270m": "gemma3", "smollm2": "llama"}[real]):
-                data["real"].append(real_rows(engine, real))
+                probe = args.llama_probe if engine.semantics == "current" else None
+                data["real"].append(real_rows(engine, real, probe))
     if args.llama_probe:
         data["tiny"].extend(llama_probe_rows(args.llama_probe, args.archs, cache))
     print(markdown(data))

@@ -162,3 +162,60 @@ def reuse_plan(cached: Sequence[int], wanted: Sequence[int], *, min_match: int =
         while reused - p < min(len(after), len(rest)) and after[reused - p] == rest[reused - p]:
             reused += 1
     return p, gap, min(reused, len(wanted) - 1)
+
+
+#: ggml's CPU matmul quantizes the activations it multiplies with a quantized weight, per row, to
+#: the weight type's "vec_dot" type: (block length, scale stored as F16, scale from the signed max)
+_ACTIVATION_QUANT = {
+    **{t: (32, True, False) for t in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")},  # Q8_0 / Q8_1
+    **{t: (256, False, True) for t in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")},  # Q8_K
+}
+
+
+def _quantize_q8(x: Any, block: int, f16_scale: bool, signed_max: bool) -> Any:
+    """`x` rounded as ggml's quantize_row_q8_0/q8_1 (amax / 127, F16 scale) or q8_K (-127 / the
+    signed max, F32 scale) round it, blocks along the last axis."""
+    torch = _torch()
+    rows = x.reshape(-1, block)
+    if signed_max:
+        peak = torch.gather(rows, 1, rows.abs().argmax(dim=1, keepdim=True))
+        iscale = torch.where(peak != 0, -127.0 / peak, torch.zeros_like(peak))
+        q = torch.clamp(torch.round(iscale * rows), max=127)
+        scale = torch.where(peak != 0, 1.0 / iscale, torch.zeros_like(peak))
+    else:
+        amax = rows.abs().amax(dim=1, keepdim=True)
+        q = torch.round(rows * torch.where(amax != 0, 127.0 / amax, torch.zeros_like(amax)))
+        scale = amax / 127.0
+        if f16_scale:
+            scale = scale.half().float()
+    return (q * scale).reshape(x.shape)
+
+
+def imitate_quantized_matmuls(hf: HFAttention, gguf_path: str | Path) -> int:
+    """Make `hf` (loaded from `gguf_path`) round each linear layer's input as ggml's CPU matmul does
+    for that layer's weight type (8-bit blocks for quantized weights, F16 for F16 weights); the
+    number of layers changed. transformers' own matmuls use the float32 inputs."""
+    import gguf
+    import torch
+
+    reader = gguf.GGUFReader(str(gguf_path))
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    arch = reader.fields["general.architecture"].contents()
+    model_arch = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
+    names = gguf.get_tensor_name_map(model_arch, int(hf.model.config.num_hidden_layers))
+    changed = 0
+    for name, module in hf.model.named_modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        mapped = names.get_name(name)
+        kind = types.get(f"{mapped}.weight") if mapped else None
+        if kind in _ACTIVATION_QUANT:
+            block, f16_scale, signed_max = _ACTIVATION_QUANT[kind]
+            module.register_forward_pre_hook(
+                lambda _m, args, b=block, f=f16_scale, s=signed_max: (_quantize_q8(args[0], b, f, s),))
+        elif kind == "F16":
+            module.register_forward_pre_hook(lambda _m, args: (args[0].half().float(),))
+        else:
+            continue
+        changed += 1
+    return changed
