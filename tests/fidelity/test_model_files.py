@@ -80,3 +80,21 @@ def test_gemma_with_a_wrong_sha256_is_not_used(tmp_path: Path, monkeypatch: pyte
     with pytest.raises(FetchError, match="expected"):
         gemma.gemma3_270m(tmp_path)
     assert not (tmp_path / gemma.FILENAME).exists()
+
+
+def test_the_converter_comes_from_the_engines_own_tree_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from halo_client.testing.llama_cpp_source import SOURCE_ENV, llama_cpp_tree
+
+    tree = tmp_path / "llama.cpp-0.3.36"
+    (tree / "gguf-py").mkdir(parents=True)
+    (tree / "convert_hf_to_gguf.py").write_text("")
+    lib_dir = tree / "build-cpu" / "bin"
+    lib_dir.mkdir(parents=True)
+    monkeypatch.delenv(SOURCE_ENV, raising=False)
+    fake_pip(monkeypatch, {}, exit_code=1)  # nothing is downloaded
+    assert llama_cpp_tree(tmp_path / "cache", lib_dir) == tree
+    monkeypatch.setenv(SOURCE_ENV, str(tmp_path / "elsewhere"))
+    assert llama_cpp_tree(tmp_path / "cache", lib_dir) == tmp_path / "elsewhere"
+    monkeypatch.delenv(SOURCE_ENV)
+    with pytest.raises(FetchError, match=r"could not download llama-cpp-python==0\.3\.36"):
+        llama_cpp_tree(tmp_path / "cache", tmp_path / "no-tree")

@@ -222,9 +222,11 @@ class LlamaCppEngine(Engine):
         return True
 
     def converter_tree(self, cache: Path) -> Path:
+        """The tree the library was built in (its own llama.cpp), else the sdist's converter."""
         from halo_client.testing.llama_cpp_source import llama_cpp_tree
 
-        return llama_cpp_tree(cache)
+        lib = os.environ.get(LLAMA_LIB_ENV)
+        return llama_cpp_tree(cache, Path(lib).resolve().parent if lib else None)
 
     @contextlib.contextmanager
     def serve(self, gguf: Path, n_ctx: int) -> Iterator[Server]:

@@ -2,9 +2,11 @@
 version: the one the `llama-cpp-python` 0.3.36 sdist vendors, the llama.cpp the current engine is
 built from.
 
-`HALO_LLAMA_CPP_SRC=DIR` names an unpacked llama.cpp source tree to use instead (offline, or the
-engine's own tree); otherwise the sdist is downloaded once with pip (by name, version and sha256)
-and only the converter's files are kept, under the cache directory.
+`HALO_LLAMA_CPP_SRC=DIR` names an unpacked llama.cpp source tree to use instead (offline); else
+the tree the engine's library was built in, when the caller knows one (`make patch-and-build
+HOST=llama.cpp` unpacks the same sdist's llama.cpp there); otherwise the sdist is downloaded once
+with pip (by name, version and sha256) and only the converter's files are kept, under the cache
+directory.
 """
 
 from __future__ import annotations
@@ -24,11 +26,20 @@ _VENDORED = "vendor/llama.cpp/"
 _KEEP = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
 
 
-def llama_cpp_tree(cache: Path) -> Path:
-    """A llama.cpp source tree with the current converter: `$HALO_LLAMA_CPP_SRC`, or the sdist's
-    converter files extracted under `cache` (downloaded the first time)."""
+def has_converter(tree: Path) -> bool:
+    return (tree / "convert_hf_to_gguf.py").is_file() and (tree / "gguf-py").is_dir()
+
+
+def llama_cpp_tree(cache: Path, built_from: Path | None = None) -> Path:
+    """A llama.cpp source tree with the current converter: `$HALO_LLAMA_CPP_SRC`, else `built_from`
+    (or the first of its parents) if it has the converter, else the sdist's converter files
+    extracted under `cache` (downloaded the first time)."""
     if value := os.environ.get(SOURCE_ENV):
         return Path(value)
+    if built_from is not None:
+        for candidate in (built_from, *built_from.parents):
+            if has_converter(candidate):
+                return candidate
     target = cache / f"llama.cpp-{SDIST.split('==')[1]}"
     if (target / ".complete").is_file():
         return target
