@@ -4,7 +4,8 @@
 - `koboldcpp-v1.76`: the patched KoboldCPP v1.76 (`koboldcpp.py --attentionexport f32kv`, CPU);
   `HALO_KOBOLDCPP_DIR` = a tree built by `make patch-and-build BACKEND=cpu KOBOLDCPP_DIR=DIR`.
 - `llama.cpp`: the current-llama.cpp engine (`halo-client serve --engine llama.cpp`, F32 KV cache);
-  `HALO_LLAMA_LIB` = its patched libllama, built by `make patch-and-build HOST=llama.cpp BACKEND=cpu`.
+  its patched libllama is `HALO_LLAMA_LIB`, else the one `make patch-and-build HOST=llama.cpp
+  BACKEND=cpu` built in this checkout (as `halo-client serve` finds it).
   `llama.cpp+context-shift` is the same with `--context-shift` (it moves its cache after a pruned
   re-request instead of recomputing).
 
@@ -209,14 +210,20 @@ class LlamaCppEngine(Engine):
         self.after_shift = None if context_shift else "recompute"
 
     def unavailable(self) -> str | None:
-        how = (f"set {LLAMA_LIB_ENV}=PATH of the current-llama.cpp engine's patched libllama, built with "
-               "`make patch-and-build HOST=llama.cpp BACKEND=cpu`")
-        value = os.environ.get(LLAMA_LIB_ENV)
-        if not value:
-            return f"no current-llama.cpp engine: {how}"
-        if not Path(value).is_file():
-            return f"{LLAMA_LIB_ENV}={value} does not exist: {how}"
+        from halo_client.llama_cpp import LlamaLibraryError, find_library
+
+        try:
+            find_library()
+        except LlamaLibraryError as exc:
+            return f"no current-llama.cpp engine: {exc}"
         return None
+
+    @staticmethod
+    def library() -> Path:
+        """The patched libllama: $HALO_LLAMA_LIB, else where `make patch-and-build HOST=llama.cpp` put it."""
+        from halo_client.llama_cpp import find_library
+
+        return find_library()
 
     def knows(self, gguf_arch: str) -> bool:
         return True
@@ -225,13 +232,12 @@ class LlamaCppEngine(Engine):
         """The tree the library was built in (its own llama.cpp), else the sdist's converter."""
         from halo_client.testing.llama_cpp_source import llama_cpp_tree
 
-        lib = os.environ.get(LLAMA_LIB_ENV)
-        return llama_cpp_tree(cache, Path(lib).resolve().parent if lib else None)
+        return llama_cpp_tree(cache, self.library().resolve().parent)
 
     @contextlib.contextmanager
     def serve(self, gguf: Path, n_ctx: int) -> Iterator[Server]:
         port = free_port()
-        lib = os.environ[LLAMA_LIB_ENV]
+        lib = str(self.library())
         cmd = [sys.executable, "-m", "halo_client.cli", "serve", "--engine", "llama.cpp", "--model", str(gguf),
                "--llama-lib", lib, "--host", "127.0.0.1", "--port", str(port), "--context", str(n_ctx),
                "--attention-export", "f32kv", "--threads", "1", "--threads-batch", "1",
