@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Generator
+from typing import Any
 
 import pytest
 
@@ -15,6 +17,21 @@ def _no_user_settings(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyt
     """No test reads the developer's own settings file (halo_client/config.py), nor do the
     processes tests start: each sees the defaults unless it writes a file of its own."""
     monkeypatch.setenv("HALO_CONFIG", str(tmp_path_factory.getbasetemp() / "no-settings.json"))
+
+
+#: CI sets it after building the llama.cpp engine: a test that would skip for want of that build fails
+REQUIRE_LLAMA_LIB_ENV = "HALO_REQUIRE_LLAMA_LIB"
+#: how every "no such build" reason begins (halo_client.llama_cpp.find_library's messages)
+_NO_LLAMA_LIB = "No Halo Weave "
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and os.environ.get(REQUIRE_LLAMA_LIB_ENV) == "1" and _NO_LLAMA_LIB in str(report.longrepr):
+        report.outcome = "failed"
+        report.longrepr = f"{REQUIRE_LLAMA_LIB_ENV}=1, yet skipped for want of the llama.cpp engine: {report.longrepr}"
 
 
 @pytest.fixture
