@@ -209,7 +209,7 @@ def main() -> None:
     rows = []
     plan = [("SmolLM2-135M", args.smollm2.resolve(), args.small_contexts, False, args.unpatched_contexts)]
     if not kobold:  # a current model KoboldCPP v1.76 cannot load; no unpatched comparison (bench_llama_cpp.py)
-        from halo_client.llama_cpp.models import gemma3_270m
+        from halo_client.testing.gemma3_270m import gemma3_270m
 
         gemma = args.gemma3 or gemma3_270m()
         plan = [(name, model, contexts, False, []) for name, model, contexts, _, _ in plan]

@@ -205,7 +205,7 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(llama_lib: Path, tiny: P
 
 @pytest.fixture(scope="module")
 def gemma3_270m() -> Iterator[Path]:
-    from halo_client.llama_cpp.models import gemma3_270m
+    from halo_client.testing.gemma3_270m import gemma3_270m
 
     yield gemma3_270m()
 

@@ -23,7 +23,7 @@ from playwright.sync_api import Browser, sync_playwright  # noqa: E402
 @pytest.fixture(scope="module")
 def gemma_server(llama_lib: Path) -> Iterator[ServerThread]:
     from halo_client.llama_cpp import LlamaCppBackend
-    from halo_client.llama_cpp.models import gemma3_270m
+    from halo_client.testing.gemma3_270m import gemma3_270m
 
     backend = LlamaCppBackend(gemma3_270m(), library=llama_lib, n_ctx=2048, n_threads=2)
     with ServerThread(lambda: ContractServer(backend, port=0)) as thread:

