@@ -73,3 +73,20 @@ def test_ctypes_structures_match_the_compiled_layout(tmp_path: Path) -> None:
         expected.append(f"{c_name} size {ctypes.sizeof(py)}")
         expected += [f"{c_name} {f} {getattr(py, f).offset}" for f, *_ in py._fields_]
     assert compiled.split("\n")[:-1] == expected
+
+
+@pytest.mark.process  # starts gcc
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs a C compiler (apt-get install gcc)")
+def test_a_second_build_in_one_process_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every build's libggml*.so have the same sonames: a second build (say the RPC one) would run
+    on the first one's libggml, so it is refused with the reason rather than failing later."""
+    monkeypatch.setattr(library, "_loaded", {})
+    stub = "".join(f"void {name}(void) {{}}\n" for name in library._PROTOTYPES)
+    for build in ("build-cpu", "build-cpu-rpc"):
+        (tmp_path / build).mkdir()
+        (tmp_path / build / "x.c").write_text(stub)
+        subprocess.run(["gcc", "-shared", "-fPIC", "x.c", "-o", "libllama.so"], cwd=tmp_path / build, check=True)
+    first = load_library(tmp_path / "build-cpu" / "libllama.so")
+    assert load_library(tmp_path / "build-cpu" / "libllama.so") is first
+    with pytest.raises(LlamaLibraryError, match=r"already serves the libllama at .*build-cpu/libllama\.so"):
+        load_library(tmp_path / "build-cpu-rpc" / "libllama.so")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,8 +36,28 @@ def rpc_lib() -> Path:
                 "run (bench/bench_rpc.py on SmolLM2, conformance over two rpc-servers)")
 
 
+_CHILD_ENV = "HALO_RPC_TEST_CHILD"
+
+
 @pytest.fixture(scope="module")
-def rpc_servers(rpc_lib: Path) -> Iterator[str]:
+def in_own_process(rpc_lib: Path) -> bool:
+    """This module's tests run in a pytest process of their own (the fixture asserts they passed
+    there): one process serves one libllama build (the same soname), and the other tests load the
+    build without RPC."""
+    if os.environ.get(_CHILD_ENV) == "1":
+        return False
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+                          env={**os.environ, "HALO_LLAMA_RPC_LIB": str(rpc_lib), _CHILD_ENV: "1"},
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and "3 passed" in done.stdout, f"in a process of its own:\n{done.stdout[-4000:]}"
+    return True
+
+
+@pytest.fixture(scope="module")
+def rpc_servers(rpc_lib: Path, in_own_process: bool) -> Iterator[str]:
+    if in_own_process:
+        yield ""
+        return
     procs, endpoints = [], []
     try:
         for _ in range(2):
@@ -64,8 +85,10 @@ def frames(backend: LlamaCppBackend, ids: list[int], layout: AttentionLayout, st
 
 
 @pytest.mark.parametrize("layout", ["full", "layer_stats", "model_stats"])
-def test_layers_over_two_rpc_servers_give_the_single_process_frames(rpc_lib: Path, rpc_servers: str, tmp_path: Path,
-                                                                   layout: AttentionLayout) -> None:
+def test_layers_over_two_rpc_servers_give_the_single_process_frames(
+        rpc_lib: Path, rpc_servers: str, tmp_path: Path, layout: AttentionLayout, in_own_process: bool) -> None:
+    if in_own_process:
+        return  # passed in the process of its own (the fixture asserts it)
     model = write_tiny_llama(tmp_path / "tiny.gguf", n_layer=4, n_ctx=1024)
     ids = [3 + (i * 7) % 250 for i in range(200)]
     with LlamaCppBackend(model, library=rpc_lib, n_ctx=1024, n_threads=1, n_gpu_layers=0) as one:

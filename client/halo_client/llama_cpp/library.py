@@ -126,7 +126,9 @@ _loaded: dict[Path, ctypes.CDLL] = {}
 
 
 def load_library(path: Path) -> ctypes.CDLL:
-    """The library at `path` with its functions declared (loaded once per process)."""
+    """The library at `path` with its functions declared (loaded once per process; one build per
+    process: every build's libggml*.so have the same sonames, so a second build would run on the
+    first one's, e.g. without the RPC backend it was built with)."""
     path = path.resolve()
     if path in _loaded:
         return _loaded[path]
@@ -138,6 +140,12 @@ def load_library(path: Path) -> ctypes.CDLL:
     if not hasattr(lib, "halo_engine_load"):
         raise LlamaLibraryError(f"{path} is a libllama without Halo Weave's attention export (no halo_engine_load).",
                                 "Build the Halo Weave one with: make patch-and-build HOST=llama.cpp")
+    for other in _loaded:
+        if other.parent != path.parent:
+            # its libggml*.so have the sonames of the first build's, which the dynamic linker reuses
+            raise LlamaLibraryError(f"This process already serves the libllama at {other}; the build at {path} "
+                                    "cannot run next to it (it would run on the first build's libggml).",
+                                    "Use one build per process (start another process for the other build).")
     for name, (restype, argtypes) in _PROTOTYPES.items():
         fn = getattr(lib, name)
         fn.restype = restype
