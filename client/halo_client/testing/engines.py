@@ -230,9 +230,14 @@ class LlamaCppEngine(Engine):
 
     def converter_tree(self, cache: Path) -> Path:
         """The tree the library was built in (its own llama.cpp), else the sdist's converter."""
+        from halo_client.llama_cpp import LlamaLibraryError
         from halo_client.testing.llama_cpp_source import llama_cpp_tree
 
-        return llama_cpp_tree(cache, self.library().resolve().parent)
+        try:
+            built_in = self.library().resolve().parent
+        except LlamaLibraryError:  # no build: the sdist's converter (KoboldCPP's check uses it too)
+            built_in = None
+        return llama_cpp_tree(cache, built_in)
 
     @contextlib.contextmanager
     def serve(self, gguf: Path, n_ctx: int) -> Iterator[Server]:
