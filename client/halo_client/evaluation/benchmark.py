@@ -44,7 +44,7 @@ from halo_client.evaluation.policies import (
     Streaming,
 )
 from halo_client.evaluation.replay import Measured, replay, summary_row
-from halo_client.evaluation.report import DEFAULT_POLICY, write_report
+from halo_client.evaluation.report import DEFAULT_POLICY, save_rows, write_report
 from halo_client.serving.backend import ModelBackend
 
 #: Progress: (units done, units in all, what just happened)
@@ -299,5 +299,7 @@ def run(backend: ModelBackend, config: BenchmarkConfig, out_dir: Path, progress:
         "seconds": time.perf_counter() - started,
         "tokens_computed": computed,
     }
+    # the rows first: should the report fail, nothing that was computed is lost (`--from-json` rewrites it)
+    save_rows(result_json, out_dir)
     write_report(result_json, out_dir, config.resamples)
     return result_json

@@ -175,7 +175,10 @@ def comparison_lines(rows: Sequence[dict[str, Any]], policy: str, budget: float,
         wins: list[str] = []
         losses: list[str] = []
         ties: list[str] = []
-        for other, diff in compare(rows, policy, budget, measure, resamples).items():
+        diffs = compare(rows, policy, budget, measure, resamples)
+        if not any(d.n for d in diffs.values()):
+            continue  # a measure nobody has (no fidelity probes: no KL)
+        for other, diff in diffs.items():
             if diff.n == 0 or other == "gold":
                 continue
             better = diff.high < 0 if not HIGHER_IS_BETTER[measure] else diff.low > 0
@@ -198,18 +201,24 @@ def goal_lines(rows: Sequence[dict[str, Any]], table: Sequence[dict[str, Any]], 
     out = []
     middle = min(budgets, key=lambda b: abs(b - 0.5))
     lowest = best(table, middle, "kl")
-    diff = paired_difference(per_conversation(rows, DEFAULT_POLICY, middle, "kl"),
-                             per_conversation(rows, lowest, middle, "kl"), resamples=resamples)
-    verdict = ("it is the best" if lowest == DEFAULT_POLICY else
-               "not significantly worse" if diff.low <= 0 else "significantly worse: the rule is not met")
-    out.append(f"- Default rule (lowest KL at {middle:.0%}, or not significantly worse): the lowest is {lowest}; "
-               f"default minus it {cell(diff)}: {verdict}.")
+    if lowest is None:
+        out.append(f"- Default rule (lowest KL at {middle:.0%}): no KL measured (no fidelity probes).")
+    else:
+        diff = paired_difference(per_conversation(rows, DEFAULT_POLICY, middle, "kl"),
+                                 per_conversation(rows, lowest, middle, "kl"), resamples=resamples)
+        verdict = ("it is the best" if lowest == DEFAULT_POLICY else
+                   "not significantly worse" if diff.low <= 0 else "significantly worse: the rule is not met")
+        out.append(f"- Default rule (lowest KL at {middle:.0%}, or not significantly worse): the lowest is "
+                   f"{lowest}; default minus it {cell(diff)}: {verdict}.")
     for budget in budgets:
         mine = {t["policy"]: t for t in table if t["budget"] == budget}
         for measure in ("kl", "recall"):
-            own = mine[DEFAULT_POLICY][measure]
+            own = mine[DEFAULT_POLICY].get(measure)
+            if own is None:
+                out.append(f"- {MEASURE_NAMES[measure]} at {budget:.0%}: not measured.")
+                continue
             sign = 1 if HIGHER_IS_BETTER[measure] else -1
-            clear = [p for p, t in mine.items() if p != DEFAULT_POLICY and p not in NOT_BASELINES
+            clear = [p for p, t in mine.items() if p != DEFAULT_POLICY and p not in NOT_BASELINES and measure in t
                      and not own.overlaps(t[measure]) and sign * (own.mean - t[measure].mean) > 0]
             rest = [p for p in mine if p not in (DEFAULT_POLICY, *NOT_BASELINES, *clear)]
             out.append(f"- {MEASURE_NAMES[measure]} at {budget:.0%}: the default's interval is clear of, and better "
@@ -235,6 +244,13 @@ def _write_results(path: Path, results: str) -> None:
     if 0 <= start < end:
         block = page[:start] + block + page[end + len(RESULTS_END) + 1 :]
     path.write_text(block)
+
+
+def save_rows(result: Mapping[str, Any], out_dir: Path) -> None:
+    """pruning.json with the run's rows and facts, before any summary (`write_report` rewrites it
+    with the summary table)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "pruning.json").write_text(json.dumps(dict(result), indent=1))
 
 
 def write_report(result: Mapping[str, Any], out_dir: Path, resamples: int = 2000) -> list[dict[str, Any]]:
@@ -277,8 +293,8 @@ def write_report(result: Mapping[str, Any], out_dir: Path, resamples: int = 2000
         lines += ["## The default against every other policy (paired by conversation)", ""]
         for budget in budgets:
             lines += comparison_lines(rows, DEFAULT_POLICY, budget, resamples)
-            lines.append(f"- lowest KL at {budget:.0%}: {best(table, budget, 'kl')}; best recall: "
-                         f"{best(table, budget, 'recall')}.")
+            lines.append(f"- lowest KL at {budget:.0%}: {best(table, budget, 'kl') or 'none measured'}; best "
+                         f"recall: {best(table, budget, 'recall') or 'none measured'}.")
         lines += ["", "## What the default is held to", "", *goal_lines(rows, table, budgets, resamples), ""]
     _write_results(out_dir / "pruning.md", "\n".join(lines))
 
@@ -291,12 +307,12 @@ def write_report(result: Mapping[str, Any], out_dir: Path, resamples: int = 2000
         return pts
 
     shown = [p for p in PLOTTED if any(t["policy"] == p for t in table)]
-    (out_dir / "pruning.svg").write_text(svg_panels([
-        ("Behaviour: KL(full ‖ pruned) per token", "budget (share of the conversation kept)", "KL (nats)",
-         {name: points("kl", name) for name in shown}),
-        ("Recall of early facts, later questions", "budget (share of the conversation kept)", "recall",
-         {name: points("recall", name) for name in shown}),
-    ]))
+    panels = [(title, "budget (share of the conversation kept)", label, series) for title, label, series in (
+        ("Behaviour: KL(full ‖ pruned) per token", "KL (nats)", {name: points("kl", name) for name in shown}),
+        ("Recall of early facts, later questions", "recall", {name: points("recall", name) for name in shown}))
+        if any(series.values())]  # a measure nobody has gets no panel
+    if panels:
+        (out_dir / "pruning.svg").write_text(svg_panels(panels))
     serial = [{k: (v.__dict__ if isinstance(v, Estimate) else v) for k, v in t.items()} for t in table]
     (out_dir / "pruning.json").write_text(json.dumps({**{k: v for k, v in result.items() if k != "rows"},
                                                      "full_recall": full_recall.__dict__, "table": serial,

@@ -53,10 +53,12 @@ def compare(rows: Sequence[dict[str, Any]], policy: str, budget: float, measure:
             for other in others}
 
 
-
-
-def best(table: Sequence[dict[str, Any]], budget: float, measure: str, *, exclude: Sequence[str] = ("gold",)) -> str:
-    """The policy with the best mean `measure` at `budget` (gold, the upper bound, left out)."""
+def best(table: Sequence[dict[str, Any]], budget: float, measure: str, *,
+         exclude: Sequence[str] = ("gold",)) -> str | None:
+    """The policy with the best mean `measure` at `budget` (gold, the upper bound, left out); None
+    when no policy has it (conversations with questions only have no KL)."""
     sign = -1.0 if HIGHER_IS_BETTER[measure] else 1.0
     candidates = [t for t in table if t["budget"] == budget and measure in t and t["policy"] not in exclude]
+    if not candidates:
+        return None
     return str(min(candidates, key=lambda t: sign * t[measure].mean)["policy"])
