@@ -64,3 +64,16 @@ def test_whole_file_problems(tmp_path: Path) -> None:
         load_conversations(write(tmp_path, "", "  "))
     with pytest.raises(ConversationFileError, match="used twice"):
         load_conversations(write(tmp_path, GOOD, GOOD))
+
+
+def test_evidence_is_kept_and_must_be_in_the_messages(tmp_path: Path) -> None:
+    line = {**GOOD, "questions": [{"question": "What is my flight number?", "answer": "1743",
+                                   "evidence": ["My flight number is KL 1743."]}]}
+    [conv] = load_conversations(write(tmp_path, line))
+    assert conv.facts[0].evidence == ("My flight number is KL 1743.",)
+    line["questions"][0]["evidence"] = ["My flight number is KL 9999."]  # type: ignore[index]
+    with pytest.raises(ConversationFileError, match=r"questions\[0\].evidence\[0\] is not in any message"):
+        load_conversations(write(tmp_path, line))
+    line["questions"][0]["evidence"] = "My flight"  # type: ignore[index]
+    with pytest.raises(ConversationFileError, match="must be a list"):
+        load_conversations(write(tmp_path, line))

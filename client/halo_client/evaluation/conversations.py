@@ -55,6 +55,9 @@ class Fact:
     #: how the reply starts before the answer: scoring what follows measures what the model
     #: recalls rather than how it likes to phrase a reply
     lead: str = ""
+    #: passages of the conversation that hold what the answer needs (a user's own conversations;
+    #: the gold policy keeps the sentences inside them)
+    evidence: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

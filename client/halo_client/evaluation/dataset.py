@@ -14,7 +14,9 @@
   fidelity probe: every pruned context is measured on the full-context model's reply to it.
 - `questions` (optional): asked one after another after the messages, the pruner running
   before each; `answer` is the gold string a correct reply contains, `lead` (optional) how the
-  reply starts before it.
+  reply starts before it, `evidence` (optional) the passages of the messages that hold what the
+  answer needs, copied exactly (the gold policy keeps their sentences; without them, it keeps
+  the sentences that hold the answer).
 - `id` (optional): the conversation's name in the results; `split` (optional): "report" (the
   default) or "tune" (used only to tune the hybrid and memory).
 
@@ -86,13 +88,24 @@ def parse_conversation(data: Any, index: int) -> Conversation:
     if not isinstance(questions, list):
         raise ValueError("`questions` must be a list")
     facts = []
+    said = [m.content or "" for m in history]
     for i, q in enumerate(questions):
         where = f"questions[{i}]"
-        if not isinstance(q, dict) or set(q) - {"question", "answer", "lead"}:
-            raise ValueError(f"{where} must be an object with `question`, `answer` and optionally `lead`")
+        if not isinstance(q, dict) or set(q) - {"question", "answer", "lead", "evidence"}:
+            raise ValueError(f"{where} must be an object with `question`, `answer` and optionally `lead` and "
+                             "`evidence`")
+        evidence = q.get("evidence", [])
+        if not isinstance(evidence, list):
+            raise ValueError(f"{where}.evidence must be a list of passages of the messages")
+        for j, passage in enumerate(evidence):
+            _text(passage, f"{where}.evidence[{j}]")
+            if not any(passage in content for content in said):
+                raise ValueError(f"{where}.evidence[{j}] is not in any message before the questions: "
+                                 f"{passage[:60]!r}")
         fact = Fact("question", "", _text(q.get("question"), f"{where}.question") or "",
                     _text(q.get("answer"), f"{where}.answer") or "", _text(q.get("lead", ""), f"{where}.lead",
-                                                                            optional=True) or "")
+                                                                            optional=True) or "",
+                    tuple(evidence))
         facts.append(fact)
         tail.append(Step("question", fact.question, fact))
     if not tail:

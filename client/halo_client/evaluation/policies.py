@@ -194,12 +194,16 @@ class RandomOrder(Policy):
 
 
 def holds_fact(text: str, dialog: Dialog) -> bool:
-    """Whether a sentence holds a planted fact (its statement, or for a user's own conversation,
-    the gold answer of one of its questions)."""
+    """Whether a sentence holds a planted fact (its statement; for a user's own conversation, a
+    sentence of a question's evidence, or without evidence one holding its gold answer)."""
     text = text.strip()
     if not text:
         return False
     for fact in dialog.conversation.facts:
+        if fact.evidence:
+            if any(text in passage or passage in text for passage in fact.evidence):
+                return True
+            continue
         if fact.answer.lower() not in text.lower():
             continue
         if not fact.statement or text in fact.statement or fact.statement in text:

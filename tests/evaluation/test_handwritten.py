@@ -1,0 +1,45 @@
+"""The hand-written held-out conversations: frozen before any tuning, loadable, their evidence in place."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from halo_client.evaluation.dataset import load_conversations
+
+HANDWRITTEN = Path(__file__).parents[2] / "docs" / "conversations.handwritten.jsonl"
+#: the file as it was committed before anything was tuned: a change to it is a change to the
+#: held-out set, and the results measured on it before stop being comparable
+FROZEN_SHA256 = "d34ef009c0a2159249a5fe743fcee29a4fdd72e7f590ca9d4395f82a11b1d3bd"
+
+
+def test_the_handwritten_set_is_frozen() -> None:
+    assert hashlib.sha256(HANDWRITTEN.read_bytes()).hexdigest() == FROZEN_SHA256
+
+
+def test_the_handwritten_set_loads_with_evidence_for_every_question() -> None:
+    conversations = load_conversations(HANDWRITTEN)
+    assert len(conversations) == 16 and all(c.split == "report" for c in conversations)
+    for conversation in conversations:
+        assert conversation.tail[0].kind == "fidelity" and len(conversation.questions) == 3
+        said = " ".join(m.content or "" for m in conversation.messages)
+        for fact in conversation.facts:
+            assert fact.evidence and all(passage in said for passage in fact.evidence)
+            assert fact.answer.lower() in " ".join(fact.evidence).lower()
+        assert {m.role for m in conversation.messages} == {"user", "assistant"}
+        assert all(m.content for m in conversation.messages)  # both people's words are written, none generated
+
+
+def test_gold_keeps_the_sentences_of_the_evidence() -> None:
+    import numpy as np
+
+    from halo_client.evaluation.dialog import Dialog
+    from halo_client.evaluation.policies import holds_fact
+
+    conversation = load_conversations(HANDWRITTEN)[0]
+    dialog = Dialog(conversation, [], [], np.zeros(0))
+    assert holds_fact(" her flight lands at 7:40 in the evening.", dialog)
+    assert holds_fact("The short-stay parking is on level 2, not the long-stay one.", dialog) is False  # not verbatim
+    assert holds_fact("I just need to remember that the short-stay parking is on level 2, not the long-stay one.",
+                      dialog)
+    assert not holds_fact("I have not seen her in two years.", dialog)
