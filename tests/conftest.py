@@ -34,6 +34,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.longrepr = f"{REQUIRE_LLAMA_LIB_ENV}=1, yet skipped for want of the llama.cpp engine: {report.longrepr}"
 
 
+@pytest.fixture(autouse=True)
+def _stand_in_embedder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory's sentence embedder is a real model (all-MiniLM-L6-v2): tests marked `model` get it,
+    the others a stand-in (`make test-fast` loads no model), unless they pass one of their own."""
+    if request.node.get_closest_marker("model") is None:
+        from halo_client.conversation.memory import recall
+        from halo_client.testing.embedder import WordHashEmbedder
+
+        monkeypatch.setattr(recall, "default_embedder", WordHashEmbedder)
+
+
 @pytest.fixture
 async def mock_server() -> AsyncIterator[MockKoboldServer]:
     async with MockKoboldServer() as server:

@@ -89,11 +89,13 @@ def test_each_recall_is_one_line_naming_what_came_back() -> None:
     import click
 
     from halo_client.cli.render import recall_report
-    from halo_client.conversation.memory import Recall
+    from halo_client.conversation.memory import Match, Recall
 
     event = PruneEvent("sentence", 12, 3, (40, 41, 42), 0.2, -5, " My locker\ncode is 4821. ", restored=True)
-    [line] = recall_report([Recall(event, 3.14159, "What is my locker code?")])
-    assert click.unstyle(line) == "  recalled sentence 12 (relevance 3.14, 3 tokens): My locker code is 4821."
+    match = Match(event, ("words",), 3.14159, 0.712, ("locker", "code"))
+    [line] = recall_report([Recall(event, "What is my locker code?", match)])
+    assert click.unstyle(line) == ('  recalled sentence 12 (3 tokens) by words "locker", "code" (BM25 3.14, similarity '
+                                   "0.71): My locker code is 4821.")
     assert recall_report([]) == []
 
 

@@ -7,11 +7,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from halo_client.conversation.memory import Memory, MemorySettings, protected_positions, relevance
+from halo_client.conversation.memory import (
+    Memory,
+    MemorySettings,
+    WordIndex,
+    content_terms,
+    protected_positions,
+    relevance,
+)
 from halo_client.conversation.pruner import Pruner, PrunerSettings
 from halo_client.conversation.state import ConversationError, ConversationState
+from halo_client.errors import HaloError
 from halo_client.testing import check_chatml
+from halo_client.testing.embedder import WordHashEmbedder
 from tests.conversation.test_pruner import build
+
+WORDS = MemorySettings(scorer="words")
 
 FACTS = [("user", "My locker code is 4821. I also like tea."), ("assistant", "Noted."),
          ("user", "My sister is called Marta."), ("assistant", "Nice name."),
@@ -38,7 +49,7 @@ def test_a_question_recalls_the_pruned_fact_and_marks_it() -> None:
     pruner, state = pruned_chat("What was my locker code again?")
     gone = [e.text for e in pruner.pruned_units(state)]
     assert any("locker code" in t for t in gone)
-    recalls = Memory(MemorySettings(max_recalled=1)).recall(state, pruner, "What was my locker code again?")
+    recalls = Memory(WORDS).recall(state, pruner, "What was my locker code again?")
     assert len(recalls) == 1 and "locker code is 4821" in recalls[0].event.text
     back = np.asarray(recalls[0].event.positions)
     assert state.active_mask()[back].all()
@@ -55,7 +66,7 @@ def test_a_question_recalls_the_pruned_fact_and_marks_it() -> None:
 def test_nothing_matching_nothing_recalled() -> None:
     pruner, state = pruned_chat("Tell me a joke about penguins.")
     before = state.active_mask().copy()
-    assert Memory().recall(state, pruner, "Tell me a joke about penguins.") == []
+    assert Memory(WORDS).recall(state, pruner, "Tell me a joke about penguins.") == []
     assert (state.active_mask() == before).all()
 
 
@@ -63,9 +74,9 @@ def test_settings_bound_what_comes_back() -> None:
     pruner, state = pruned_chat("My locker code and my sister?")
     assert Memory(MemorySettings(enabled=False)).recall(state, pruner, "locker code sister") == []
     assert Memory(MemorySettings(max_recalled=0)).recall(state, pruner, "locker code sister") == []
-    assert Memory(MemorySettings(min_relevance=1e9)).recall(state, pruner, "locker code sister") == []
-    two = Memory(MemorySettings(max_recalled=2)).candidates(state, pruner, "locker code sister")
-    assert len(two) <= 2 and [s for _e, s in two] == sorted((s for _e, s in two), reverse=True)
+    assert Memory(WORDS.model_copy(update={"min_relevance": 1e9})).recall(state, pruner, "locker code sister") == []
+    two = Memory(WORDS.model_copy(update={"max_recalled": 2})).candidates(state, pruner, "locker code sister")
+    assert len(two) <= 2 and [m.relevance for m in two] == sorted((m.relevance for m in two), reverse=True)
 
 
 @settings(max_examples=60, deadline=None)
@@ -73,8 +84,8 @@ def test_settings_bound_what_comes_back() -> None:
 def test_any_message_is_a_safe_query(query: str) -> None:
     """FTS5 has a query syntax (quotes, AND, NEAR, *, column filters): a message is never parsed as one."""
     pruner, state = pruned_chat("Hi.")
-    for recall in Memory().recall(state, pruner, query):
-        assert recall.relevance > 0
+    for recall in Memory(WORDS).recall(state, pruner, query):
+        assert recall.relevance > 0 and recall.why.startswith("words")
 
 
 def test_only_active_tokens_can_be_marked_recalled() -> None:
@@ -82,3 +93,68 @@ def test_only_active_tokens_can_be_marked_recalled() -> None:
     gone = pruner.pruned_units(state)[0]
     with pytest.raises(ConversationError, match="active"):
         state.mark_recalled(np.asarray(gone.positions), turn=1)
+
+
+def test_meaning_finds_what_shares_no_word_and_says_why() -> None:
+    """A question in other words: BM25 has nothing to go on, the embedding does."""
+    embedder = WordHashEmbedder(synonyms={"digits": "code", "cabinet": "locker"})
+    pruner, state = pruned_chat("Which digits open my cabinet?")
+    query = "Which digits open my cabinet?"
+    assert Memory(WORDS).candidates(state, pruner, query) == []
+    memory = Memory(MemorySettings(scorer="hybrid", min_similarity=0.4), embedder=embedder)
+    [recall] = memory.recall(state, pruner, query)
+    assert "locker code is 4821" in recall.event.text
+    assert recall.match.by == ("meaning",) and recall.why.startswith("meaning (similarity 0.")
+
+
+def test_one_shared_word_about_something_else_does_not_come_back() -> None:
+    """Issue 21 item 13: "fun fact about octopuses" recalled "...plan a fun adventure together"."""
+    state = build([("system", "Be brief."), ("user", "We should plan a fun adventure together soon."),
+                   ("assistant", "Sure."), ("user", "The weather is grey today."), ("assistant", "Sorry."),
+                   ("user", "Tell me a fun fact about octopuses.")])
+    state.brightness[:] = np.linspace(0, 1, len(state), dtype=np.float32)
+    pruner = Pruner(PrunerSettings())
+    pruner.prune(state, len(state) - 12)
+    query = "Tell me a fun fact about octopuses."
+    [words_only] = Memory(WORDS).candidates(state, pruner, query)  # BM25 alone takes the one word
+    assert words_only.words == ("fun",) and "adventure" in words_only.event.text
+    hybrid = Memory(MemorySettings(scorer="hybrid", min_similarity=0.6, min_similarity_with_words=0.5),
+                    embedder=WordHashEmbedder())
+    assert hybrid.candidates(state, pruner, query) == []
+
+
+def test_only_what_is_new_is_embedded() -> None:
+    embedder = WordHashEmbedder()
+    memory = Memory(MemorySettings(scorer="meaning", min_similarity=-1.0), embedder=embedder)
+    pruner, state = pruned_chat("Hi.")
+    archived = len(memory.archive(state, pruner))
+    memory.candidates(state, pruner, "my locker")
+    memory.candidates(state, pruner, "my sister")
+    assert embedder.calls == [archived, 1, 1]  # the archive once, then each query alone
+
+
+def test_without_its_embedder_memory_matches_words_and_says_so() -> None:
+    def unavailable() -> WordHashEmbedder:
+        raise HaloError("sentence embeddings need the tokenizers package, which is not installed.")
+
+    memory = Memory(MemorySettings(scorer="hybrid"), load_embedder=unavailable)
+    pruner, state = pruned_chat("What was my locker code again?")
+    [match] = memory.candidates(state, pruner, "What was my locker code again?")
+    assert memory.scorer == "words" and memory.notice is not None and "tokenizers" in memory.notice
+    assert match.by == ("words",) and match.similarity is None and match.words == ("locker", "code")
+
+
+def test_the_word_index_follows_the_archive() -> None:
+    index = WordIndex()
+    index.sync(["My locker code is 4821.", "Penguins swim."])
+    assert index.scores(["Penguins swim."], "do penguins swim")[0] > 0
+    index.sync(["Penguins swim."])  # the locker sentence was restored: it is no longer searched
+    assert "My locker code is 4821." not in index.rows
+    assert index.scores(["Penguins swim."], "locker")[0] == 0
+    assert index.matched_words("Penguins swimming all day.", "Do penguins swim?") == ["penguins", "swim"]
+
+
+def test_content_terms_are_stemmed_without_stop_words() -> None:
+    assert content_terms("What is my locker code?") == {"locker", "code"}
+    assert content_terms("The lockers, coded!") == {"locker", "code"}
+    assert content_terms("Where is it?") == set()

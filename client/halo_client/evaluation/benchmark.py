@@ -26,7 +26,7 @@ import numpy as np
 
 from halo_client.conversation.memory import MemorySettings
 from halo_client.conversation.pruner import PrunerSettings
-from halo_client.evaluation.conversations import Conversation, make_conversations
+from halo_client.evaluation.conversations import TAIL, Conversation, make_conversations
 from halo_client.evaluation.dialog import Dialog, play
 from halo_client.evaluation.model import InProcessModel
 from halo_client.evaluation.policies import (
@@ -66,7 +66,7 @@ class BenchmarkConfig:
     max_tokens: int = 1200
     reply_tokens: int = 32
     probe_tokens: int = 64
-    tail: str = "FQQFQQ"
+    tail: str = TAIL
     budgets: tuple[float, ...] = (0.25, 0.5)
     cache_dir: Path | None = None
     #: a user's own conversations instead of generated ones

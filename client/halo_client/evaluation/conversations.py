@@ -21,6 +21,7 @@ Everything is a function of the seed: the same seed gives the same conversation,
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from typing import Literal
 
 Split = Literal["tune", "report"]
 StepKind = Literal["fidelity", "question"]
+Wording = Literal["literal", "paraphrased", ""]
 Role = Literal["user", "assistant"]
 
 NAMES = ("Marta", "Ilya", "Priya", "Tomasz", "Aiko", "Kwame", "Lucia", "Oskar", "Nadia", "Rafael",
@@ -58,6 +60,18 @@ class Fact:
     #: passages of the conversation that hold what the answer needs (a user's own conversations;
     #: the gold policy keeps the sentences inside them)
     evidence: tuple[str, ...] = ()
+    #: the same question and lead in other words: no content word of the statement (`PARAPHRASES`)
+    paraphrase: tuple[str, str] = ("", "")
+    #: how the question is worded against the fact: "literal" (it shares a content word with the
+    #: statement), "paraphrased" (none, after stemming and without stop words), "" (unknown)
+    wording: Wording = ""
+
+    def paraphrased(self) -> Fact:
+        """This fact asked in other words."""
+        question, lead = self.paraphrase
+        if not question:
+            raise ValueError(f"the fact {self.statement!r} has no paraphrase")
+        return dataclasses.replace(self, question=question, lead=lead, wording="paraphrased")
 
 
 @dataclass(frozen=True)
@@ -92,7 +106,42 @@ class Conversation:
         return [s for s in self.tail if s.kind == "question"]
 
 
+#: every fact's question and lead in other words, by the key the statement names: what people ask
+#: days later, sharing no content word with the statement (tests/evaluation checks it, stemmed,
+#: against every opener); the lead avoids them too, so the answer is not cued by the fact's words
+PARAPHRASES: dict[str, tuple[str, str]] = {
+    "locker code": ("Which digits open the cabinet where I leave my sports bag?", "The digits that open it are"),
+    "door code": ("What do I type on the keypad to get into my flat?", "You type"),
+    "safe code": ("Which digits unlock the strongbox where I keep my passport?", "The digits are"),
+    "bike lock code": ("What combination frees my bicycle?", "The combination is"),
+    "landlord": ("Who owns the flat I rent?", "The flat belongs to"),
+    "sister": ("What is my female sibling called?", "She is called"),
+    "neighbour": ("Who lives next door to me?", "The person next door is"),
+    "boss": ("Who do I report to at work?", "You report to"),
+    "piano teacher": ("Who gives me my weekly keyboard lessons?", "Your lessons are with"),
+    "cousin": ("What is my aunt's son called?", "He is called"),
+    "dog": ("What do I shout when my puppy runs off in the park?", "You shout"),
+    "cat": ("What do I call out when the kitten should come in for dinner?", "You call out"),
+    "parrot": ("How do I address the talking bird at home?", "The bird answers to"),
+    "tortoise": ("What do I call the slow reptile in my garden?", "You call it"),
+    "boat": ("What did I christen the little vessel I sail at weekends?", "You christened it the"),
+    "room": ("Which door is mine at the inn where I am staying?", "Your door at the inn is"),
+    "project": ("What do we secretly call the thing my team is building at work?", "Your team secretly calls it"),
+    "restaurant": ("Where are we eating at the end of the week?", "You are eating at"),
+    "membership": ("What digits are printed on the card that lets me into the fitness centre?",
+                   "The digits on that card are"),
+    "bakery": ("Where do I buy bread close to work?", "You buy bread at"),
+    "village": ("Where is my granny's home?", "Your granny's home is in"),
+}
+
+
 def _fact(rng: random.Random, kind: str, used: set[str]) -> Fact:
+    fact = _literal_fact(rng, kind, used)
+    key = next((k for k in PARAPHRASES if f"my {k}" in fact.statement), kind)
+    return dataclasses.replace(fact, paraphrase=PARAPHRASES[key], wording="literal")
+
+
+def _literal_fact(rng: random.Random, kind: str, used: set[str]) -> Fact:
     def pick(pool: Sequence[str]) -> str:
         value = rng.choice([v for v in pool if v not in used])
         used.add(value)
@@ -200,6 +249,9 @@ SYSTEMS = (
     "You are a helpful assistant. Answer briefly.",
     "You are a friendly assistant who remembers what the user says. Keep replies short.",
 )
+#: the later messages: fidelity probes (F) between questions asked in the fact's words (Q) and in
+#: other words (P), each wording once before and once after the second probe
+TAIL = "FQPFPQ"
 #: tokens a message's chat template adds around it (SmolLM2's ChatML: about 5 per message)
 TEMPLATE_ALLOWANCE = 10
 
@@ -213,14 +265,15 @@ def make_conversation(
     max_tokens: int = 1200,
     n_facts: int = 4,
     reply_tokens: int = 32,
-    tail: str = "FQQFQQ",
+    tail: str = TAIL,
 ) -> Conversation:
     """One conversation. The history (with `reply_tokens` per reply) lands in
     [min_tokens, max_tokens]; facts come first, 0-2 distractors after each, then distractors.
-    `tail`: one letter per later message, F a fidelity probe, Q a question (one per fact, in a
-    random order; at most `n_facts`)."""
-    if tail.count("Q") > n_facts or set(tail) - {"F", "Q"}:
-        raise ValueError(f"tail {tail!r}: F and Q only, at most {n_facts} Qs")
+    `tail`: one letter per later message, F a fidelity probe, Q a question in the fact's own
+    words, P the same in other words (one question per fact, in a random order; at most
+    `n_facts`)."""
+    if tail.count("Q") + tail.count("P") > n_facts or set(tail) - {"F", "Q", "P"}:
+        raise ValueError(f"tail {tail!r}: F, Q and P only, at most {n_facts} questions")
     rng = random.Random(seed)
     target = rng.randint(min_tokens, max_tokens)
     conv = Conversation(name=f"seed {seed}", split=split, system=rng.choice(SYSTEMS))
@@ -228,7 +281,7 @@ def make_conversation(
     for kind in rng.sample(FACT_KINDS, n_facts):
         fact = _fact(rng, kind, used)
         statement = rng.choice(OPENERS).format(fact.statement)
-        conv.facts.append(Fact(fact.kind, statement[0].upper() + statement[1:], fact.question, fact.answer, fact.lead))
+        conv.facts.append(dataclasses.replace(fact, statement=statement[0].upper() + statement[1:]))
 
     def distractor() -> str:
         return DISTRACTORS[rng.choice(list(DISTRACTORS))](rng)
@@ -255,6 +308,8 @@ def make_conversation(
             conv.tail.append(Step("fidelity", distractor()))
         else:
             fact = next(asked)
+            if letter == "P":
+                fact = fact.paraphrased()
             conv.tail.append(Step("question", fact.question, fact))
     return conv
 

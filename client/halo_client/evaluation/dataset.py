@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from halo_client.config import DEFAULT_SYSTEM_PROMPT
+from halo_client.conversation.memory import content_terms
 from halo_client.errors import HaloError
-from halo_client.evaluation.conversations import Conversation, Fact, Message, Step
+from halo_client.evaluation.conversations import Conversation, Fact, Message, Step, Wording
 
 DEFAULT_SYSTEM = DEFAULT_SYSTEM_PROMPT
 
@@ -47,6 +48,14 @@ def _text(value: Any, where: str, *, optional: bool = False) -> str | None:
     if not isinstance(value, str) or (not optional and not value.strip()):
         raise ValueError(f"{where} must be a non-empty string")
     return value
+
+
+def wording(question: str, evidence: list[str]) -> Wording:
+    """"paraphrased" when the question shares no content word with its evidence (stemmed, stop
+    words left out: what BM25 could match on), "literal" when it does, "" without evidence."""
+    if not evidence:
+        return ""
+    return "literal" if content_terms(question) & content_terms(" ".join(evidence)) else "paraphrased"
 
 
 def parse_conversation(data: Any, index: int) -> Conversation:
@@ -102,10 +111,10 @@ def parse_conversation(data: Any, index: int) -> Conversation:
             if not any(passage in content for content in said):
                 raise ValueError(f"{where}.evidence[{j}] is not in any message before the questions: "
                                  f"{passage[:60]!r}")
-        fact = Fact("question", "", _text(q.get("question"), f"{where}.question") or "",
-                    _text(q.get("answer"), f"{where}.answer") or "", _text(q.get("lead", ""), f"{where}.lead",
-                                                                            optional=True) or "",
-                    tuple(evidence))
+        question = _text(q.get("question"), f"{where}.question") or ""
+        fact = Fact("question", "", question, _text(q.get("answer"), f"{where}.answer") or "",
+                    _text(q.get("lead", ""), f"{where}.lead", optional=True) or "", tuple(evidence),
+                    wording=wording(question, evidence))
         facts.append(fact)
         tail.append(Step("question", fact.question, fact))
     if not tail:

@@ -110,7 +110,7 @@ class PageSync:
         new = np.arange(self._drawn, n, dtype=np.int64)
         if flash or back:
             self.epoch += 1
-        logged = [event_json(r.event, f"recalled, relevance {r.relevance:.2f}") for r in recalled or []]
+        logged = [event_json(r.event, f"recalled by {r.why}") for r in recalled or []]
         logged += [event_json(e) for e in events or []]
         if existing.size or new.size or logged:
             self._broadcast(message(

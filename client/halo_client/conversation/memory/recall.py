@@ -1,0 +1,188 @@
+"""Recall: the newest user message brings back the archived sentences it asks for, and says why.
+
+Before each reply the user's newest message is the query over the archive (the conversation's
+pruned sentences). Each archived sentence gets a BM25 relevance (`lexical`) and, unless the
+scorer is `words`, a cosine similarity to the message (`semantic`). A sentence may come back
+
+- by its meaning: similarity at least `min_similarity`;
+- by its words: BM25 relevance above 0 and at least `min_relevance` (with `hybrid`, and a
+  similarity of at least `min_similarity_with_words`, so one shared word in sentences about
+  different things does not bring one back).
+
+Those that may are ordered (by BM25, by similarity, or for `hybrid` by the reciprocal-rank fusion
+of both orders, `fusion`), and the first `max_recalled` are restored, marked recalled in the audit
+trail, each with the reason it came back (`Recall.why`: the scorer, the similarity, the words it
+shares with the message). The prune that follows keeps them and takes something else to fit.
+
+The archive is read from the state for every query (`Pruner.pruned_units`), so nothing drifts out
+of step with it (a session loaded, a sentence restored by hand, a `/prune`); the word index and
+the embeddings are kept between queries and brought in step with it, so a query indexes and
+embeds only what was archived since the last one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from halo_client.conversation.memory.fusion import reciprocal_rank_fusion
+from halo_client.conversation.memory.lexical import WordIndex
+from halo_client.conversation.memory.semantic import Embedder, MeaningIndex
+from halo_client.conversation.memory.settings import MemorySettings, Scorer
+from halo_client.conversation.pruner import PruneEvent, Pruner, PruneResult
+from halo_client.conversation.state import ConversationState
+from halo_client.errors import HaloError
+
+
+@dataclass(frozen=True)
+class Match:
+    """An archived sentence the query may bring back, and why."""
+
+    event: PruneEvent
+    #: how it came to be here: "meaning", "words", or both
+    by: tuple[str, ...]
+    #: BM25 relevance (0: no shared word) and cosine similarity (None: not computed)
+    relevance: float
+    similarity: float | None
+    #: the message's words it shares (stemmed alike)
+    words: tuple[str, ...]
+
+    @property
+    def why(self) -> str:
+        """One line: `meaning (similarity 0.71)`, `words "locker", "code" (BM25 3.10, similarity 0.62)`."""
+        parts = []
+        if "meaning" in self.by:
+            parts.append(f"meaning (similarity {self.similarity:.2f})")
+        if "words" in self.by:
+            shared = ", ".join(f'"{w}"' for w in self.words) or "its words"
+            similarity = f", similarity {self.similarity:.2f}" if self.similarity is not None else ""
+            parts.append(f"words {shared} (BM25 {self.relevance:.2f}{similarity})")
+        return " and ".join(parts)
+
+
+@dataclass(frozen=True)
+class Recall:
+    """A pruned sentence brought back: the restore event, the query, and why it matched."""
+
+    event: PruneEvent
+    query: str
+    match: Match
+
+    @property
+    def relevance(self) -> float:
+        return self.match.relevance
+
+    @property
+    def why(self) -> str:
+        return self.match.why
+
+
+def default_embedder() -> Embedder:
+    """all-MiniLM-L6-v2 (`halo_client.embedding`), fetched on first use."""
+    from halo_client.embedding import load_embedder
+
+    return load_embedder(progress=lambda _line: None)
+
+
+class Memory:
+    """`embedder`: the sentence embedder for `meaning` and `hybrid` (None: all-MiniLM-L6-v2,
+    loaded on first use; if it cannot be, memory matches words only and says so in `notice`)."""
+
+    def __init__(self, settings: MemorySettings | None = None, *, embedder: Embedder | None = None,
+                 load_embedder: Callable[[], Embedder] | None = None) -> None:
+        self.settings = settings or MemorySettings()
+        self.words = WordIndex()
+        self.meaning: MeaningIndex | None = MeaningIndex(embedder) if embedder is not None else None
+        self._load_embedder = load_embedder
+        #: set when memory could not do what its settings ask (the embedder could not be loaded)
+        self.notice: str | None = None
+
+    @property
+    def scorer(self) -> Scorer:
+        """The scorer in use: the settings', or `words` when the embedder could not be loaded."""
+        return "words" if self.notice is not None else self.settings.scorer
+
+    def _meaning(self) -> MeaningIndex | None:
+        if self.meaning is None and self.notice is None:
+            try:
+                self.meaning = MeaningIndex((self._load_embedder or default_embedder)())
+            except HaloError as exc:
+                self.notice = f"memory matches words only: {exc.message}"
+        return self.meaning
+
+    def archive(self, state: ConversationState, pruner: Pruner) -> list[PruneEvent]:
+        """The pruned sentences with text in them (not a message's template alone)."""
+        template = state.column("template")
+        return [e for e in pruner.pruned_units(state)
+                if e.text.strip() and not template[np.asarray(e.positions, np.int64)].all()]
+
+    def candidates(self, state: ConversationState, pruner: Pruner, query: str) -> list[Match]:
+        """The archived sentences `query` may bring back, best first, at most `max_recalled`."""
+        s = self.settings
+        if not s.enabled or s.max_recalled == 0:
+            return []
+        archived = self.archive(state, pruner)
+        if not archived or not query.strip():
+            return []
+        texts = [" ".join(e.text.split()) for e in archived]
+        self.words.sync(texts)
+        relevance = self.words.scores(texts, query)
+        by_words = (relevance > 0) & (relevance >= s.min_relevance)
+        similarity: npt.NDArray[np.float64] | None = None
+        meaning = self._meaning() if s.scorer != "words" else None
+        if meaning is not None:
+            meaning.forget_except(texts)
+            similarity = meaning.similarities(texts, query)
+        scorer = self.scorer
+        if scorer == "words" or similarity is None:
+            by_meaning = np.zeros(len(texts), bool)
+            order_score = relevance
+        elif scorer == "meaning":
+            by_meaning = similarity >= s.min_similarity
+            by_words = np.zeros(len(texts), bool)
+            order_score = similarity
+        else:
+            by_meaning = similarity >= s.min_similarity
+            by_words &= similarity >= s.min_similarity_with_words
+            order_score = reciprocal_rank_fusion([relevance, similarity], [relevance > 0, np.ones(len(texts), bool)])
+        chosen = np.flatnonzero(by_meaning | by_words)
+        chosen = chosen[np.argsort(-order_score[chosen], kind="stable")][: s.max_recalled]
+        return [Match(archived[i], tuple(n for n, hit in (("meaning", by_meaning[i]), ("words", by_words[i])) if hit),
+                      float(relevance[i]), None if similarity is None else float(similarity[i]),
+                      tuple(self.words.matched_words(texts[i], query)) if relevance[i] > 0 else ())
+                for i in chosen.tolist()]
+
+    def recall(self, state: ConversationState, pruner: Pruner, query: str) -> list[Recall]:
+        """Restore the archived sentences `query` asks for and mark them recalled at the current
+        turn; the caller prunes next, protecting `protected_positions(recalls)`."""
+        recalls = []
+        turn = len(state.turns) - 1
+        for match in self.candidates(state, pruner, query):
+            restored = pruner.restore(state, match.event)
+            state.mark_recalled(np.asarray(match.event.positions, np.int64), turn=turn)
+            recalls.append(Recall(restored, query, match))
+        return recalls
+
+
+def protected_positions(state: ConversationState, recalls: list[Recall]) -> npt.NDArray[np.bool_]:
+    """A mask over `state` of the recalled sentences: the prune right after must keep them."""
+    mask = np.zeros(len(state), bool)
+    for r in recalls:
+        mask[np.asarray(r.event.positions, np.int64)] = True
+    return mask
+
+
+def prune_keeping(pruner: Pruner, state: ConversationState, budget: int, recalls: list[Recall], *,
+                  scores: npt.NDArray[np.floating] | None = None) -> PruneResult:
+    """Prune to `budget` keeping what was just recalled; if it does not fit beside the rest of
+    the protected content (the system prompt, the newest message), it goes again."""
+    protect = protected_positions(state, recalls) if recalls else None
+    result = pruner.prune(state, budget, scores=scores, protect=protect)
+    if result.over_budget and protect is not None:
+        again = pruner.prune(state, budget, scores=scores)
+        result.events += again.events
+        result.active_after, result.over_budget = again.active_after, again.over_budget
+    return result

@@ -1,0 +1,29 @@
+"""What memory brings back, how many, at what threshold: the settings a chat, a session file and
+the settings file carry."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+#: how archived sentences are matched to the newest message: `words` (BM25), `meaning` (sentence
+#: embeddings) or `hybrid` (both, their orders fused; either can bring a sentence back)
+Scorer = Literal["words", "meaning", "hybrid"]
+
+
+class MemorySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    scorer: Scorer = "words"
+    #: sentences restored per message at most
+    max_recalled: int = Field(1, ge=0)
+    #: BM25 relevance a sentence needs to come back by its words (FTS5's bm25(), sign flipped:
+    #: higher matches better)
+    min_relevance: float = Field(0.0, ge=0)
+    #: cosine similarity (-1 to 1) a sentence needs to come back by its meaning
+    min_similarity: float = Field(0.5, ge=-1, le=1)
+    #: with `hybrid`, a sentence that comes back by its words needs at least this similarity too:
+    #: one shared word ("fun") in sentences about different things is not a match
+    min_similarity_with_words: float = Field(0.0, ge=-1, le=1)

@@ -1,0 +1,151 @@
+"""A BERT encoder in numpy, for sentence embeddings: a forward pass, mean pooling, unit length.
+
+What sentence-transformers computes for a `Transformer` + mean `Pooling` + `Normalize` model
+(all-MiniLM-L6-v2 is one), without PyTorch: the weights are read from the model's safetensors
+file (a JSON header, then the raw little-endian arrays: memory-mapped, not copied), and the
+forward pass is a few matrix products per layer. tests/embedding checks it against
+transformers' own BertModel on the same file.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from halo_client.errors import HaloError
+
+F32 = npt.NDArray[np.float32]
+_DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64}
+
+
+class EmbeddingModelError(HaloError):
+    """A sentence-embedding model file that cannot be read or run."""
+
+
+def read_safetensors(path: Path) -> dict[str, npt.NDArray[np.generic]]:
+    """Every tensor of a safetensors file, memory-mapped."""
+    try:
+        with open(path, "rb") as fh:
+            (size,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(size))
+        data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + size)
+        tensors: dict[str, npt.NDArray[np.generic]] = {}
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            start, end = entry["data_offsets"]
+            dtype = _DTYPES[entry["dtype"]]
+            tensors[name] = data[start:end].view(dtype).reshape(entry["shape"])
+        return tensors
+    except (OSError, ValueError, KeyError, struct.error) as exc:
+        raise EmbeddingModelError(f"{path} is not a readable safetensors file: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class BertConfig:
+    layers: int
+    heads: int
+    hidden: int
+    eps: float
+
+    @classmethod
+    def from_file(cls, path: Path) -> BertConfig:
+        try:
+            data = json.loads(path.read_text())
+            if data.get("model_type") != "bert" or data.get("hidden_act") != "gelu":
+                raise ValueError("not a BERT with gelu")
+            return cls(int(data["num_hidden_layers"]), int(data["num_attention_heads"]), int(data["hidden_size"]),
+                       float(data["layer_norm_eps"]))
+        except (OSError, ValueError, KeyError) as exc:
+            raise EmbeddingModelError(f"{path} is not a BERT configuration this encoder runs: {exc}") from exc
+
+
+def _erf(x: F32) -> F32:
+    """erf to about 1e-7 (Abramowitz & Stegun 7.1.26): numpy has none, and BERT's gelu is exact."""
+    sign = np.sign(x)
+    a = np.abs(x)
+    t = 1.0 / (1.0 + 0.3275911 * a)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    out: F32 = (sign * (1.0 - poly * np.exp(-a * a))).astype(np.float32)
+    return out
+
+
+def _gelu(x: F32) -> F32:
+    out: F32 = 0.5 * x * (1.0 + _erf(x / np.float32(np.sqrt(2.0))))
+    return out
+
+
+def _layer_norm(x: F32, weight: F32, bias: F32, eps: float) -> F32:
+    mean = x.mean(axis=-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+    out: F32 = (x - mean) / np.sqrt(var + eps) * weight + bias
+    return out
+
+
+class BertEncoder:
+    """`encode(ids, mask)`: unit-length mean-pooled sentence vectors `[batch, hidden]`."""
+
+    def __init__(self, weights: Path, config: BertConfig) -> None:
+        tensors = read_safetensors(weights)
+        self.config = config
+
+        def get(name: str) -> F32:
+            try:
+                return np.asarray(tensors[name], np.float32)
+            except KeyError as exc:
+                raise EmbeddingModelError(f"{weights} has no tensor {name}") from exc
+
+        self.word = get("embeddings.word_embeddings.weight")
+        self.position = get("embeddings.position_embeddings.weight")
+        self.token_type = get("embeddings.token_type_embeddings.weight")[0]
+        self.embed_norm = (get("embeddings.LayerNorm.weight"), get("embeddings.LayerNorm.bias"))
+        self.layers = []
+        for i in range(config.layers):
+            p = f"encoder.layer.{i}."
+            # one product for Q, K and V: their weights side by side, transposed once here
+            qkv = np.concatenate([get(p + f"attention.self.{n}.weight") for n in ("query", "key", "value")]).T
+            qkv_bias = np.concatenate([get(p + f"attention.self.{n}.bias") for n in ("query", "key", "value")])
+            self.layers.append((
+                np.ascontiguousarray(qkv), qkv_bias,
+                np.ascontiguousarray(get(p + "attention.output.dense.weight").T),
+                get(p + "attention.output.dense.bias"),
+                get(p + "attention.output.LayerNorm.weight"), get(p + "attention.output.LayerNorm.bias"),
+                np.ascontiguousarray(get(p + "intermediate.dense.weight").T), get(p + "intermediate.dense.bias"),
+                np.ascontiguousarray(get(p + "output.dense.weight").T), get(p + "output.dense.bias"),
+                get(p + "output.LayerNorm.weight"), get(p + "output.LayerNorm.bias"),
+            ))
+
+    @property
+    def max_tokens(self) -> int:
+        return int(self.position.shape[0])
+
+    def encode(self, ids: npt.NDArray[np.int64], mask: npt.NDArray[np.bool_]) -> F32:
+        """`ids`, `mask`: `[batch, tokens]` (padding masked out) -> `[batch, hidden]`, unit length."""
+        c = self.config
+        batch, length = ids.shape
+        head_dim = c.hidden // c.heads
+        # every token of the batch as one row: the dense layers are one matrix product each
+        x = (self.word[ids] + self.position[:length] + self.token_type).reshape(batch * length, c.hidden)
+        x = _layer_norm(x, *self.embed_norm, c.eps)
+        # padding columns get -inf before the softmax (a large negative, as transformers does)
+        bias = np.where(mask, 0.0, np.finfo(np.float32).min).astype(np.float32)[:, None, None, :]
+        scale = np.float32(1.0 / np.sqrt(head_dim))
+        for qkv, qkv_b, wo, bo, n1w, n1b, w1, b1, w2, b2, n2w, n2b in self.layers:
+            projected = (x @ qkv + qkv_b).reshape(batch, length, 3, c.heads, head_dim)
+            q, k, v = (projected[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
+            scores = q @ k.transpose(0, 1, 3, 2) * scale + bias
+            scores -= scores.max(axis=-1, keepdims=True)
+            weights = np.exp(scores)
+            weights /= weights.sum(axis=-1, keepdims=True)
+            context = (weights @ v).transpose(0, 2, 1, 3).reshape(batch * length, c.hidden)
+            x = _layer_norm(x + context @ wo + bo, n1w, n1b, c.eps)
+            x = _layer_norm(x + _gelu(x @ w1 + b1) @ w2 + b2, n2w, n2b, c.eps)
+        weight = mask[..., None].astype(np.float32)
+        pooled = (x.reshape(batch, length, c.hidden) * weight).sum(axis=1) / np.maximum(weight.sum(axis=1), 1.0)
+        out: F32 = (pooled / np.maximum(np.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
+        return out
