@@ -357,7 +357,7 @@ def test_eval_pruning_on_your_own_conversations(tmp_path: Path) -> None:
                     '"questions": [{"question": "What is my code?", "answer": "4821"}]}\n')
     out = tmp_path / "out"
     result = run("eval", "pruning", "--model", str(model), "--conversations", str(good), "--budgets", "0.5",
-                 "--policy", "recency", "--out", str(out), "--cache", str(tmp_path / "cache"))
+                 "--policy", "recency", "--out", str(out), "--cache", str(tmp_path / "cache"), "--cost-sentences", "0")
     assert result.returncode == 0, result.stderr
     assert "# Pruning benchmark" in result.stdout and (out / "pruning.json").exists()
     assert "[1/" in result.stderr  # progress, as plain lines without a terminal

@@ -127,7 +127,7 @@ def test_only_what_is_new_is_embedded() -> None:
     embedder = WordHashEmbedder()
     memory = Memory(MemorySettings(scorer="meaning", min_similarity=-1.0), embedder=embedder)
     pruner, state = pruned_chat("Hi.")
-    archived = len(memory.archive(state, pruner))
+    archived = len(memory.archive(state, pruner)[2])
     memory.candidates(state, pruner, "my locker")
     memory.candidates(state, pruner, "my sister")
     assert embedder.calls == [archived, 1, 1]  # the archive once, then each query alone

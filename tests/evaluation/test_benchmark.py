@@ -10,36 +10,50 @@ from pathlib import Path
 import pytest
 
 from halo_client.conversation.memory import MemorySettings
-from halo_client.evaluation.benchmark import BenchmarkConfig, Tuned, policy_factories, run
+from halo_client.evaluation.benchmark import SCORES, BenchmarkConfig, Tuned, policy_factories, run
 from halo_client.evaluation.dataset import load_conversations
 from halo_client.evaluation.report import DEFAULT_POLICY, ResultFileError, report_from_json
+from halo_client.evaluation.retrieval import memory_grid
 from halo_client.reference import ReferenceBackend
+from tests.evaluation.test_handwritten import HANDWRITTEN
 
 
 def test_a_full_run_writes_tables_json_and_plot(tiny: ReferenceBackend, tmp_path: Path) -> None:
     config = BenchmarkConfig(tune=1, report=2, min_tokens=300, max_tokens=400, reply_tokens=4, probe_tokens=6,
-                             tail="FQ", budgets=(0.25, 0.5), hybrid_weights=(1.0, 2.0),
-                             memory_grid=(MemorySettings(max_recalled=1), MemorySettings(max_recalled=2)),
-                             cache_dir=tmp_path / "cache")
+                             tail="FQP", budgets=(0.25, 0.5), cache_dir=tmp_path / "cache", cost_sentences=60,
+                             handwritten=load_conversations(HANDWRITTEN)[:1])
     progress: list[tuple[int, int, str]] = []
     result = run(tiny, config, tmp_path, lambda d, t, m: progress.append((d, t, m)))
     names = set(policy_factories(Tuned()))
     assert {r["policy"] for r in result["rows"]} == names
-    assert {r["conversation"] for r in result["rows"]} == {"seed 1", "seed 2"}  # held out only
-    assert len(result["rows"]) == len(names) * 2 * 2 * 2  # policies x conversations x budgets x steps
-    assert [(d, t) for d, t, _m in progress] == [(1, 3), (2, 3), (3, 3)]  # a step per conversation
-    assert progress[0][2].startswith("tuned on seed 0") and all("measured" in m for *_x, m in progress[1:])
-    assert set(result["tuned"]) == {"hybrid_weight", "memory"} and result["tuned"]["hybrid_weight"] in (1.0, 2.0)
+    # held out only: the generated ones, and the one written by hand, marked as such
+    assert {(r["conversation"], r["set"]) for r in result["rows"]} == {
+        ("seed 1", "generated"), ("seed 2", "generated"), ("hw-01-airport", "handwritten")}
+    assert len([r for r in result["rows"] if r["set"] == "generated"]) == len(names) * 2 * 2 * 3
+    assert [(d, t) for d, t, _m in progress] == [(i, 5) for i in range(1, 6)]  # a step per conversation and phase
+    assert progress[0][2].startswith("recall study of seed 0") and progress[1][2].startswith("tuned on seed 0")
+    tuned = result["tuned"]
+    assert tuned["score"] in SCORES and set(tuned["heads"]) == {"message", "last"}
+    assert MemorySettings.model_validate(tuned["memory"]) in memory_grid()
+    question = next(r for r in result["rows"] if r["kind"] == "question" and r["set"] == "generated")
+    assert question["wording"] in ("literal", "paraphrased") and f"recall ({question['wording']})" in question
+    assert any("false_recalls" in r for r in result["rows"] if r["kind"] == "fidelity")
+    assert {r["set"] for r in result["study"]} == {"tuning", "generated", "handwritten"}
+    assert {r["retriever"] for r in result["study"] if "retriever" in r} >= {"words", "meaning", "hybrid"}
+    assert set(result["costs"]["ms_per_message"]) == {"words", "meaning", "hybrid"}
     text = (tmp_path / "pruning.md").read_text()
     assert "# Pruning benchmark" in text and "Full-context recall" in text
-    assert "## Budget 25%" in text and "## Budget 50%" in text and f"| {DEFAULT_POLICY} |" in text
+    assert "## Generated conversations, held out (2)" in text and "## Written by hand, held out (1)" in text
+    assert "### Budget 25%" in text and "### Budget 50%" in text and f"| {DEFAULT_POLICY} |" in text
+    assert "## Recall candidates on the same archive" in text and "## Memory's cost per message" in text
+    assert "## What the default is held to" in text and "KL at 50%" in text and "recency + memory" in text
     saved = json.loads((tmp_path / "pruning.json").read_text())
     assert len(saved["rows"]) == len(result["rows"])
     for entry in saved["table"]:
-        for measure in ("kl", "top1", "recall"):
-            e = entry[measure]
-            assert e["low"] <= e["mean"] <= e["high"] and e["n"] == 2
-    assert "## What the default is held to" in text and "Default rule" in text
+        if entry["set"] == "generated":
+            for measure in ("kl", "top1", "recall"):
+                e = entry[measure]
+                assert e["low"] <= e["mean"] <= e["high"] and e["n"] == 2
     again = tmp_path / "again"  # the report, rewritten from the saved rows alone
     report_from_json(tmp_path / "pruning.json", again)
     assert (again / "pruning.md").read_text() == text
@@ -59,7 +73,7 @@ def test_your_own_conversations(tiny: ReferenceBackend, tmp_path: Path) -> None:
             "questions": [{"question": "What is my flight number?", "answer": "1743"}]}
     path.write_text(json.dumps(line) + "\n")
     config = BenchmarkConfig(conversations=load_conversations(path), budgets=(0.5,), reply_tokens=6,
-                             probe_tokens=8, policies=(DEFAULT_POLICY, "recency"))
+                             probe_tokens=8, policies=(DEFAULT_POLICY, "recency"), cost_sentences=0)
     result = run(tiny, config, tmp_path / "out", lambda *_: None)
     assert {(r["policy"], r["kind"]) for r in result["rows"]} == {
         (DEFAULT_POLICY, "fidelity"), (DEFAULT_POLICY, "question"), ("recency", "fidelity"), ("recency", "question")}
@@ -69,7 +83,8 @@ def test_your_own_conversations(tiny: ReferenceBackend, tmp_path: Path) -> None:
 @pytest.mark.process
 def test_worker_processes_measure_what_this_process_measures(tiny: ReferenceBackend, tmp_path: Path) -> None:
     config = BenchmarkConfig(tune=0, report=2, min_tokens=300, max_tokens=400, reply_tokens=4, probe_tokens=6,
-                             tail="FQ", budgets=(0.5,), policies=("recency", "h2o"), cache_dir=tmp_path / "cache")
+                             tail="FQ", budgets=(0.5,), policies=("recency", "h2o"), cache_dir=tmp_path / "cache",
+                             attention_recall=False, cost_sentences=0)
     here = run(tiny, config, tmp_path / "here", lambda *_: None)
     there = run(tiny, dataclasses.replace(config, workers=2), tmp_path / "there", lambda *_: None)
     assert there["config"]["workers"] == 2

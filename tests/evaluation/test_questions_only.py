@@ -26,14 +26,14 @@ def questions_only(tmp_path: Path) -> BenchmarkConfig:
     path = tmp_path / "questions.jsonl"
     path.write_text(json.dumps(LINE) + "\n")
     return BenchmarkConfig(conversations=load_conversations(path), budgets=(0.5,), reply_tokens=6, probe_tokens=8,
-                           policies=(DEFAULT_POLICY, "recency"))
+                           policies=(DEFAULT_POLICY, "recency"), cost_sentences=0)
 
 
 def test_a_file_of_questions_only_runs_and_reports(tiny: ReferenceBackend, tmp_path: Path) -> None:
     result = run(tiny, questions_only(tmp_path), tmp_path / "out", lambda *_: None)
     assert {r["kind"] for r in result["rows"]} == {"question"}
     text = (tmp_path / "out" / "pruning.md").read_text()
-    assert "## Budget 50%" in text and "recall at 50%" in text
+    assert "### Budget 50%" in text and "answer NLL increase at 50%: better than" in text
     assert "lowest KL at 50%: none measured" in text  # said, not a crash
     saved = json.loads((tmp_path / "out" / "pruning.json").read_text())
     assert len(saved["rows"]) == len(result["rows"]) == 2

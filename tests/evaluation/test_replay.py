@@ -29,7 +29,8 @@ def played(tiny_path: Path) -> tuple[InProcessModel, Dialog]:
 def test_every_policy_stays_within_the_budget(played: tuple[InProcessModel, Dialog], fraction: float) -> None:
     model, dialog = played
     budget = budget_for(dialog, fraction)
-    for name, (factory, memory) in policy_factories(Tuned()).items():
+    tuned = Tuned(heads={"message": [(0, 0), (1, 1)], "last": [(1, 0)]})
+    for name, (factory, memory) in policy_factories(tuned).items():
         results = replay(dialog, model, factory(dialog), fraction, memory=memory)
         assert [r.kind for r in results] == ["fidelity", "question", "question", "question"], name
         for r in results:
@@ -75,3 +76,26 @@ def test_identical_contexts_are_measured_once(played: tuple[InProcessModel, Dial
     again = replay(dialog, model, Recency(), 0.5, measured=measured)
     assert model.computed == before  # every step's pruned context was already measured
     assert [r.measures for r in again] == [r.measures for r in first]
+
+
+def test_question_heads_score_what_the_message_attends_to(played: tuple[InProcessModel, Dialog]) -> None:
+    """The newest message's attention per head, from its rows or its last row, reaches the policy
+    before the prune; a head's votes sum to one per head (its row divided by its maximum)."""
+    from halo_client.evaluation.policies import QuestionHeads, StepView
+
+    model, dialog = played
+    asked = dialog.tail[0].asked
+    state = dialog.history_state()
+    layers, heads = model.info.num_layers, model.info.num_attention_heads
+    assert asked.heads["message"].shape == asked.heads["last"].shape == (layers, heads, len(asked.positions))
+    assert len(asked.positions) == len(state) + dialog.tail[0].user.size + len(dialog.tail[0].reply.prefix)
+    # each row of attention sums to one over the columns it sees: the last row sees them all
+    assert np.allclose(asked.heads["last"].sum(axis=-1), 1.0, atol=1e-4)
+    from halo_client.evaluation.dialog import add_turn
+
+    add_turn(state, dialog.tail[0].user)
+    for rows in ("message", "last"):
+        scores = QuestionHeads("q", [(0, 0), (1, 1)], rows).scores(state, StepView("q", 100, asked))
+        assert scores.shape == (len(state),) and 0 < scores.max() <= 2.0 + 1e-9
+        assert (scores[state.column("template")] == 0).all()  # only content is scored
+    assert not QuestionHeads("q", [], "last").scores(state, StepView("q", 100, asked)).any()

@@ -24,7 +24,7 @@ def test_smoke_run_on_smollm2(tmp_path: Path) -> None:
     backend = load_backend(quiet=True, n_ctx=2048)
     config = BenchmarkConfig(tune=0, report=1, min_tokens=300, max_tokens=400, reply_tokens=12, probe_tokens=16,
                              tail="FQ", budgets=(0.5,), policies=(DEFAULT_POLICY, "recency", "gold"),
-                             cache_dir=tmp_path / "cache")
+                             cache_dir=tmp_path / "cache", cost_sentences=200)
     lines: list[str] = []
     result = run(backend, config, tmp_path, lambda _d, _t, m: lines.append(m))
     assert {r["policy"] for r in result["rows"]} == {DEFAULT_POLICY, "recency", "gold"}
@@ -34,6 +34,8 @@ def test_smoke_run_on_smollm2(tmp_path: Path) -> None:
         else:
             assert r["recall"] in (0, 1) and abs(r["answer_nll_increase"]) < 20
     assert len(lines) == 1 and lines[0].startswith("measured seed 0")  # a progress step per conversation
+    assert result["costs"]["archived"] >= 200 and set(result["costs"]["ms_per_message"]) == {"words", "meaning",
+                                                                                              "hybrid"}
     assert (tmp_path / "pruning.md").exists() and (tmp_path / "pruning.svg").exists()
 
 

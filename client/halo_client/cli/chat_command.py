@@ -23,6 +23,7 @@ from halo_client.cli.commands import print_reply
 from halo_client.cli.errors import describe
 from halo_client.cli.options import (
     layout_from,
+    memory_from,
     memory_option,
     override_lines,
     sampler_from,
@@ -42,9 +43,16 @@ from halo_client.cli.render import (
 )
 from halo_client.config import DEFAULT_SYSTEM_PROMPT
 from halo_client.conversation.chat import Chat, MessageTooLong
-from halo_client.conversation.memory import MemorySettings
 from halo_client.display.scale import SCALE_MODES, ScaleMode
 from halo_client.errors import HaloError
+
+
+def prepare_memory(repl: Repl, chat: Chat) -> None:
+    """Memory's embedder loaded before the first message (fetched the first time, with progress),
+    not mid-reply; if it cannot be, one line says memory matches words only."""
+    notice = chat.memory.prepare(progress=lambda line: repl.say(f"  memory: {line}"))
+    if notice is not None:
+        repl.say(click.style(f"  {notice}", fg="yellow"))
 
 
 @dataclass
@@ -309,11 +317,12 @@ async def chat(settings: Settings, max_length: int, temperature: float, system: 
                                        pruner=pruner, max_length=max_length,
                                        sampler=sampler_from(temperature=temperature),
                                        attention_layout=layout, force_model=force_model,
-                                       memory=MemorySettings(enabled=memory),
+                                       memory=memory_from(memory),
                                        override=typed_session_settings(tracker, pruner, memory))
         repl = Repl(conversation, session_path, sys.stdin.isatty(), scale)
         if session_path is not None:
             repl.say(*override_lines(conversation.overridden, session_path))
+        prepare_memory(repl, conversation)
         if repl.interactive:
             repl.say(f"  chatting with {conversation.info.model_name}; /help lists the commands")
         await run_repl(repl)

@@ -58,6 +58,9 @@ def _budgets(value: str) -> tuple[float, ...]:
 @click.option("--conversations", "conversations_file", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Your own conversations (JSON Lines; format in docs/pruning.md) instead of "
               "generated ones.")
+@click.option("--handwritten", "handwritten_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Conversations written by people (JSON Lines, the same format), held out and reported apart: "
+              "never tuned on (this repository's: docs/conversations.handwritten.jsonl).")
 @click.option("--count", default=40, show_default=True, help="Generated held-out conversations.")
 @click.option("--tune", "tune_count", default=8, show_default=True, help="Generated tuning conversations.")
 @click.option("--budgets", default="0.25,0.5", show_default=True, callback=lambda _c, _p, v: _budgets(v),
@@ -67,7 +70,11 @@ def _budgets(value: str) -> tuple[float, ...]:
 @click.option("--reply-tokens", default=32, show_default=True, help="Most tokens per model reply in the history.")
 @click.option("--seed", default=0, show_default=True,
               help="Seed of the generated conversations (which facts, fillers and questions): the same seed, the "
-                   "same chats (unused with --conversations).")
+                   "same chats, tuning split first (unused with --conversations).")
+@click.option("--attention-recall/--no-attention-recall", default=True, show_default=True,
+              help="In the recall study, the model's own attention as a retriever (a recall pass per message).")
+@click.option("--cost-sentences", type=click.IntRange(0), default=2000, show_default=True,
+              help="Archived sentences for memory's cost per message (0: not measured).")
 @click.option("--policy", "policies", multiple=True, help="Only this policy (repeatable; default: all).")
 @click.option("--workers", type=click.IntRange(1, 64), default=min(os.cpu_count() or 1, 4), show_default=True,
               help="Processes measuring conversations side by side (each loads the model, one BLAS thread each).")
@@ -77,11 +84,13 @@ def _budgets(value: str) -> tuple[float, ...]:
               show_default=True, help="Where pruning.md, pruning.svg and pruning.json go.")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("out/pruning/cache"), show_default=True, help="Model replies, reused by reruns.")
-def eval_pruning(model_path: str | None, backend: str, conversations_file: Path | None, count: int, tune_count: int,
-                 budgets: tuple[float, ...], min_tokens: int, max_tokens: int, reply_tokens: int, seed: int,
+def eval_pruning(model_path: str | None, backend: str, conversations_file: Path | None, handwritten_file: Path | None,
+                 count: int, tune_count: int, budgets: tuple[float, ...], min_tokens: int, max_tokens: int,
+                 reply_tokens: int, seed: int, attention_recall: bool, cost_sentences: int,
                  policies: tuple[str, ...], workers: int, from_json: Path | None, out_dir: Path,
                  cache_dir: Path) -> None:
-    """Prune chats with brightness, memory and the known baselines; measure what each loses."""
+    """Prune chats with brightness, memory and the known baselines; measure what each loses, and which
+    earlier sentence each recall candidate finds for a later message."""
     if from_json is not None:
         from halo_client.evaluation.report import report_from_json
 
@@ -96,6 +105,7 @@ def eval_pruning(model_path: str | None, backend: str, conversations_file: Path 
     if unknown:
         raise click.BadParameter(f"{unknown[0]!r}; known: {', '.join(known)}", param_hint="--policy")
     conversations = load_conversations(conversations_file) if conversations_file is not None else None
+    handwritten = load_conversations(handwritten_file) if handwritten_file is not None else None
     model: ModelBackend
     if backend == "mock":
         from halo_client.testing import MockBackend
@@ -107,7 +117,8 @@ def eval_pruning(model_path: str | None, backend: str, conversations_file: Path 
         model = load_backend(model_path, n_ctx=8192)
     config = BenchmarkConfig(tune=tune_count, report=count, seed=seed, min_tokens=min_tokens, max_tokens=max_tokens,
                              reply_tokens=reply_tokens, budgets=budgets, cache_dir=cache_dir,
-                             conversations=conversations, policies=policies or None, workers=workers)
+                             conversations=conversations, handwritten=handwritten, policies=policies or None,
+                             workers=workers, attention_recall=attention_recall, cost_sentences=cost_sentences)
     result = run(model, config, out_dir, ProgressLine())
     click.echo((out_dir / "pruning.md").read_text())
     click.echo(f"[{len(result['rows'])} rows in {result['seconds'] / 60:.1f} min; table {out_dir / 'pruning.md'}, "

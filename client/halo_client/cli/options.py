@@ -19,6 +19,7 @@ from click.core import ParameterSource
 from halo_client.cli.defaults import SESSION_OPTIONS
 from halo_client.config import META_KEY, Config
 from halo_client.conversation.chat import SettingChange
+from halo_client.conversation.memory import MemorySettings
 from halo_client.conversation.pruner import Granularity, PrunerSettings
 from halo_client.conversation.tracker import Accumulation, Aggregation, DistanceMode, TrackerSettings
 from halo_client.messages import AttentionLayout
@@ -101,10 +102,16 @@ def layout_from(kw: dict[str, Any]) -> AttentionLayout | None:
 
 
 def memory_option(func: Callable[P, R]) -> Callable[P, R]:
-    """--memory/--no-memory: pruned sentences the user's message matches come back before the reply."""
+    """--memory/--no-memory: pruned sentences the user's message asks for come back before the reply."""
     return click.option("--memory/--no-memory", default=True, show_default=True,
-                        help="Before each reply, bring back the pruned sentences the message matches (SQLite FTS5 "
-                             "BM25; shown as 'recalled').")(func)
+                        help="Before each reply, bring back the pruned sentences the message asks for, by meaning "
+                             "(all-MiniLM-L6-v2, fetched once, 83 MB) or by its words (BM25); shown as 'recalled "
+                             "... by ...' with the reason.")(func)
+
+
+def memory_from(enabled: bool) -> MemorySettings:
+    """Memory's settings: the settings file's, on or off as the flag says."""
+    return file_settings().memory.model_copy(update={"enabled": enabled})
 
 
 def file_settings() -> Config:

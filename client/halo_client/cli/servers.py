@@ -16,9 +16,10 @@ from typing import Any, ParamSpec, TypeVar
 import click
 
 from halo_client.cli.app import main
-from halo_client.cli.chat_command import Repl, run_repl
+from halo_client.cli.chat_command import Repl, prepare_memory, run_repl
 from halo_client.cli.options import (
     layout_from,
+    memory_from,
     memory_option,
     override_lines,
     sampler_from,
@@ -30,7 +31,6 @@ from halo_client.cli.options import (
 from halo_client.client import KoboldClient
 from halo_client.config import DEFAULT_SYSTEM_PROMPT
 from halo_client.conversation.chat import Chat
-from halo_client.conversation.memory import MemorySettings
 from halo_client.display.scale import SCALE_MODES, ScaleMode
 from halo_client.serving.listen import PortTaken, claim_port
 from halo_client.serving.server import ContractServer
@@ -235,10 +235,11 @@ def demo(model_path: str | None, port: int, context: int, session_path: str, sys
                 chat = await Chat.open(client, system=system, session_path=session_path, tracker=tracker,
                                        pruner=pruner, max_length=max_length,
                                        sampler=sampler_from(temperature=temperature),
-                                       attention_layout=layout, memory=MemorySettings(enabled=memory),
+                                       attention_layout=layout, memory=memory_from(memory),
                                        override=override)
                 repl = Repl(chat, session_path, sys.stdin.isatty(), scale)
                 repl.say(*override_lines(chat.overridden, session_path))
+                prepare_memory(repl, chat)
                 repl.say(f"  {server.url} serves {chat.info.model_name}; the chat is saved to {session_path} "
                          "after every reply; /help lists the commands")
                 await run_repl(repl)

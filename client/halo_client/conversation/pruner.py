@@ -71,6 +71,24 @@ class PruneEvent:
         return len(self.positions)
 
 
+@dataclass(frozen=True)
+class PrunedSpans:
+    """The units now pruned: their positions, in order, unit after unit."""
+
+    positions: npt.NDArray[np.int64]
+    #: where each unit starts in `positions`
+    starts: npt.NDArray[np.int64]
+    #: each unit's id (sentence, line or turn)
+    units: npt.NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return int(self.starts.size)
+
+    def unit(self, i: int) -> npt.NDArray[np.int64]:
+        end = self.starts[i + 1] if i + 1 < self.starts.size else self.positions.size
+        return self.positions[self.starts[i] : end]
+
+
 @dataclass
 class PruneResult:
     events: list[PruneEvent] = field(default_factory=list)
@@ -345,25 +363,29 @@ class Pruner:
         return PruneEvent(event.kind, event.unit, event.turn, event.positions, event.score,
                           -int(back.size), event.text, restored=True)
 
-    def pruned_units(self, state: ConversationState) -> list[PruneEvent]:
-        """Every unit now pruned, reconstructed from the audit trail (e.g. after loading)."""
+    def pruned_spans(self, state: ConversationState) -> PrunedSpans:
+        """Where every unit now pruned lies, from the audit trail, without building events: what a
+        search over a long chat's archive reads before each message."""
         deleted = state.column("deleted") & (state.column("deleted_reason") == REASONS.index("pruned"))
         # a template comes back with its message's content (`restore`): it is a unit of its own
         # only in a message without content
         template, turn = state.column("template"), state.column("turn")
         has_content = np.bincount(turn[~template], minlength=len(state.turns)) > 0
         deleted &= ~(template & has_content[turn])
-        key = self.settings.granularity
-        ids = state.column(key)
-        events: list[PruneEvent] = []
         positions = np.flatnonzero(deleted)
-        if positions.size == 0:
-            return events
-        unit_ids = ids[positions]
-        breaks = np.flatnonzero(np.r_[True, (unit_ids[1:] != unit_ids[:-1]) | (np.diff(positions) != 1)])
-        for a, b in zip(breaks, np.r_[breaks[1:], positions.size], strict=True):
-            ps = positions[a:b]
-            events.append(PruneEvent(key, int(unit_ids[a]), int(state.column("turn")[ps[0]]),
-                                     tuple(int(p) for p in ps), float(state.column("deleted_score")[ps[0]]),
-                                     int(ps.size), _content_text(state, ps)))
-        return events
+        unit_ids = state.column(self.settings.granularity)[positions].astype(np.int64)
+        starts = np.flatnonzero(np.r_[True, (unit_ids[1:] != unit_ids[:-1]) | (np.diff(positions) != 1)]) \
+            if positions.size else np.zeros(0, np.int64)
+        return PrunedSpans(positions, starts.astype(np.int64), unit_ids[starts])
+
+    def pruned_event(self, state: ConversationState, spans: PrunedSpans, i: int) -> PruneEvent:
+        """The audit event of the `i`th unit of `spans`."""
+        ps = spans.unit(i)
+        return PruneEvent(self.settings.granularity, int(spans.units[i]), int(state.column("turn")[ps[0]]),
+                          tuple(int(p) for p in ps), float(state.column("deleted_score")[ps[0]]), int(ps.size),
+                          _content_text(state, ps))
+
+    def pruned_units(self, state: ConversationState) -> list[PruneEvent]:
+        """Every unit now pruned, reconstructed from the audit trail (e.g. after loading)."""
+        spans = self.pruned_spans(state)
+        return [self.pruned_event(state, spans, i) for i in range(len(spans))]

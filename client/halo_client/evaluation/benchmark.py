@@ -1,19 +1,28 @@
 """`halo-client eval pruning`: the whole benchmark, from conversations to tables with confidence
 intervals and a plot.
 
-1. Conversations: generated (a tuning split and a held-out split) or a user's own file.
-2. Each is played against the model (`dialog.play`): the full-context run.
-3. Tuning, on the tuning split only: the hybrid's weight and memory's settings.
+1. Conversations: generated (a tuning split and a held-out split, questions in the fact's words
+   and in other words) or a user's own file; and, reported apart, a held-out set written by
+   people (`handwritten`: docs/conversations.handwritten.jsonl, frozen before any tuning).
+2. Each is played against the model (`dialog.play`): the full-context run; its archive (every
+   sentence of its history) goes to the recall study (`retrieval`), with a recall pass through
+   the model for the attention retrievers.
+3. Tuning, on the tuning split only: the heads attention votes with and memory's settings (from
+   the recall study's tuning archives, false recalls counted), then the default's pruning score
+   among the candidates in `SCORES` (replayed, by the default rule: KL at the middle budget, then
+   recall at the lowest).
 4. Every policy at every budget over every held-out conversation (`replay.replay`), one
    conversation at a time, in worker processes when asked to (`workers`).
-5. Per policy and budget, each measure's mean over conversations with a bootstrap 95 %
-   interval (`stats`), and the product default against every other policy, paired.
+5. Per set, policy and budget, each measure's mean over conversations with a bootstrap 95 %
+   interval (`stats`), the product default against every other policy, paired; memory's cost
+   per message on a 2,000-sentence archive (`costs`).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import math
 import multiprocessing
 import os
 import time
@@ -27,17 +36,16 @@ import numpy as np
 from halo_client.conversation.memory import MemorySettings
 from halo_client.conversation.pruner import PrunerSettings
 from halo_client.evaluation.conversations import TAIL, Conversation, make_conversations
-from halo_client.evaluation.dialog import Dialog, play
+from halo_client.evaluation.dialog import Dialog, Rows, play
 from halo_client.evaluation.model import InProcessModel
 from halo_client.evaluation.policies import (
-    FIRST_DESIGN,
     Brightness,
     Gold,
     HeavyHitters,
-    Hybrid,
     LastQuery,
     Policy,
     QuestionAttention,
+    QuestionHeads,
     RandomOrder,
     Recency,
     SelfInformation,
@@ -45,16 +53,56 @@ from halo_client.evaluation.policies import (
 )
 from halo_client.evaluation.replay import Measured, replay, summary_row
 from halo_client.evaluation.report import DEFAULT_POLICY, save_rows, write_report
+from halo_client.evaluation.retrieval import (
+    Archive,
+    archive_of,
+    attention_pass,
+    choose_heads,
+    choose_memory,
+    match_scores,
+    memory_grid,
+    study_rows,
+)
 from halo_client.serving.backend import ModelBackend
 
 #: Progress: (units done, units in all, what just happened)
 Progress = Callable[[int, int, str], None]
+Heads = dict[Rows, list[tuple[int, int]]]
+#: the memory of the product before this benchmark chose one: BM25 alone, one sentence, no threshold
+WORDS_MEMORY = MemorySettings(scorer="words", max_recalled=1, min_relevance=0.0)
+#: heads attention votes with, per `Rows` (chosen on the tuning split's recall study)
+HEAD_COUNT = 5
 
 
 @dataclass
 class Tuned:
-    hybrid_weight: float = 1.0
+    #: memory's settings for the default (and "recency + memory")
     memory: MemorySettings = field(default_factory=MemorySettings)
+    #: the chosen memory's tuning score per later message (sentences with the fact, less the others)
+    memory_score: float = math.nan
+    heads: Heads = field(default_factory=dict)
+    #: the default's pruning score, a key of `SCORES`
+    score: str = "brightness"
+    #: per candidate score: KL at the middle budget and recall at the lowest, on the tuning split
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def _window() -> float:
+    return PrunerSettings().recent_share
+
+
+#: the default's candidate pruning scores, each with the pruner's recent window (the newest share
+#: of the budget kept last): brightness (the tracker's, as the chat keeps it), brightness per
+#: frame, and the newest message's attention in the heads chosen on the tuning split, from its
+#: rows or its last row alone
+SCORES: dict[str, Callable[[Tuned], Policy]] = {
+    "brightness": lambda _t: Brightness("brightness", recent_share=_window()),
+    "brightness (per frame)": lambda _t: Brightness("per frame", per_frame=True, recent_share=_window()),
+    "question heads": lambda t: QuestionHeads("question heads", t.heads.get("message", []), "message",
+                                              recent_share=_window()),
+    "question heads (last row)": lambda t: QuestionHeads("question heads (last row)", t.heads.get("last", []),
+                                                         "last", recent_share=_window()),
+}
 
 
 @dataclass
@@ -71,38 +119,43 @@ class BenchmarkConfig:
     cache_dir: Path | None = None
     #: a user's own conversations instead of generated ones
     conversations: list[Conversation] | None = None
+    #: conversations written by people, held out and reported apart (never tuned on)
+    handwritten: list[Conversation] | None = None
     #: only these policies (None: all)
     policies: tuple[str, ...] | None = None
-    hybrid_weights: tuple[float, ...] = (0.5, 1.0, 2.0)
     #: processes measuring conversations side by side (a reference backend only; 1: this process)
     workers: int = 1
-    memory_grid: tuple[MemorySettings, ...] = (MemorySettings(max_recalled=1), MemorySettings(max_recalled=2),
-                                               MemorySettings(max_recalled=2, min_relevance=2.0))
+    #: the recall study's attention retrievers (a recall pass through the model per message)
+    attention_recall: bool = True
+    #: the candidates for the default's pruning score (keys of `SCORES`)
+    scores: tuple[str, ...] = tuple(SCORES)
+    #: archived sentences for the cost of memory per message (0: not measured)
+    cost_sentences: int = 2000
     resamples: int = 2000
 
 
 def policy_factories(tuned: Tuned) -> dict[str, tuple[Callable[[Dialog], Policy], MemorySettings | None]]:
     """Every policy the benchmark compares: a factory (per conversation) and memory, if on."""
-    def brightness(name: str, **kw: Any) -> Callable[[Dialog], Policy]:
-        return lambda _d: Brightness(name, **kw)
+    def score(name: str) -> Callable[[Dialog], Policy]:
+        return lambda _d: SCORES[name](tuned)
 
-    window = PrunerSettings().recent_share
     return {
-        # the product's defaults: brightness, the pruner's recent window, memory
-        DEFAULT_POLICY: (brightness("brightness", recent_share=window), tuned.memory),
-        "default without memory": (brightness("brightness", recent_share=window), None),
-        # the brightness policy before the recent window and memory
-        "brightness": (brightness("brightness"), None),
-        "brightness (first design)": (brightness("first design", settings=FIRST_DESIGN), None),
-        "brightness (content-renormalized)": (brightness("content", reduction="content"), None),
-        "brightness (head-normalized)": (brightness("head-normalized", reduction="head_max"), None),
-        "brightness (per frame)": (brightness("per frame", per_frame=True), None),
-        "hybrid": (lambda _d: Hybrid(Brightness("brightness"), tuned.hybrid_weight), None),
+        # the product's default: the chosen score with the recent window, and the chosen memory
+        DEFAULT_POLICY: (score(tuned.score), tuned.memory),
+        "default without memory": (score(tuned.score), None),
+        # the product's default before this benchmark chose one: brightness, window, BM25 memory
+        "brightness + BM25 memory": (score("brightness"), WORDS_MEMORY),
+        # attention earning its place: every candidate score with the same memory (the default's own
+        # is the default again, measured at no cost: its pruned contexts were measured already)
+        **{f"{n} + memory": (score(n), tuned.memory) for n in SCORES},
+        "recency + memory": (lambda _d: Recency(), tuned.memory),
+        # the plain scores, no window and no memory, and the known baselines
+        "brightness": (lambda _d: Brightness("brightness"), None),
+        "brightness (per frame)": (lambda _d: Brightness("per frame", per_frame=True), None),
         "h2o": (lambda _d: HeavyHitters(), None),
         "tova": (lambda _d: LastQuery(), None),
         "streaming": (lambda _d: Streaming(), None),
         "recency": (lambda _d: Recency(), None),
-        "recency + memory": (lambda _d: Recency(), tuned.memory),
         # one draw per conversation; the seed follows the conversation, three seeds in turn
         "random": (lambda d: RandomOrder(_conversation_index(d) % 3), None),
         "self-information": (lambda _d: SelfInformation(), None),
@@ -128,66 +181,67 @@ def measure(dialog: Dialog, model: InProcessModel, policies: dict[str, tuple[Cal
     return rows
 
 
-def _default_brightness(_dialog: Dialog) -> Policy:
-    return Brightness("brightness", recent_share=PrunerSettings().recent_share)
-
-
-def _hybrid(weight: float) -> Callable[[Dialog], Policy]:
-    return lambda _d: Hybrid(Brightness("brightness"), weight)
-
-
-def tuning_scores(dialog: Dialog, model: InProcessModel, config: BenchmarkConfig) -> dict[str, float]:
-    """One tuning conversation's score for every option: the hybrid's KL at the budget nearest
-    50 % per weight, memory's KL there and recall at the lowest budget per setting."""
+def tuning_scores(dialog: Dialog, model: InProcessModel, config: BenchmarkConfig, tuned: Tuned) -> dict[str, float]:
+    """One tuning conversation's score for every candidate pruning score (with the recent window
+    and the tuned memory): KL at the budget nearest 50 % and recall at the lowest."""
     middle = min(config.budgets, key=lambda b: abs(b - 0.5))
     low = min(config.budgets)
-
-    def mean(factory: Callable[[Dialog], Policy], memory: MemorySettings | None, fraction: float,
-             measure: str) -> float:
-        values = [r.measures[measure] for r in replay(dialog, model, factory(dialog), fraction, memory=memory)
-                  if measure in r.measures]
-        return float(np.mean(values)) if values else float("nan")
-
-    scores = {f"hybrid {w} kl": mean(_hybrid(w), None, middle, "kl") for w in config.hybrid_weights}
-    for i, memory in enumerate(config.memory_grid):
-        scores[f"memory {i} kl"] = mean(_default_brightness, memory, middle, "kl")
-        scores[f"memory {i} recall"] = mean(_default_brightness, memory, low, "recall")
-    return scores
+    out: dict[str, float] = {}
+    measured: dict[float, Measured] = {middle: {}, low: {}}
+    for name in config.scores:
+        for fraction, measure in ((middle, "kl"), (low, "recall")):
+            values = [r.measures[measure] for r in replay(dialog, model, SCORES[name](tuned), fraction,
+                                                          memory=tuned.memory, measured=measured[fraction])
+                      if measure in r.measures]
+            out[f"{name} {measure}"] = float(np.mean(values)) if values else float("nan")
+    return out
 
 
-def choose(scores: Sequence[dict[str, float]], config: BenchmarkConfig) -> Tuned:
-    """From the tuning conversations' scores: the hybrid weight with the lowest mean KL, and the
-    memory setting with the best recall among those whose KL is within 0.01 of the lowest."""
-    tuned = Tuned()
+def choose_score(scores: Sequence[dict[str, float]],
+                 config: BenchmarkConfig) -> tuple[str, dict[str, dict[str, float]]]:
+    """The default rule on the tuning conversations: the lowest mean KL, and among the scores
+    within 0.01 of it the best recall (then the first listed)."""
+    means = {n: {m: float(np.nanmean([s[f"{n} {m}"] for s in scores])) if scores else float("nan")
+                 for m in ("kl", "recall")} for n in config.scores}
     if not scores:
-        return tuned
-
-    def mean(key: str) -> float:
-        return float(np.nanmean([s[key] for s in scores]))
-
-    tuned.hybrid_weight = min(config.hybrid_weights, key=lambda w: mean(f"hybrid {w} kl"))
-    kls = [mean(f"memory {i} kl") for i in range(len(config.memory_grid))]
-    fit = [i for i, kl in enumerate(kls) if kl <= min(kls) + 0.01]
-    tuned.memory = config.memory_grid[max(fit, key=lambda i: mean(f"memory {i} recall"))]
-    return tuned
+        return config.scores[0], means
+    lowest = min(v["kl"] for v in means.values())
+    fit = [n for n in config.scores if means[n]["kl"] <= lowest + 0.01]
+    return max(fit, key=lambda n: (means[n]["recall"], -config.scores.index(n))), means
 
 
 @dataclass(frozen=True)
 class _Task:
     conversation: Conversation
-    #: None: a tuning conversation; else the tuned settings to measure the policies with
-    tuned: Tuned | None
-    policies: tuple[str, ...]
+    #: "archive": the recall study's archive of a tuning conversation; "tune": its scores for the
+    #: default's candidates; "measure": a held-out conversation's rows (and archive)
+    kind: str
+    tuned: Tuned
+    policies: tuple[str, ...] = ()
+    #: the held-out set it belongs to ("generated", "handwritten", "yours")
+    set_name: str = "generated"
 
 
 @dataclass(frozen=True)
 class _Done:
     name: str
     split: str
+    set_name: str
     history_tokens: int
     rows: list[dict[str, Any]]
     scores: dict[str, float]
+    archive: Archive | None
     computed: int
+
+
+def _archive(dialog: Dialog, model: InProcessModel, config: BenchmarkConfig) -> Archive:
+    from halo_client.conversation.memory.recall import default_embedder
+
+    archive = archive_of(dialog)
+    if config.attention_recall:
+        attention_pass(model, archive)
+    match_scores(archive, default_embedder())
+    return archive
 
 
 def _work(task: _Task, model: InProcessModel, config: BenchmarkConfig) -> _Done:
@@ -196,13 +250,15 @@ def _work(task: _Task, model: InProcessModel, config: BenchmarkConfig) -> _Done:
                   cache_dir=config.cache_dir)
     rows: list[dict[str, Any]] = []
     scores: dict[str, float] = {}
-    if task.tuned is None:
-        scores = tuning_scores(dialog, model, config)
-    else:
+    archive = _archive(dialog, model, config) if task.kind in ("archive", "measure") else None
+    if task.kind == "tune":
+        scores = tuning_scores(dialog, model, config, task.tuned)
+    elif task.kind == "measure":
         factories = policy_factories(task.tuned)
-        rows = measure(dialog, model, {n: factories[n] for n in task.policies}, config.budgets)
-    return _Done(task.conversation.name, task.conversation.split, dialog.history_tokens, rows, scores,
-                 model.computed - before)
+        rows = [{**r, "set": task.set_name}
+                for r in measure(dialog, model, {n: factories[n] for n in task.policies}, config.budgets)]
+    return _Done(task.conversation.name, task.conversation.split, task.set_name, dialog.history_tokens, rows, scores,
+                 archive, model.computed - before)
 
 
 #: a worker process's model and settings (`_start_worker`)
@@ -264,38 +320,70 @@ def run(backend: ModelBackend, config: BenchmarkConfig, out_dir: Path, progress:
             min_tokens=config.min_tokens, max_tokens=config.max_tokens, reply_tokens=config.reply_tokens,
             tail=config.tail)
     tuning = [c for c in conversations if c.split == "tune"]
-    held_out = [c for c in conversations if c.split == "report"]
+    main_set = "yours" if config.conversations is not None else "generated"
+    held_out = [(c, main_set) for c in conversations if c.split == "report"]
+    held_out += [(c, "handwritten") for c in config.handwritten or [] if c.split == "report"]
     names = tuple(n for n in policy_factories(Tuned()) if config.policies is None or n in config.policies)
     runner = _Runner(backend, config)
     computed = 0
     done = 0
+    total = 2 * len(tuning) + len(held_out)
+    tuned = Tuned()
+    study: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
     try:
+        archives = []
+        for result in runner.map([_Task(c, "archive", tuned) for c in tuning]):
+            done += 1
+            computed += result.computed
+            assert result.archive is not None
+            archives.append(result.archive)
+            progress(done, total, f"recall study of {result.name}: {len(result.archive.texts)} sentences")
+        if archives:
+            tuned.heads = {rows_: choose_heads(archives, rows_, HEAD_COUNT) for rows_ in ("message", "last")}
+            tuned.memory, tuned.memory_score = choose_memory(archives, memory_grid())
         scores = []
-        for result in runner.map([_Task(c, None, names) for c in tuning]):
+        for result in runner.map([_Task(c, "tune", tuned) for c in tuning]):
             done += 1
             computed += result.computed
             scores.append(result.scores)
-            progress(done, len(conversations), f"tuned on {result.name}: {result.history_tokens} tokens")
-        tuned = choose(scores, config)
-        rows: list[dict[str, Any]] = []
-        for result in runner.map([_Task(c, tuned, names) for c in held_out]):
+            progress(done, total, f"tuned on {result.name}: {result.history_tokens} tokens")
+        tuned.score, tuned.scores = choose_score(scores, config)
+        memories = {"default": tuned.memory, "BM25": WORDS_MEMORY}
+        for archive in archives:
+            study += study_rows(archive, "tuning", tuned.heads, memories)
+        for result in runner.map([_Task(c, "measure", tuned, names, set_name) for c, set_name in held_out]):
             done += 1
             computed += result.computed
             rows += result.rows
-            progress(done, len(conversations), f"measured {result.name}: {result.history_tokens} tokens, "
+            if result.archive is not None:
+                study += study_rows(result.archive, result.set_name, tuned.heads, memories)
+            progress(done, total, f"measured {result.name}: {result.history_tokens} tokens, "
                      f"{len(names)} policies x {len(config.budgets)} budgets")
     finally:
         runner.close()
-    order = {c.name: i for i, c in enumerate(conversations)}
+    order = {c.name: i for i, (c, _s) in enumerate(held_out)}
     rows.sort(key=lambda r: (order[r["conversation"]], r["budget"], names.index(r["policy"]), r["step"]))
+    costs: dict[str, Any] = {}
+    if config.cost_sentences:
+        from halo_client.conversation.memory.recall import default_embedder
+        from halo_client.evaluation.costs import recall_cost
+
+        costs = recall_cost(default_embedder(), sentences=config.cost_sentences)
     result_json = {
         "model": runner.model.info.model_name,
-        "config": {"tune": len(tuning), "report": len(held_out), "budgets": list(config.budgets),
+        "config": {"tune": len(tuning), "report": sum(1 for _c, s in held_out if s == main_set),
+                   "handwritten": sum(1 for _c, s in held_out if s == "handwritten"),
+                   "budgets": list(config.budgets),
                    "tail": config.tail, "min_tokens": config.min_tokens, "max_tokens": config.max_tokens,
                    "reply_tokens": config.reply_tokens, "probe_tokens": config.probe_tokens, "seed": config.seed,
                    "workers": config.workers, "own": config.conversations is not None},
-        "tuned": {"hybrid_weight": tuned.hybrid_weight, "memory": tuned.memory.model_dump()},
+        "tuned": {"memory": tuned.memory.model_dump(), "memory_score": tuned.memory_score,
+                  "heads": {k: [list(h) for h in v] for k, v in tuned.heads.items()}, "score": tuned.score,
+                  "scores": tuned.scores},
         "rows": rows,
+        "study": study,
+        "costs": costs,
         "seconds": time.perf_counter() - started,
         "tokens_computed": computed,
     }

@@ -67,6 +67,35 @@ class TurnTokens:
         return len(self.prefix) + len(self.content) + len(self.suffix)
 
 
+#: which rows of a message's pass a per-head question score reads: all of the message's own rows
+#: (its content, its template's end and the reply's header) or the last alone (the header's last
+#: token: what predicts the reply's first token, the frame a one-token generation streams first)
+Rows = Literal["message", "last"]
+ROWS: tuple[Rows, ...] = ("message", "last")
+
+
+@dataclass(frozen=True)
+class Asked:
+    """The attention a message pays the context it arrives in (the positions of its columns)."""
+
+    positions: npt.NDArray[np.int64]
+    #: the mean over layers and heads, summed over the message's content rows (QUITO-style)
+    summed: npt.NDArray[np.float32]
+    #: per `Rows`: `[layers, heads, columns]`, kept per head so scores can pick heads
+    heads: dict[Rows, npt.NDArray[np.float32]]
+
+
+def asked_of(attention: F32, positions: npt.NDArray[np.int64], content: slice) -> Asked:
+    """From a pass's attention rows `[layers, heads, rows, ctx]` whose last rows are a message's
+    (`content`: its content rows; every row from its start to the last is the message's), the
+    attention it pays the columns at `positions`."""
+    n = len(positions)
+    rows = attention[..., :n]
+    return Asked(positions, rows[:, :, content].mean(axis=(0, 1)).sum(axis=0).astype(np.float32),
+                 {"message": rows[:, :, content.start :].mean(axis=2, dtype=np.float32),
+                  "last": np.ascontiguousarray(rows[:, :, -1])})
+
+
 @dataclass
 class TailStep:
     step: Step
@@ -74,8 +103,8 @@ class TailStep:
     reply: TurnTokens
     #: `[len(reply.content), vocab]` full-context log-probabilities predicting each reply token
     reference: npt.NDArray[np.float32]
-    #: the attention of the message's tokens (summed) over the context before it, full context
-    question_attention: npt.NDArray[np.float32]
+    #: the attention of the message over the context before it, full context
+    asked: Asked
     #: a question's gold answer: indices into `reply.content`
     answer: tuple[int, int] = (0, 0)
     full_correct: bool = False
@@ -191,7 +220,8 @@ class _Player:
         logprobs = log_softmax(logits)
         self.surprisal.extend((-logprobs[np.arange(new), np.asarray(ids[start:])]).tolist())
         content_rows = slice(1 + len(message.prefix), 1 + len(message.prefix) + len(message.content))
-        asked = attention[:, :, content_rows, : len(ids)].mean(axis=(0, 1)).sum(axis=0).astype(np.float32)
+        # the message's rows run to row `new`, the header's last token (it predicts the reply)
+        asked = asked_of(attention[:, :, : new + 1], np.arange(len(ids), dtype=np.int64), content_rows)
         if script is not None:
             tokens = list(script)
             reference = logprobs[new:]

@@ -24,7 +24,8 @@ from halo_client.conversation.memory import relevance
 from halo_client.conversation.pruner import Reduce
 from halo_client.conversation.state import ConversationState
 from halo_client.conversation.tracker import AttentionTracker, TrackerSettings
-from halo_client.evaluation.dialog import Dialog, Frame, Reduction
+from halo_client.evaluation.conversations import Fact
+from halo_client.evaluation.dialog import Asked, Dialog, Frame, Reduction, Rows
 
 FloatArray = npt.NDArray[np.float64]
 #: the first design's tracker defaults, kept as a policy so the benchmark shows what changing them did
@@ -39,17 +40,16 @@ class StepView:
 
     message: str
     budget: int
-    #: the attention of the message's tokens over the context before it: positions and values
-    question_positions: npt.NDArray[np.int64]
-    question_attention: npt.NDArray[np.float32]
+    #: the attention of the message over the context before it (None: not measured)
+    asked: Asked | None = None
 
 
 class Policy(ABC):
     name = "policy"
     #: how a sentence's token scores make its score
     reduce: Reduce = "max"
-    #: reads `StepView.question_attention` after the first message (it costs the replay a few
-    #: more tokens per step, so only policies that read it get it)
+    #: reads `StepView.asked` after the first message (it costs the replay a few more tokens per
+    #: step, so only policies that read it get it)
     uses_question_attention = False
     #: the pruner's recent window (`PrunerSettings.recent_share`) this policy prunes with
     recent_share = 0.0
@@ -193,22 +193,22 @@ class RandomOrder(Policy):
         return draws[sentence]
 
 
-def holds_fact(text: str, dialog: Dialog) -> bool:
-    """Whether a sentence holds a planted fact (its statement; for a user's own conversation, a
-    sentence of a question's evidence, or without evidence one holding its gold answer)."""
-    text = text.strip()
+def holds(text: str, fact: Fact) -> bool:
+    """Whether a sentence holds `fact`: its statement; for a user's own conversation, a sentence
+    of the question's evidence, or without evidence one holding its gold answer."""
+    text = " ".join(text.split())
     if not text:
         return False
-    for fact in dialog.conversation.facts:
-        if fact.evidence:
-            if any(text in passage or passage in text for passage in fact.evidence):
-                return True
-            continue
-        if fact.answer.lower() not in text.lower():
-            continue
-        if not fact.statement or text in fact.statement or fact.statement in text:
-            return True
-    return False
+    if fact.evidence:
+        return any(text in passage or passage in text for passage in fact.evidence)
+    if fact.answer.lower() not in text.lower():
+        return False
+    return not fact.statement or text in fact.statement or fact.statement in text
+
+
+def holds_fact(text: str, dialog: Dialog) -> bool:
+    """Whether a sentence holds any of the conversation's facts."""
+    return any(holds(text, fact) for fact in dialog.conversation.facts)
 
 
 class Gold(Policy):
@@ -253,8 +253,34 @@ class QuestionAttention(Policy):
 
     def scores(self, state: ConversationState, view: StepView) -> FloatArray:
         scores = np.zeros(len(state), np.float64)
-        keep = view.question_positions < len(state)
-        scores[view.question_positions[keep]] = view.question_attention[keep]
+        if view.asked is not None:
+            keep = view.asked.positions < len(state)
+            scores[view.asked.positions[keep]] = view.asked.summed[keep]
+        return scores
+
+
+class QuestionHeads(Policy):
+    """The newest message's attention in chosen heads (retrieval heads, SnapKV's observation
+    window): each head's row over the context divided by its own maximum over content, summed
+    over the heads; from the message's rows or the last row alone (`Rows`)."""
+
+    uses_question_attention = True
+
+    def __init__(self, name: str, heads: Sequence[tuple[int, int]], rows: Rows = "message",
+                 recent_share: float = 0.0) -> None:
+        self.name, self.heads, self.rows, self.recent_share = name, tuple(heads), rows, recent_share
+
+    def scores(self, state: ConversationState, view: StepView) -> FloatArray:
+        scores = np.zeros(len(state), np.float64)
+        if view.asked is None or not self.heads:
+            return scores
+        keep = view.asked.positions < len(state)
+        positions = view.asked.positions[keep]
+        content = _content(state)[positions]
+        values = view.asked.heads[self.rows][..., keep]
+        for layer, head in self.heads:
+            row = values[layer, head].astype(np.float64) * content
+            scores[positions] += row / max(float(row.max()), 1e-12)
         return scores
 
 

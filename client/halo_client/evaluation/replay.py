@@ -33,7 +33,7 @@ import numpy.typing as npt
 from halo_client.conversation.memory import Memory, MemorySettings, prune_keeping
 from halo_client.conversation.pruner import Pruner, PrunerSettings
 from halo_client.conversation.state import ConversationState
-from halo_client.evaluation.dialog import ANSWER_TOKENS, Dialog, Frame, TailStep, add_turn, frames_of
+from halo_client.evaluation.dialog import ANSWER_TOKENS, Asked, Dialog, Frame, TailStep, add_turn, asked_of, frames_of
 from halo_client.evaluation.model import InProcessModel, log_softmax
 from halo_client.evaluation.policies import Policy, StepView
 
@@ -51,7 +51,7 @@ class StepResult:
 
 #: measured steps by their pruned context: policies (and seeds) that keep the same sentences
 #: at a step cost nothing the second time
-Measured = dict[str, tuple[dict[str, float], list[Frame], tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]] | None]]
+Measured = dict[str, tuple[dict[str, float], list[Frame], Asked | None]]
 
 
 def budget_for(dialog: Dialog, fraction: float) -> int:
@@ -67,16 +67,15 @@ def replay(dialog: Dialog, model: InProcessModel, policy: Policy, fraction: floa
     budget = budget_for(dialog, fraction)
     pruner = Pruner(PrunerSettings(reduce=policy.reduce, recent_share=policy.recent_share))
     recaller = Memory(memory) if memory is not None and memory.enabled else None
-    nothing = (np.zeros(0, np.int64), np.zeros(0, np.float32))
-    asked: tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]] = nothing
+    asked: Asked | None = None
     results = []
     for k, step in enumerate(dialog.tail):
         add_turn(state, step.user)
         message = step.step.text
         if k == 0:  # the first message's attention over the whole history, from the play
-            asked = (np.arange(len(step.question_attention), dtype=np.int64), step.question_attention)
+            asked = step.asked
         recalls = recaller.recall(state, pruner, message) if recaller is not None else []
-        view = StepView(message, budget, *asked)
+        view = StepView(message, budget, asked)
         prune_keeping(pruner, state, budget, recalls, scores=policy.scores(state, view))
         kept = state.active_count
         wants_next = k + 1 < len(dialog.tail) and policy.uses_question_attention
@@ -86,17 +85,16 @@ def replay(dialog: Dialog, model: InProcessModel, policy: Policy, fraction: floa
         add_turn(state, step.reply)
         # as the chat does after a reply: back within the budget before the next message
         pruner.prune(state, budget, scores=policy.scores(state, view))
-        asked = following if following is not None else nothing
+        asked = following
         results.append(StepResult(k, step.step.kind, kept, budget, len(recalls), measures))
     return results
 
 
 def _measure(state: ConversationState, step: TailStep, following: TailStep | None, model: InProcessModel,
-             measured: Measured | None, index: int) -> tuple[
-        dict[str, float], list[Frame], tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]] | None]:
+             measured: Measured | None, index: int) -> tuple[dict[str, float], list[Frame], Asked | None]:
     """The step's reply teacher-forced through the pruned context: measures and frames. With
-    `following`, the next message is appended after the reply, so its attention over the
-    context it will arrive in (before the next prune) comes from the same pass."""
+    `following`, the next message and its reply's header are appended after the reply, so its
+    attention over the context it will arrive in (before the next prune) comes from the same pass."""
     positions = state.active_positions()
     key = hashlib.sha256(positions.tobytes() + bytes([index % 256, following is not None])).hexdigest()
     if measured is not None and key in measured:
@@ -106,7 +104,8 @@ def _measure(state: ConversationState, step: TailStep, following: TailStep | Non
     sequence = state.input_ids() + prefix + reply[:-1]
     extension: list[int] = []
     if following is not None:
-        extension = [reply[-1]] + [t for t, _ in step.reply.suffix + following.user.prefix + following.user.content]
+        extension = [reply[-1]] + [t for t, _ in step.reply.suffix + following.user.prefix + following.user.content
+                                   + following.user.suffix + following.reply.prefix]
     rows = len(reply)
     logits, attention = model.rows(sequence + extension, rows + len(extension), True)
     assert attention is not None
@@ -117,10 +116,13 @@ def _measure(state: ConversationState, step: TailStep, following: TailStep | Non
     frames = frames_of(attention[:, :, :rows], columns, template)
     question = None
     if following is not None:
-        content_rows = slice(rows + len(extension) - len(following.user.content), rows + len(extension))
-        values = attention[:, :, content_rows].mean(axis=(0, 1)).sum(axis=0).astype(np.float32)
+        after = len(following.user.suffix) + len(following.reply.prefix)  # rows after the message's content
+        end = rows + len(extension)
+        content_rows = slice(end - after - len(following.user.content), end - after)
+        # the columns the message's rows see, up to its own header (the last row's column)
         extended = np.r_[columns, base + len(prefix) + rows - 1 + np.arange(len(extension))]
-        question = (extended, values[: len(extended)])
+        question = asked_of(attention[:, :, rows:], extended, slice(content_rows.start - rows,
+                                                                    content_rows.stop - rows))
     found = measures(step, logprobs, reply)
     if step.step.kind == "question" and not found["recall"]:
         lead = state.input_ids() + prefix + reply[: step.answer[0]]
@@ -173,9 +175,22 @@ def measures(step: TailStep, logprobs: npt.NDArray[np.float64], reply: list[int]
 
 
 def summary_row(dialog: Dialog, policy: str, fraction: float, result: StepResult) -> dict[str, Any]:
-    return {"conversation": dialog.conversation.name, "split": dialog.conversation.split, "policy": policy,
-            "budget": fraction, "step": result.step, "kind": result.kind, "kept": result.kept,
-            "budget_tokens": result.budget, "recalled": result.recalled, **result.measures}
+    """One step's row. A question's measures are also filed under its wording ("recall (paraphrased)"),
+    and what memory brought back under the message's kind: for a question `recalled`, for a
+    fidelity probe, which asks for nothing, `false_recalls`."""
+    row = {"conversation": dialog.conversation.name, "split": dialog.conversation.split, "policy": policy,
+           "budget": fraction, "step": result.step, "kind": result.kind, "kept": result.kept,
+           "budget_tokens": result.budget, **result.measures}
+    fact = dialog.tail[result.step].step.fact
+    if result.kind == "question":
+        row["recalled"] = result.recalled
+        if fact is not None and fact.wording:
+            row["wording"] = fact.wording
+            for measure in ("recall", "answer_nll_increase", "full_recall"):
+                row[f"{measure} ({fact.wording})"] = result.measures[measure]
+    else:
+        row["false_recalls"] = result.recalled
+    return row
 
 
 __all__ = ["ANSWER_TOKENS", "Measured", "StepResult", "budget_for", "measures", "replay", "summary_row"]

@@ -13,15 +13,29 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from halo_client.errors import HaloError
-from halo_client.evaluation.stats import Estimate, bootstrap, paired_difference, ratio_of_means
-from halo_client.evaluation.summary import HIGHER_IS_BETTER, best, compare, per_conversation, summarize
+from halo_client.evaluation.sections import cost_section, goal_lines, study_section
+from halo_client.evaluation.stats import Estimate, bootstrap, paired_difference
+from halo_client.evaluation.stats import interval as cell
+from halo_client.evaluation.summary import (
+    DEFAULT_POLICY,
+    HIGHER_IS_BETTER,
+    MEMORY,
+    WORDINGS,
+    best,
+    compare,
+    per_conversation,
+    summarize,
+)
 
 PALETTE = ("#e6a100", "#3b82f6", "#10b981", "#ef4444", "#8b5cf6", "#6b7280", "#111827", "#ec4899")
-#: the product's default as the benchmark names it, and the policies the plot shows
-DEFAULT_POLICY = "default"
-PLOTTED = ("default", "default without memory", "brightness", "hybrid", "h2o", "tova", "streaming", "recency",
-           "recency + memory", "random", "self-information", "question-attention", "gold")
+__all__ = ["DEFAULT_POLICY", "ResultFileError", "markdown_table", "report_from_json", "save_rows", "svg_line_plot",
+           "svg_panels", "write_report"]
+#: the policies the plot shows
+PLOTTED = ("default", "default without memory", "brightness + BM25 memory", "recency + memory", "brightness",
+           "tova", "streaming", "recency", "random", "gold")
 
 
 def markdown_table(
@@ -140,29 +154,28 @@ MEASURE_NAMES = {"kl": "KL(full ‖ pruned)", "nll_increase": "NLL increase", "t
                  "recall": "recall", "answer_nll_increase": "answer NLL increase"}
 
 
-def cell(estimate: Estimate | None, digits: int = 3) -> str:
-    if estimate is None:
-        return ""
-    return f"{estimate.mean:.{digits}f} [{estimate.low:.{digits}f}, {estimate.high:.{digits}f}]"
-
-
 def _estimate(value: Estimate | dict[str, float] | None) -> Estimate | None:
     if value is None or isinstance(value, Estimate):
         return value
     return Estimate(value["mean"], value["low"], value["high"], int(value["n"]))
 
 
-def policy_table(table: Sequence[Mapping[str, Any]], budget: float) -> str:
+#: the columns of a set's table per budget: (measure, header)
+COLUMNS = (("kl", "KL (full ‖ pruned)"), ("top1", "top-1 agreement"), ("recall (literal)", "recall, literal"),
+           ("recall (paraphrased)", "recall, paraphrased"), ("answer_nll_increase", "answer NLL increase"))
+
+
+def policy_table(table: Sequence[Mapping[str, Any]], budget: float, with_memory: set[str]) -> str:
+    """A set's table at one budget; recall counts only for the policies that run memory."""
     rows = [t for t in table if t["budget"] == budget]
-    head = ("| Policy | KL (full ‖ pruned) | NLL increase | top-1 agreement | recall | answer NLL increase "
-            "| recalled per message |")
-    lines = [head, "|---|---|---|---|---|---|---|"]
+    columns = [(m, h) for m, h in COLUMNS if any(m in t for t in rows)]
+    head = "| Policy | " + " | ".join(h for _m, h in columns) + " | recalled per question | false recalls per probe |"
+    lines = [head, "|---|" + "---|" * (len(columns) + 2)]
     for t in rows:
-        recalled = _estimate(t.get("recalled"))
+        memory = [_estimate(t.get(m)) for m in MEMORY]
         lines.append("| " + " | ".join([
-            str(t["policy"]), *(cell(_estimate(t.get(m))) for m in ("kl", "nll_increase", "top1", "recall",
-                                                                     "answer_nll_increase")),
-            f"{recalled.mean:.2f}" if recalled is not None and recalled.mean else "",
+            str(t["policy"]), *(cell(_estimate(t.get(m))) for m, _h in columns),
+            *(f"{e.mean:.2f}" if e is not None and t["policy"] in with_memory else "" for e in memory),
         ]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -171,7 +184,7 @@ def comparison_lines(rows: Sequence[dict[str, Any]], policy: str, budget: float,
     """How `policy` does against every other policy at `budget`: paired differences whose
     interval excludes 0 are wins or losses, the rest are ties."""
     out = []
-    for measure in ("kl", "top1", "recall"):
+    for measure in ("kl", "recall (literal)", "recall (paraphrased)", "answer_nll_increase"):
         wins: list[str] = []
         losses: list[str] = []
         ties: list[str] = []
@@ -184,50 +197,38 @@ def comparison_lines(rows: Sequence[dict[str, Any]], policy: str, budget: float,
             better = diff.high < 0 if not HIGHER_IS_BETTER[measure] else diff.low > 0
             worse = diff.low > 0 if not HIGHER_IS_BETTER[measure] else diff.high < 0
             (wins if better else losses if worse else ties).append(other)
-        out.append(f"- {MEASURE_NAMES[measure]} at {budget:.0%}: better than {', '.join(wins) or 'none'}; "
+        out.append(f"- {MEASURE_NAMES.get(measure, measure)} at {budget:.0%}: better than {', '.join(wins) or 'none'}; "
                    f"worse than {', '.join(losses) or 'none'}; not separable from {', '.join(ties) or 'none'}.")
     return out
 
 
-#: not baselines for the goal "the default beats every baseline": the default without one of its
-#: parts, and the upper bound
-NOT_BASELINES = ("default without memory", "gold")
+def full_context_line(rows: Sequence[dict[str, Any]], resamples: int) -> str:
+    """The model with nothing pruned: the share of questions it answers, overall and per wording."""
+    parts = []
+    for key, label in (("full_recall", "all"), *((f"full_recall ({w})", w) for w in WORDINGS)):
+        per: dict[tuple[str, int], float] = {}
+        for r in rows:
+            if key in r:  # the same for every policy and budget
+                per[(r["conversation"], r["step"])] = float(r[key])
+        if not per:
+            continue
+        by_conversation: dict[str, list[float]] = {}
+        for (conv, _step), value in per.items():
+            by_conversation.setdefault(conv, []).append(value)
+        e = bootstrap([float(np.mean(v)) for v in by_conversation.values()], resamples=resamples)
+        parts.append(f"{label} {cell(e)} ({int(sum(per.values()))} of {len(per)})")
+    return "Full-context recall (the model with nothing pruned): " + ("; ".join(parts) or "no questions") + "."
 
 
-def goal_lines(rows: Sequence[dict[str, Any]], table: Sequence[dict[str, Any]], budgets: Sequence[float],
-               resamples: int) -> list[str]:
-    """The goals the default is held to, checked: the default rule (best KL at 50 %, or not significantly worse),
-    non-overlapping intervals against every baseline, and memory's recall at the lowest budget."""
+def memory_cost_lines(rows: Sequence[dict[str, Any]], budgets: Sequence[float], resamples: int) -> list[str]:
+    """What memory costs the replies to messages that ask for nothing: the default's KL on the
+    fidelity probes less the same without memory, paired."""
     out = []
-    middle = min(budgets, key=lambda b: abs(b - 0.5))
-    lowest = best(table, middle, "kl")
-    if lowest is None:
-        out.append(f"- Default rule (lowest KL at {middle:.0%}): no KL measured (no fidelity probes).")
-    else:
-        diff = paired_difference(per_conversation(rows, DEFAULT_POLICY, middle, "kl"),
-                                 per_conversation(rows, lowest, middle, "kl"), resamples=resamples)
-        verdict = ("it is the best" if lowest == DEFAULT_POLICY else
-                   "not significantly worse" if diff.low <= 0 else "significantly worse: the rule is not met")
-        out.append(f"- Default rule (lowest KL at {middle:.0%}, or not significantly worse): the lowest is "
-                   f"{lowest}; default minus it {cell(diff)}: {verdict}.")
     for budget in budgets:
-        mine = {t["policy"]: t for t in table if t["budget"] == budget}
-        for measure in ("kl", "recall"):
-            own = mine[DEFAULT_POLICY].get(measure)
-            if own is None:
-                out.append(f"- {MEASURE_NAMES[measure]} at {budget:.0%}: not measured.")
-                continue
-            sign = 1 if HIGHER_IS_BETTER[measure] else -1
-            clear = [p for p, t in mine.items() if p != DEFAULT_POLICY and p not in NOT_BASELINES and measure in t
-                     and not own.overlaps(t[measure]) and sign * (own.mean - t[measure].mean) > 0]
-            rest = [p for p in mine if p not in (DEFAULT_POLICY, *NOT_BASELINES, *clear)]
-            out.append(f"- {MEASURE_NAMES[measure]} at {budget:.0%}: the default's interval is clear of, and better "
-                       f"than, {len(clear)} of {len(clear) + len(rest)} baselines; not of {', '.join(rest) or 'none'}.")
-    low = min(budgets)
-    ratio = ratio_of_means(per_conversation(rows, DEFAULT_POLICY, low, "recall"),
-                           per_conversation(rows, DEFAULT_POLICY, low, "full_recall"), resamples=resamples)
-    out.append(f"- Memory: the default's recall at {low:.0%} over the later questions is {cell(ratio)} of the "
-               f"full-context recall (goal: at least 0.8).")
+        diff = paired_difference(per_conversation(rows, DEFAULT_POLICY, budget, "kl"),
+                                 per_conversation(rows, "default without memory", budget, "kl"), resamples=resamples)
+        if diff.n:
+            out.append(f"- at {budget:.0%}: KL with memory less without, on the fidelity probes: {cell(diff)}")
     return out
 
 
@@ -253,70 +254,84 @@ def save_rows(result: Mapping[str, Any], out_dir: Path) -> None:
     (out_dir / "pruning.json").write_text(json.dumps(dict(result), indent=1))
 
 
+def _set_name(name: str, config: Mapping[str, Any]) -> str:
+    return {"generated": f"Generated conversations, held out ({config.get('report', 0)})",
+            "yours": f"Your conversations ({config.get('report', 0)})",
+            "handwritten": f"Written by hand, held out ({config.get('handwritten', 0)})"}.get(name, name)
+
+
+def _points(table: Sequence[Mapping[str, Any]], measure: str, name: str) -> list[Point]:
+    return [(t["budget"], t[measure].mean, t[measure].low, t[measure].high) for t in table
+            if t["policy"] == name and measure in t]
+
+
 def write_report(result: Mapping[str, Any], out_dir: Path, resamples: int = 2000) -> list[dict[str, Any]]:
     """pruning.md, pruning.json and pruning.svg from a benchmark result; returns the summary."""
     rows = result["rows"]
-    table = summarize(rows, resamples)
-    budgets = sorted({t["budget"] for t in table})
-    out_dir.mkdir(parents=True, exist_ok=True)
     config = result["config"]
-    questions = [r for r in rows if r["kind"] == "question"]
-    full = {}
-    for r in questions:  # the full-context recall is the same for every policy and budget
-        full[(r["conversation"], r["step"])] = r["full_recall"]
-    full_by_conversation: dict[str, list[float]] = {}
-    for (conv, _step), value in full.items():
-        full_by_conversation.setdefault(conv, []).append(value)
-    full_recall = bootstrap([float(sum(v) / len(v)) for v in full_by_conversation.values()], resamples=resamples)
+    tuned = result["tuned"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sets = list(dict.fromkeys(r.get("set", "generated") for r in rows))
+    with_memory = {p for p in dict.fromkeys(r["policy"] for r in rows)
+                   if ("memory" in p and "without" not in p) or p == DEFAULT_POLICY}
     if config.get("own"):
         shape = "your own (their last user message the fidelity probe, then their questions)"
     else:
         shape = (f"{config['min_tokens']}-{config['max_tokens']} tokens of history; later messages "
-                 f"`{config['tail']}`: F a fidelity probe, Q a question")
+                 f"`{config['tail']}`: F a fidelity probe, Q a question in the fact's words, P in other words")
+    memory = tuned.get("memory", {})
     lines = [
         f"# Pruning benchmark ({result['model']})",
         "",
-        f"Held-out conversations: {config['report']} ({shape}), {len(full)} questions per budget; "
-        f"{config['tune']} tuning conversations. Each cell: the mean over conversations [bootstrap 95 % interval].",
+        f"Conversations: {config['report']} held out ({shape}); {config.get('handwritten', 0)} written by hand, "
+        f"held out; {config['tune']} for tuning. Each cell: the mean over conversations [bootstrap 95 % interval].",
         "",
-        f"Full-context recall (the model with nothing pruned): {cell(full_recall)} "
-        f"({int(sum(full.values()))} of {len(full)} questions).",
-        "",
-        f"Tuned on the tuning split: hybrid weight {result['tuned']['hybrid_weight']}, memory "
-        f"{json.dumps(result['tuned']['memory'])}. Run: {result['seconds'] / 60:.1f} minutes, "
+        f"Tuned on the tuning split: memory {json.dumps(memory)}; the default's pruning score "
+        f"**{tuned.get('score', 'brightness')}** (with the recent window); attention heads (layer, head) "
+        f"{json.dumps(tuned.get('heads', {}))}. Run: {result['seconds'] / 60:.1f} minutes, "
         f"{result['tokens_computed']:,} tokens through the model.",
         "",
     ]
-    for budget in budgets:
-        lines += [f"## Budget {budget:.0%}", "", policy_table(table, budget)]
-    if any(t["policy"] == DEFAULT_POLICY for t in table):  # (--policy may leave it out)
-        lines += ["## The default against every other policy (paired by conversation)", ""]
+    table: list[dict[str, Any]] = []
+    tables: dict[str, list[dict[str, Any]]] = {}
+    for set_name in sets:
+        mine = [r for r in rows if r.get("set", "generated") == set_name]
+        tables[set_name] = summarize(mine, resamples)
+        table += [{**t, "set": set_name} for t in tables[set_name]]
+        budgets = sorted({t["budget"] for t in tables[set_name]})
+        lines += [f"## {_set_name(set_name, config)}", "", full_context_line(mine, resamples), ""]
         for budget in budgets:
-            lines += comparison_lines(rows, DEFAULT_POLICY, budget, resamples)
-            lines.append(f"- lowest KL at {budget:.0%}: {best(table, budget, 'kl') or 'none measured'}; best "
-                         f"recall: {best(table, budget, 'recall') or 'none measured'}.")
-        lines += ["", "## What the default is held to", "", *goal_lines(rows, table, budgets, resamples), ""]
+            lines += [f"### Budget {budget:.0%}", "", policy_table(tables[set_name], budget, with_memory)]
+        if any(t["policy"] == DEFAULT_POLICY for t in tables[set_name]):  # (--policy may leave it out)
+            lines += ["### The default against every other policy (paired by conversation)", ""]
+            for budget in budgets:
+                lines += comparison_lines(mine, DEFAULT_POLICY, budget, resamples)
+                lines.append(f"- lowest KL at {budget:.0%}: {best(tables[set_name], budget, 'kl') or 'none measured'};"
+                             f" best recall: {best(tables[set_name], budget, 'recall') or 'none measured'}.")
+            cost = memory_cost_lines(mine, budgets, resamples)
+            if cost:
+                lines += ["", "Memory's cost to the replies of messages that ask for nothing:", *cost]
+            lines.append("")
+    if result.get("study"):
+        lines += study_section(result["study"], resamples)
+    if result.get("costs"):
+        lines += cost_section(result["costs"])
+    if any(t["policy"] == DEFAULT_POLICY for t in table):
+        lines += ["## What the default is held to", "", *goal_lines(rows, tables, result, resamples), ""]
     _write_results(out_dir / "pruning.md", "\n".join(lines))
 
-    def points(measure: str, name: str) -> list[Point]:
-        pts: list[Point] = []
-        for t in table:
-            if t["policy"] == name and measure in t:
-                e = t[measure]
-                pts.append((t["budget"], e.mean, e.low, e.high))
-        return pts
-
-    shown = [p for p in PLOTTED if any(t["policy"] == p for t in table)]
+    main = tables.get(sets[0], []) if sets else []
+    shown = [p for p in PLOTTED if any(t["policy"] == p for t in main)]
     panels = [(title, "budget (share of the conversation kept)", label, series) for title, label, series in (
-        ("Behaviour: KL(full ‖ pruned) per token", "KL (nats)", {name: points("kl", name) for name in shown}),
-        ("Recall of early facts, later questions", "recall", {name: points("recall", name) for name in shown}))
+        ("Behaviour: KL(full ‖ pruned) per token", "KL (nats)", {n: _points(main, "kl", n) for n in shown}),
+        ("Recall, questions in the fact's words", "recall", {n: _points(main, "recall (literal)", n) for n in shown}),
+        ("Recall, questions in other words", "recall", {n: _points(main, "recall (paraphrased)", n) for n in shown}))
         if any(series.values())]  # a measure nobody has gets no panel
     if panels:
         (out_dir / "pruning.svg").write_text(svg_panels(panels))
     serial = [{k: (v.__dict__ if isinstance(v, Estimate) else v) for k, v in t.items()} for t in table]
     (out_dir / "pruning.json").write_text(json.dumps({**{k: v for k, v in result.items() if k != "rows"},
-                                                     "full_recall": full_recall.__dict__, "table": serial,
-                                                     "rows": rows}, indent=1))
+                                                     "table": serial, "rows": rows}, indent=1))
     return table
 
 

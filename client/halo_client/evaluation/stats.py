@@ -62,3 +62,10 @@ def ratio_of_means(a: Mapping[str, float], b: Mapping[str, float], *, resamples:
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(ratios, [tail, 100 - tail])
     return Estimate(float(x.mean() / y.mean()), float(low), float(high), len(shared))
+
+
+def interval(estimate: Estimate | None, digits: int = 3) -> str:
+    """`mean [low, high]`, or nothing for no estimate."""
+    if estimate is None:
+        return ""
+    return f"{estimate.mean:.{digits}f} [{estimate.low:.{digits}f}, {estimate.high:.{digits}f}]"

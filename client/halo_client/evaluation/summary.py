@@ -11,10 +11,17 @@ import numpy as np
 
 from halo_client.evaluation.stats import Estimate, bootstrap, paired_difference
 
+#: the product's default as the benchmark names it
+DEFAULT_POLICY = "default"
 FIDELITY = ("kl", "nll_increase", "top1")
-RECALL = ("recall", "answer_nll_increase")
+WORDINGS = ("literal", "paraphrased")
+RECALL = ("recall", "answer_nll_increase", *(f"{m} ({w})" for m in ("recall", "answer_nll_increase")
+                                             for w in WORDINGS))
+#: what memory brought back: per question, and per fidelity probe (which asks for nothing)
+MEMORY = ("recalled", "false_recalls")
 #: which way is better, per measure
-HIGHER_IS_BETTER = {"kl": False, "nll_increase": False, "top1": True, "recall": True, "answer_nll_increase": False}
+HIGHER_IS_BETTER = {"kl": False, "nll_increase": False, "top1": True, **{
+    m: not m.startswith("answer_nll_increase") for m in RECALL}}
 
 
 def per_conversation(rows: Sequence[dict[str, Any]], policy: str, budget: float, measure: str) -> dict[str, float]:
@@ -32,7 +39,8 @@ def summarize(rows: Sequence[dict[str, Any]], resamples: int = 2000) -> list[dic
     for budget in sorted({r["budget"] for r in rows}):
         for policy in dict.fromkeys(r["policy"] for r in rows):
             entry: dict[str, Any] = {"budget": budget, "policy": policy}
-            for measure in (*FIDELITY, *RECALL, "full_recall", "recalled", "kept"):
+            for measure in (*FIDELITY, *RECALL, *MEMORY, "full_recall", *(f"full_recall ({w})" for w in WORDINGS),
+                            "kept"):
                 values = per_conversation(rows, policy, budget, measure)
                 if values:
                     entry[measure] = bootstrap(list(values.values()), resamples=resamples)

@@ -32,9 +32,9 @@ from halo_client.conversation.memory.fusion import reciprocal_rank_fusion
 from halo_client.conversation.memory.lexical import WordIndex
 from halo_client.conversation.memory.semantic import Embedder, MeaningIndex
 from halo_client.conversation.memory.settings import MemorySettings, Scorer
-from halo_client.conversation.pruner import PruneEvent, Pruner, PruneResult
+from halo_client.conversation.pruner import PrunedSpans, PruneEvent, Pruner, PruneResult
 from halo_client.conversation.state import ConversationState
-from halo_client.errors import HaloError
+from halo_client.errors import HaloError, joined
 
 
 @dataclass(frozen=True)
@@ -80,11 +80,33 @@ class Recall:
         return self.match.why
 
 
-def default_embedder() -> Embedder:
-    """all-MiniLM-L6-v2 (`halo_client.embedding`), fetched on first use."""
+def decide(settings: MemorySettings, relevance: npt.NDArray[np.float64],
+           similarity: npt.NDArray[np.float64] | None) -> tuple[
+        npt.NDArray[np.int64], npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    """Which archived sentences come back, best first (at most `max_recalled`), from their BM25
+    relevance and similarity (None: matching words only); and which may by meaning, by words."""
+    n = len(relevance)
+    by_words = (relevance > 0) & (relevance >= settings.min_relevance)
+    if settings.scorer == "words" or similarity is None:
+        by_meaning = np.zeros(n, bool)
+        order = relevance
+    elif settings.scorer == "meaning":
+        by_meaning = similarity >= settings.min_similarity
+        by_words = np.zeros(n, bool)
+        order = similarity
+    else:
+        by_meaning = similarity >= settings.min_similarity
+        by_words &= similarity >= settings.min_similarity_with_words
+        order = reciprocal_rank_fusion([relevance, similarity], [relevance > 0, np.ones(n, bool)])
+    chosen = np.flatnonzero(by_meaning | by_words)
+    return chosen[np.argsort(-order[chosen], kind="stable")][: settings.max_recalled], by_meaning, by_words
+
+
+def default_embedder(progress: Callable[[str], None] | None = None) -> Embedder:
+    """all-MiniLM-L6-v2 (`halo_client.embedding`), fetched on first use (`progress`: its lines)."""
     from halo_client.embedding import load_embedder
 
-    return load_embedder(progress=lambda _line: None)
+    return load_embedder(progress=progress or (lambda _line: None))
 
 
 class Memory:
@@ -99,58 +121,76 @@ class Memory:
         self._load_embedder = load_embedder
         #: set when memory could not do what its settings ask (the embedder could not be loaded)
         self.notice: str | None = None
+        #: archived units' texts by (first position, size): read from the state once
+        self._texts: dict[tuple[int, int], str] = {}
 
     @property
     def scorer(self) -> Scorer:
         """The scorer in use: the settings', or `words` when the embedder could not be loaded."""
         return "words" if self.notice is not None else self.settings.scorer
 
-    def _meaning(self) -> MeaningIndex | None:
+    def prepare(self, progress: Callable[[str], None] | None = None) -> str | None:
+        """Load the embedder now (fetching it on first use, `progress` telling how that goes)
+        rather than at the first recall, mid-reply; the notice when memory must match words only."""
+        if self.settings.enabled and self.settings.scorer != "words":
+            self._meaning(progress)
+        return self.notice
+
+    def _meaning(self, progress: Callable[[str], None] | None = None) -> MeaningIndex | None:
         if self.meaning is None and self.notice is None:
             try:
-                self.meaning = MeaningIndex((self._load_embedder or default_embedder)())
+                embedder = self._load_embedder() if self._load_embedder is not None else default_embedder(progress)
+                self.meaning = MeaningIndex(embedder)
             except HaloError as exc:
-                self.notice = f"memory matches words only: {exc.message}"
+                self.notice = f"memory matches words only: {joined(exc.message, exc.hint)}"
         return self.meaning
 
-    def archive(self, state: ConversationState, pruner: Pruner) -> list[PruneEvent]:
-        """The pruned sentences with text in them (not a message's template alone)."""
-        template = state.column("template")
-        return [e for e in pruner.pruned_units(state)
-                if e.text.strip() and not template[np.asarray(e.positions, np.int64)].all()]
+    def archive(self, state: ConversationState, pruner: Pruner) -> tuple[PrunedSpans, list[int], list[str]]:
+        """The pruned units with text in them (not a message's template alone): the spans, the
+        indices of those with text, and their texts (whitespace made single). A unit's text never
+        changes, so it is read from the state once."""
+        spans = pruner.pruned_spans(state)
+        if not len(spans):
+            return spans, [], []
+        template = state.column("template")[spans.positions]
+        all_template = np.minimum.reduceat(template, spans.starts).astype(bool)
+        keys = np.stack([spans.positions[spans.starts], np.r_[spans.starts[1:], spans.positions.size]
+                         - spans.starts], axis=1).tolist()
+        texts: dict[tuple[int, int], str] = {}
+        kept: list[int] = []
+        out: list[str] = []
+        for i, (first, size) in enumerate(keys):
+            if all_template[i]:
+                continue
+            key = (first, size)
+            text = self._texts.get(key)
+            if text is None:
+                text = " ".join(state.text(spans.unit(i)).split())
+            texts[key] = text
+            if text:
+                kept.append(i)
+                out.append(text)
+        self._texts = texts
+        return spans, kept, out
 
     def candidates(self, state: ConversationState, pruner: Pruner, query: str) -> list[Match]:
         """The archived sentences `query` may bring back, best first, at most `max_recalled`."""
         s = self.settings
         if not s.enabled or s.max_recalled == 0:
             return []
-        archived = self.archive(state, pruner)
-        if not archived or not query.strip():
+        spans, units, texts = self.archive(state, pruner)
+        if not texts or not query.strip():
             return []
-        texts = [" ".join(e.text.split()) for e in archived]
         self.words.sync(texts)
         relevance = self.words.scores(texts, query)
-        by_words = (relevance > 0) & (relevance >= s.min_relevance)
         similarity: npt.NDArray[np.float64] | None = None
         meaning = self._meaning() if s.scorer != "words" else None
         if meaning is not None:
-            meaning.forget_except(texts)
             similarity = meaning.similarities(texts, query)
-        scorer = self.scorer
-        if scorer == "words" or similarity is None:
-            by_meaning = np.zeros(len(texts), bool)
-            order_score = relevance
-        elif scorer == "meaning":
-            by_meaning = similarity >= s.min_similarity
-            by_words = np.zeros(len(texts), bool)
-            order_score = similarity
-        else:
-            by_meaning = similarity >= s.min_similarity
-            by_words &= similarity >= s.min_similarity_with_words
-            order_score = reciprocal_rank_fusion([relevance, similarity], [relevance > 0, np.ones(len(texts), bool)])
-        chosen = np.flatnonzero(by_meaning | by_words)
-        chosen = chosen[np.argsort(-order_score[chosen], kind="stable")][: s.max_recalled]
-        return [Match(archived[i], tuple(n for n, hit in (("meaning", by_meaning[i]), ("words", by_words[i])) if hit),
+        chosen, by_meaning, by_words = decide(s if meaning is not None else s.model_copy(update={"scorer": "words"}),
+                                              relevance, similarity)
+        return [Match(pruner.pruned_event(state, spans, units[i]),
+                      tuple(n for n, hit in (("meaning", by_meaning[i]), ("words", by_words[i])) if hit),
                       float(relevance[i]), None if similarity is None else float(similarity[i]),
                       tuple(self.words.matched_words(texts[i], query)) if relevance[i] > 0 else ())
                 for i in chosen.tolist()]

@@ -2,7 +2,8 @@
 
 The embedder is anything with `embed(texts) -> [n, d]` unit vectors (`halo_client.embedding`'s
 all-MiniLM-L6-v2 in the product, a small stand-in in tests). `MeaningIndex` keeps the vector of
-every text it has seen, so a query embeds only itself and what was archived since the last one.
+every text it has seen (a restored sentence keeps its row: it may be pruned again), so a query
+embeds only itself and what was archived since the last one.
 """
 
 from __future__ import annotations
@@ -21,29 +22,35 @@ class Embedder(Protocol):
 
 
 class MeaningIndex:
+    """Every text's vector, kept once: rows of one matrix, so a query is one product over it."""
+
     def __init__(self, embedder: Embedder) -> None:
         self.embedder = embedder
-        self.vectors: dict[str, F32] = {}
+        self.rows: dict[str, int] = {}
+        self.matrix: F32 = np.zeros((0, 0), np.float32)
 
-    def _vectors(self, texts: Sequence[str]) -> F32:
-        new = list(dict.fromkeys(t for t in texts if t not in self.vectors))
+    def add(self, texts: Sequence[str]) -> npt.NDArray[np.int64]:
+        """Embed the texts not seen before; every text's row."""
+        new = list(dict.fromkeys(t for t in texts if t not in self.rows))
         if new:
-            for text, vector in zip(new, self.embedder.embed(new), strict=True):
-                self.vectors[text] = vector
-        return np.stack([self.vectors[t] for t in texts]) if texts else np.zeros((0, 0), np.float32)
-
-    def forget_except(self, texts: Sequence[str]) -> None:
-        """Drop the vectors of texts no longer archived (a restored sentence is embedded again
-        only if it is pruned again)."""
-        keep = set(texts)
-        for text in [t for t in self.vectors if t not in keep]:
-            del self.vectors[text]
+            vectors = self.embedder.embed(new)
+            if not self.rows:
+                self.matrix = np.zeros((max(64, len(new)), vectors.shape[1]), np.float32)
+            need = len(self.rows) + len(new)
+            if need > self.matrix.shape[0]:  # room to grow, doubling: archiving stays amortized O(1)
+                grown = np.zeros((max(need, 2 * self.matrix.shape[0]), self.matrix.shape[1]), np.float32)
+                grown[: len(self.rows)] = self.matrix[: len(self.rows)]
+                self.matrix = grown
+            for text, vector in zip(new, vectors, strict=True):
+                self.matrix[len(self.rows)] = vector
+                self.rows[text] = len(self.rows)
+        return np.fromiter((self.rows[t] for t in texts), np.int64, len(texts))
 
     def similarities(self, texts: Sequence[str], query: str) -> npt.NDArray[np.float64]:
         """Cosine similarity of each of `texts` to `query` (-1 to 1)."""
         if not texts or not query.strip():
             return np.zeros(len(texts), np.float64)
-        archive = self._vectors(texts)
+        rows = self.add(texts)
         asked = self.embedder.embed([query])[0]
-        out: npt.NDArray[np.float64] = (archive @ asked).astype(np.float64)
+        out: npt.NDArray[np.float64] = (self.matrix[: len(self.rows)] @ asked)[rows].astype(np.float64)
         return out

@@ -1,0 +1,90 @@
+"""The recall study: archives, the recall pass, choosing heads and memory's settings on tuning data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from halo_client.conversation.memory import MemorySettings
+from halo_client.evaluation.conversations import make_conversation
+from halo_client.evaluation.dialog import play
+from halo_client.evaluation.model import InProcessModel
+from halo_client.evaluation.retrieval import (
+    Archive,
+    Query,
+    archive_of,
+    attention_pass,
+    choose_heads,
+    choose_memory,
+    match_scores,
+    outcome,
+    retriever_scores,
+    study_rows,
+)
+from halo_client.reference import ReferenceBackend
+from halo_client.testing.embedder import WordHashEmbedder
+
+
+def query(kind: str, gold: list[bool], attention: np.ndarray | None = None) -> Query:
+    q = Query(0, kind, "paraphrased" if kind == "question" else "", "q", np.asarray(gold))
+    if attention is not None:
+        q.attention = {"message": attention, "last": attention}
+    return q
+
+
+def test_the_heads_chosen_are_those_whose_top_sentence_is_the_fact() -> None:
+    rng = np.random.default_rng(0)
+    archives = []
+    for i in range(10):
+        gold = i % 5
+        attention = (0.5 * rng.random((3, 4, 5))).astype(np.float32)
+        attention[2, 1, gold] = 5.0  # layer 2, head 1 always finds it
+        attention[0, 3, gold if i % 2 == 0 else (gold + 1) % 5] = 4.0  # layer 0, head 3 half the time
+        archives.append(Archive("c", "tune", ["a", "b", "c", "d", "e"],
+                                [query("question", [k == gold for k in range(5)], attention)]))
+    assert choose_heads(archives, "message", 2) == [(2, 1), (0, 3)]
+    assert choose_heads([], "last", 3) == []
+
+
+def test_memory_is_tuned_with_false_recalls_counted() -> None:
+    """A fidelity probe that would recall anything counts against a setting as much as a question
+    it answers counts for it."""
+    texts = ["My locker code is 4821.", "The weather is grey.", "I like tea."]
+    fact = query("question", [True, False, False])
+    probe = query("fidelity", [False, False, False])
+    fact.relevance, fact.similarity = np.array([0.0, 0.0, 0.0]), np.array([0.55, 0.1, 0.2])
+    probe.relevance, probe.similarity = np.array([0.0, 1.5, 0.0]), np.array([0.1, 0.45, 0.3])
+    archive = Archive("c", "tune", texts, [fact, probe])
+    assert outcome(MemorySettings(scorer="meaning", min_similarity=0.4), fact) == (1, 1)
+    assert outcome(MemorySettings(scorer="meaning", min_similarity=0.4), probe) == (0, 1)
+    grid = [MemorySettings(scorer="words"), MemorySettings(scorer="meaning", min_similarity=0.4),
+            MemorySettings(scorer="meaning", min_similarity=0.5)]
+    chosen, score = choose_memory([archive], grid)
+    assert chosen == grid[2] and score == pytest.approx(0.5)  # the fact, and nothing for the probe
+
+
+def test_archives_and_the_recall_pass_on_a_real_model(tiny_path: Path) -> None:
+    model = InProcessModel(ReferenceBackend(tiny_path, n_ctx=4096))
+    conv = make_conversation(5, count_tokens=lambda t: len(model.backend.tokenize(t, False)), min_tokens=400,
+                             max_tokens=500, reply_tokens=6, tail="FQP")
+    archive = archive_of(play(conv, model, reply_tokens=6, probe_tokens=8))
+    assert [q.kind for q in archive.queries] == ["fidelity", "question", "question"]
+    assert [q.wording for q in archive.queries] == ["", "literal", "paraphrased"]
+    assert all(q.gold.sum() == 1 for q in archive.queries[1:]) and not archive.queries[0].gold.any()
+    attention_pass(model, archive)
+    layers, heads = model.info.num_layers, model.info.num_attention_heads
+    for q in archive.queries:
+        assert q.attention["message"].shape == q.attention["last"].shape == (layers, heads, len(archive.texts))
+        assert q.tokens > 0
+    assert archive.note_tokens > len(archive.texts)  # every sentence is a note, on a line of its own
+    match_scores(archive, WordHashEmbedder())
+    literal = archive.queries[1]
+    assert literal.relevance[literal.gold].max() > 0  # the fact's own words
+    scores = retriever_scores(literal, {"message": [(0, 0)], "last": [(1, 1)]})
+    assert set(scores) == {"words", "meaning", "hybrid", "attention (message rows)", "attention (last row)",
+                           "hybrid + attention"}
+    rows = study_rows(archive, "tuning", {"message": [(0, 0)]}, {"default": MemorySettings(scorer="hybrid")})
+    assert {r["kind"] for r in rows if "memory" in r} == {"fidelity", "question"}
+    assert all(int(str(r["recalled"])) >= int(str(r["hits"])) for r in rows if "memory" in r)
