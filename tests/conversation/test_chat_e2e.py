@@ -42,13 +42,14 @@ async def test_twenty_turns_under_budget(tmp_path: Path) -> None:
             assert chat.state.active_count <= budget or reply.pruned_after.over_budget
             pruned += len(reply.pruned_before.events) + len(reply.pruned_after.events)
         assert pruned > 0
-        # whatever memory brought back shares words with the message that asked
+        # whatever memory brought back came back for a reason it states: near in meaning (by the
+        # settings' threshold), or sharing the message's words
         for text, r in recalled:
-            assert r.relevance > 0 and r.query == text
-            def words(t: str) -> set[str]:
-                return {w.lower().strip(".?!,") for w in t.split()}
-
-            assert words(text) & words(r.event.text)
+            assert r.query == text and r.why
+            if "meaning" in r.match.by:
+                assert r.match.similarity is not None and r.match.similarity >= chat.memory.settings.min_similarity
+            else:
+                assert r.relevance > 0 and r.match.words
         assert len(backend.received) == len(MESSAGES)  # every request passed the strict ChatML check
         assert max(len(r) for r in backend.received) <= budget + 5 + 60
         path = tmp_path / "chat.json"

@@ -72,6 +72,11 @@ Heads = dict[Rows, list[tuple[int, int]]]
 WORDS_MEMORY = MemorySettings(scorer="words", max_recalled=1, min_relevance=0.0)
 #: heads attention votes with, per `Rows` (chosen on the tuning split's recall study)
 HEAD_COUNT = 5
+#: the policies measured on the hand-written set (unless `--policy` says): the default, its parts,
+#: the candidates with the same memory, and the baselines its goals name
+HANDWRITTEN_POLICIES = (DEFAULT_POLICY, "default without memory", "brightness + BM25 memory", "brightness + memory",
+                        "brightness (per frame) + memory", "question heads + memory",
+                        "question heads (last row) + memory", "recency + memory", "recency", "streaming", "gold")
 
 
 @dataclass
@@ -121,7 +126,7 @@ class BenchmarkConfig:
     conversations: list[Conversation] | None = None
     #: conversations written by people, held out and reported apart (never tuned on)
     handwritten: list[Conversation] | None = None
-    #: only these policies (None: all)
+    #: only these policies (None: all; the hand-written set: `HANDWRITTEN_POLICIES`)
     policies: tuple[str, ...] | None = None
     #: processes measuring conversations side by side (a reference backend only; 1: this process)
     workers: int = 1
@@ -352,7 +357,9 @@ def run(backend: ModelBackend, config: BenchmarkConfig, out_dir: Path, progress:
         memories = {"default": tuned.memory, "BM25": WORDS_MEMORY}
         for archive in archives:
             study += study_rows(archive, "tuning", tuned.heads, memories)
-        for result in runner.map([_Task(c, "measure", tuned, names, set_name) for c, set_name in held_out]):
+        handwritten = tuple(n for n in names if config.policies is not None or n in HANDWRITTEN_POLICIES)
+        for result in runner.map([_Task(c, "measure", tuned, handwritten if set_name == "handwritten" else names,
+                                        set_name) for c, set_name in held_out]):
             done += 1
             computed += result.computed
             rows += result.rows

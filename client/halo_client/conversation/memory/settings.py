@@ -13,17 +13,22 @@ Scorer = Literal["words", "meaning", "hybrid"]
 
 
 class MemorySettings(BaseModel):
+    """The defaults are the pruning benchmark's choice on its tuning split (docs/pruning.md): among
+    the three scorers, their thresholds and one or two sentences, the most sentences holding the
+    fact a question asks for, less every other sentence brought back (for a question, or for a
+    message that asks for nothing)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = True
-    scorer: Scorer = "words"
+    scorer: Scorer = "meaning"
     #: sentences restored per message at most
     max_recalled: int = Field(1, ge=0)
     #: BM25 relevance a sentence needs to come back by its words (FTS5's bm25(), sign flipped:
     #: higher matches better)
     min_relevance: float = Field(0.0, ge=0)
     #: cosine similarity (-1 to 1) a sentence needs to come back by its meaning
-    min_similarity: float = Field(0.5, ge=-1, le=1)
+    min_similarity: float = Field(0.35, ge=-1, le=1)
     #: with `hybrid`, a sentence that comes back by its words needs at least this similarity too:
     #: one shared word ("fun") in sentences about different things is not a match
     min_similarity_with_words: float = Field(0.0, ge=-1, le=1)
