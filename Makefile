@@ -65,8 +65,8 @@ bench: $(STAMP)  ## transport, tracker and reference-model benchmarks
 	$(BIN)/python bench/bench_tracker.py
 	$(BIN)/python bench/bench_reference.py
 
-bench-quality: $(STAMP)  ## the pruning benchmark on SmolLM2: docs/pruning.md, .json, .svg (time: docs/pruning.md)
-	$(BIN)/halo-client eval pruning --out docs --cache out/pruning/cache
+bench-quality: $(STAMP)  ## the pruning benchmark on SmolLM2, with the hand-written held-out set: docs/pruning.md, .json, .svg (time: docs/pruning.md)
+	$(BIN)/halo-client eval pruning --out docs --cache out/pruning/cache --handwritten docs/conversations.handwritten.jsonl
 
 bench-workbench: $(STAMP)  ## the workbench in Chromium: update cost, lag at 100 tokens/s, heap, UI server CPU
 	$(BIN)/python bench/bench_workbench.py

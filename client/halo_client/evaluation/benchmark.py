@@ -365,8 +365,9 @@ def run(backend: ModelBackend, config: BenchmarkConfig, out_dir: Path, progress:
             rows += result.rows
             if result.archive is not None:
                 study += study_rows(result.archive, result.set_name, tuned.heads, memories)
+            measured = len(handwritten if result.set_name == "handwritten" else names)
             progress(done, total, f"measured {result.name}: {result.history_tokens} tokens, "
-                     f"{len(names)} policies x {len(config.budgets)} budgets")
+                     f"{measured} policies x {len(config.budgets)} budgets")
     finally:
         runner.close()
     order = {c.name: i for i, (c, _s) in enumerate(held_out)}

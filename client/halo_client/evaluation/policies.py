@@ -22,6 +22,7 @@ import numpy.typing as npt
 
 from halo_client.conversation.memory import relevance
 from halo_client.conversation.pruner import Reduce
+from halo_client.conversation.question import head_vote
 from halo_client.conversation.state import ConversationState
 from halo_client.conversation.tracker import AttentionTracker, TrackerSettings
 from halo_client.evaluation.conversations import Fact
@@ -276,11 +277,7 @@ class QuestionHeads(Policy):
             return scores
         keep = view.asked.positions < len(state)
         positions = view.asked.positions[keep]
-        content = _content(state)[positions]
-        values = view.asked.heads[self.rows][..., keep]
-        for layer, head in self.heads:
-            row = values[layer, head].astype(np.float64) * content
-            scores[positions] += row / max(float(row.max()), 1e-12)
+        scores[positions] = head_vote(view.asked.heads[self.rows][..., keep], self.heads, _content(state)[positions])
         return scores
 
 

@@ -34,6 +34,7 @@ from halo_client.conversation.memory import MeaningIndex, MemorySettings, WordIn
 from halo_client.conversation.memory.fusion import reciprocal_rank_fusion
 from halo_client.conversation.memory.recall import decide
 from halo_client.conversation.memory.semantic import Embedder
+from halo_client.conversation.question import head_vote
 from halo_client.conversation.state import ROLES
 from halo_client.conversation.turns import Part, Tokens
 from halo_client.evaluation.conversations import Fact
@@ -149,14 +150,6 @@ def match_scores(archive: Archive, embedder: Embedder | None) -> None:
     index.close()
 
 
-def head_scores(attention: F32, heads: Sequence[tuple[int, int]]) -> npt.NDArray[np.float64]:
-    """The chosen heads' vote: each head's scores over the sentences divided by its own maximum
-    (so every head weighs the same), summed."""
-    picked = np.stack([attention[layer, head] for layer, head in heads]).astype(np.float64)
-    out: npt.NDArray[np.float64] = (picked / np.maximum(picked.max(axis=1, keepdims=True), 1e-12)).sum(axis=0)
-    return out
-
-
 def choose_heads(archives: Sequence[Archive], rows: Rows, count: int) -> list[tuple[int, int]]:
     """The `count` heads whose own top sentence is a question's gold most often over the tuning
     archives' questions (ties: the higher mean reciprocal rank of the first gold sentence)."""
@@ -194,7 +187,7 @@ def retriever_scores(query: Query, heads: dict[Rows, list[tuple[int, int]]]) -> 
     for rows, name in names.items():
         chosen = heads.get(rows)
         if chosen and rows in query.attention:
-            out[name] = head_scores(query.attention[rows], chosen)
+            out[name] = head_vote(query.attention[rows], chosen)
     if "hybrid" in out and "attention (message rows)" in out:
         out["hybrid + attention"] = reciprocal_rank_fusion(
             [query.relevance, out["meaning"], out["attention (message rows)"]], [query.relevance > 0, everything,
