@@ -4,7 +4,11 @@ One exchange (`send`): the user's message and the template around it, and the te
 opens the reply, are tokenized first, before anything changes. Then, in one go: the message is
 added; with memory on, it brings back the pruned sentences it matches best (`memory.Memory`:
 each one an audit-trail event, "recalled"); the conversation is pruned to fit (the budget, and
-the server's context minus the reply), keeping what was just recalled. A message that cannot
+the server's context minus the reply), keeping what was just recalled; when a prune is due
+and the pruner ranks by the question, a one-token recall pass first gives the newest message's
+attention (the last prompt row, frame 0 of a one-token generation) and the model's retrieval
+heads rank what stays (`conversation.question`; brightness where the model's heads are unknown
+or the pass fails). A message that cannot
 fit even with everything prunable gone is refused (`MessageTooLong`) and all of that is undone.
 The reply streams, each token joining the state and each frame updating brightness; every
 listener gets a `ReplyStep` per token that already holds the token's position, the positions
@@ -36,8 +40,9 @@ import pydantic
 from halo_client.client import DoneEvent, GenerationStream, KoboldClient, TokenEvent
 from halo_client.conversation.memory import Memory, MemorySettings, Recall, prune_keeping
 from halo_client.conversation.pruner import Pruner, PruneResult, PrunerSettings
+from halo_client.conversation.question import head_vote, heads_for
 from halo_client.conversation.session import Session, SessionModelMismatch, load, save
-from halo_client.conversation.state import Checkpoint, ConversationState, FrameColumns, Role
+from halo_client.conversation.state import ROLES, Checkpoint, ConversationState, FrameColumns, Role
 from halo_client.conversation.tracker import AttentionTracker, TrackerSettings
 from halo_client.conversation.turns import MessagePlan, Part, Tokens, TurnBuilder
 from halo_client.errors import HaloError
@@ -178,6 +183,8 @@ class Chat:
         self.tracker.frames = frames_tracked
         self.pruner = Pruner(pruner)
         self.memory = Memory(memory)
+        #: the model's retrieval heads, for question-ranked pruning (None: brightness ranks)
+        self.question_heads = heads_for(info)
         self.state = state or ConversationState(initial_brightness=self.tracker.settings.initial_brightness)
         self.turns = TurnBuilder(info)
         self.turns.rebuild_history(self.state)
@@ -294,14 +301,49 @@ class Chat:
         """The most active tokens a request may have: the server's context minus the reply."""
         return self.info.max_context_length - self.max_length - reserve
 
-    def _fit_for_request(self, reserve: int, recalled: list[Recall] | None = None) -> PruneResult:
+    def _budget(self, reserve: int) -> tuple[int, int]:
+        """The budget for the next request (the settings', within the server's context less the
+        reply and `reserve`), and the server's own bound."""
         hard = self._hard_limit(reserve)
         soft = self.pruner.settings.max_context_tokens
-        budget = min(hard, soft) if soft else hard
+        return (min(hard, soft) if soft else hard), hard
+
+    async def question_scores(self, prefix_tokens: Tokens) -> npt.NDArray[np.float64] | None:
+        """When the next request must prune and the pruner ranks by the question: the newest
+        message's attention in the model's retrieval heads, one score per position (0 for what is
+        not in the request), from a one-token recall pass (`max_length=1`, frame 0: the last prompt
+        row, in the full layout). None, and brightness ranks, when no prune is due, the model's
+        heads are unknown, the server sends no full frames, or the pass fails."""
+        budget, _hard = self._budget(len(prefix_tokens))
+        attention = self.info.attention
+        if (self.pruner.settings.score != "question" or self.question_heads is None or not attention.available
+                or "full" not in attention.layouts or self.state.active_count <= budget):
+            return None
+        positions = self.state.active_positions()
+        frame = None
+        try:
+            async with self.client.generate_stream(self.state.input_ids() + [t for t, _ in prefix_tokens],
+                                                   max_length=1, return_attention=True,
+                                                   attention_layout="full") as stream:
+                async for event in stream:
+                    if isinstance(event, TokenEvent) and event.attention is not None and frame is None:
+                        frame = np.asarray(event.attention.values)
+        except HaloError:
+            return None  # the reply's own request will say what is wrong
+        if frame is None or frame.ndim != 3 or frame.shape[2] < len(positions):
+            return None
+        content = ~self.state.column("template") & (self.state.column("role") != ROLES.index("system"))
+        scores = np.zeros(len(self.state), np.float64)
+        scores[positions] = head_vote(frame[..., : len(positions)], self.question_heads, content[positions])
+        return scores
+
+    def _fit_for_request(self, reserve: int, recalled: list[Recall] | None = None,
+                         scores: npt.NDArray[np.float64] | None = None) -> PruneResult:
+        budget, hard = self._budget(reserve)
         if self.state.active_count <= budget:
             return PruneResult(active_before=self.state.active_count, active_after=self.state.active_count,
                                budget=budget)
-        result = prune_keeping(self.pruner, self.state, budget, recalled or [])
+        result = prune_keeping(self.pruner, self.state, budget, recalled or [], scores=scores)
         if self.state.active_count > hard:
             raise ContextBudgetExceeded(
                 f"the conversation needs {self.state.active_count + reserve} tokens plus a "
@@ -322,7 +364,8 @@ class Chat:
         plan = self.turns.plan_message("user", text)
         parts = [await self._tokens(p) for p in plan.parts]
         prepared = await self._prepare(plan)
-        # from here to the request nothing waits: no other task sees the exchange half made
+        # from here to the request nothing waits but the recall pass (`question_scores`, under the
+        # checkpoint): no other task's change lands in the exchange half made
         checkpoint = self._checkpoint()
         try:
             self.turns.add_message(self.state, plan, parts)
@@ -346,7 +389,8 @@ class Chat:
                      message_tokens: int | None = None) -> Reply:
         try:
             recalled = self.recall()
-            before = self._fit_for_request(len(prepared.prefix), recalled)
+            scores = await self.question_scores(prepared.prefix)
+            before = self._fit_for_request(len(prepared.prefix), recalled, scores)
         except ContextBudgetExceeded:
             excess = self.state.active_count - self._hard_limit(len(prepared.prefix))
             self._rollback(checkpoint)
@@ -400,7 +444,9 @@ class Chat:
         self.turns.end_reply(self.state, [t.token_id for t in tokens], prepared.suffix_part, prepared.suffix)
         if interrupted is not None:
             self.meta[INTERRUPTED_TURNS] = [*self.interrupted_turns(), turn]
-        after = self.pruner.prune(self.state)
+        # back within the budget, ranked as before the reply (the reply itself is the newest text)
+        after = self.pruner.prune(self.state, scores=None if scores is None else
+                                  np.r_[scores, np.zeros(len(self.state) - len(scores))])
         reply = Reply(tokens, done, before, after, input_ids, positions, request_positions.tolist(), recalled,
                       str(interrupted) if interrupted is not None else None, turn)
         return reply

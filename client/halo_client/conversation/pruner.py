@@ -30,6 +30,10 @@ from halo_client.conversation.state import REASONS, ROLES, ConversationError, Co
 
 Granularity = Literal["sentence", "line", "turn"]
 Reduce = Literal["max", "mean"]
+#: what ranks the sentences the pruner chooses among: `question`, the newest message's attention
+#: in the model's retrieval heads (`conversation.question`; brightness where the model's heads
+#: are unknown or the server sends no full frames), or `brightness`, the tracker's
+Score = Literal["question", "brightness"]
 
 
 class PrunerSettings(BaseModel):
@@ -47,6 +51,10 @@ class PrunerSettings(BaseModel):
     #: the score chooses among the older ones. The next reply depends most on what was just said;
     #: the pruning benchmark's fidelity measure chose 0.75 (docs/pruning.md)
     recent_share: float = Field(0.75, ge=0, le=1)
+    #: what ranks the older sentences (`Score`): the pruning benchmark's tuning split chose the
+    #: question's attention (the last prompt row, in retrieval heads) over brightness for the
+    #: lowest KL at half the budget (docs/pruning.md)
+    score: Score = "question"
 
 
 @dataclass(frozen=True)
