@@ -114,6 +114,8 @@ async def test_a_pruned_sentence_the_next_message_asks_about_is_recalled_and_log
     logged = [e for m in bench.page.of("rows") for e in m["events"]]
     recalled = [e for e in logged if e["reason"] and e["reason"].startswith("recalled")]
     assert [e["unit"] for e in recalled] == [sentence] and recalled[0]["action"] == "restored"
+    # the log says why it came back: the scorer and how near (issue 21, item 13)
+    assert recalled[0]["reason"].startswith("recalled by meaning (similarity 0.")
     assert not chat.state.column("deleted")[chat.state.column("sentence") == sentence].any()
     assert not any(bench.page.deleted[int(p)] for p in np.flatnonzero(chat.state.column("sentence") == sentence))
     await bench.command(type="settings", changes={"memory": {"enabled": False}})
