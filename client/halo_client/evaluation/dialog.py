@@ -4,8 +4,8 @@ The model writes every reply the conversation leaves to it (greedy), in process,
 same turn protocol as a live chat. What the policies and measures need is kept:
 
 - **frames**: for every token of a history reply, the attention of the position that predicted
-  it (the frame a server streams for that token), reduced to one value per column in a few ways
-  (`REDUCTIONS`), with the positions its columns map to;
+  it (the frame a server streams for that token), its mean over layers and heads per column,
+  with the positions its columns map to;
 - **surprisal** of every token given everything before it (self-information, for the
   Selective-Context-style policy);
 - for every tail step: the full-context log-probabilities of each token of its reply (the
@@ -35,22 +35,17 @@ from halo_client.conversation.turns import Part, Tokens, TurnBuilder
 from halo_client.evaluation.conversations import Conversation, Step
 from halo_client.evaluation.model import F32, InProcessModel, log_softmax
 
-Reduction = Literal["mean", "content", "head_max"]
-#: how a frame `[layers, heads, ctx]` becomes one value per column:
-#: `mean` over layers and heads; `content`: each head's row renormalized over the content
-#: columns (no template tokens, no attention sink) before the mean; `head_max`: each head's
-#: content row divided by its own maximum before the mean (every head votes with the same weight)
-REDUCTIONS: tuple[Reduction, ...] = ("mean", "content", "head_max")
 #: greedy tokens in which a correct answer must appear
 ANSWER_TOKENS = 8
 
 
 @dataclass(frozen=True)
 class Frame:
-    """One generated token's attention: `values[r][j]` for the column at `positions[j]`."""
+    """One generated token's attention, its mean over layers and heads: `values[j]` for the column
+    at `positions[j]`."""
 
     positions: npt.NDArray[np.int64]
-    values: dict[Reduction, F32]
+    values: F32
 
 
 @dataclass(frozen=True)
@@ -141,28 +136,13 @@ def add_turn(state: ConversationState, turn: TurnTokens) -> None:
         state.add_message(turn.role, turn.content, turn.prefix, turn.suffix)
 
 
-def reduce_frames(attention: F32, content: npt.NDArray[np.bool_]) -> dict[Reduction, F32]:
-    """`[layers, heads, rows, ctx]` -> each reduction's `[rows, ctx]`; `content`: `[ctx]`, the
-    columns that are neither template nor sink."""
-    masked = attention * content
-    sums = masked.sum(axis=-1, keepdims=True)
-    peaks = masked.max(axis=-1, keepdims=True)
-    return {
-        "mean": attention.mean(axis=(0, 1), dtype=np.float32),
-        "content": (masked / np.maximum(sums, 1e-12)).mean(axis=(0, 1), dtype=np.float32),
-        "head_max": (masked / np.maximum(peaks, 1e-12)).mean(axis=(0, 1), dtype=np.float32),
-    }
-
-
-def frames_of(attention: F32, positions: npt.NDArray[np.int64], template: npt.NDArray[np.bool_]) -> list[Frame]:
+def frames_of(attention: F32, positions: npt.NDArray[np.int64]) -> list[Frame]:
     """The frames of `rows` consecutive generated tokens from a rows pass: row r's columns are
-    `positions[: len(positions) - rows + 1 + r]`; `template` flags each of `positions`."""
+    `positions[: len(positions) - rows + 1 + r]`."""
     rows = attention.shape[2]
-    content = ~template
-    content[0] = False  # the first token is the attention sink whatever it is
-    reduced = reduce_frames(attention[..., : len(positions)], content)
+    mean = attention[..., : len(positions)].mean(axis=(0, 1), dtype=np.float32)
     first = len(positions) - rows + 1
-    return [Frame(positions[: first + r], {k: v[r, : first + r] for k, v in reduced.items()}) for r in range(rows)]
+    return [Frame(positions[: first + r], mean[r, : first + r]) for r in range(rows)]
 
 
 class _Player:
@@ -199,7 +179,6 @@ class _Player:
         # the one column map a live chat uses too: the request's positions, then each generated
         # token's (they join the state after the loop, from position len(state) on)
         columns = state.frame_columns(len(script) if script is not None else limit)
-        template = np.asarray(state.column("template"), bool).copy()
         answer, greedy, correct = (0, 0), "", False
         if question is not None and question.fact is not None:
             fact = question.fact
@@ -228,16 +207,13 @@ class _Player:
             if keep_frames:
                 for r in range(len(script) - 1):
                     columns.add_generated(len(state) + r)
-                tmpl = np.r_[template, np.zeros(len(script) - 1, bool)]
-                self.frames.extend(frames_of(attention[:, :, new:], columns.for_frame(len(ids) + len(script) - 1),
-                                             tmpl))
+                self.frames.extend(frames_of(attention[:, :, new:], columns.for_frame(len(ids) + len(script) - 1)))
         else:
             tokens, rows = [], []
             row_logits, row_attention = logits[-1], attention[:, :, -1:, : len(ids)]
             for r in range(limit):
                 if keep_frames:
-                    self.frames.extend(frames_of(row_attention, columns.for_frame(len(ids) + r),
-                                                 np.r_[template, np.zeros(r, bool)]))
+                    self.frames.extend(frames_of(row_attention, columns.for_frame(len(ids) + r)))
                 token = int(np.argmax(row_logits))
                 columns.add_generated(len(state) + r)
                 tokens.append(token)

@@ -20,17 +20,14 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from halo_client.conversation.memory import relevance
 from halo_client.conversation.pruner import Reduce
 from halo_client.conversation.question import head_vote
 from halo_client.conversation.state import ConversationState
 from halo_client.conversation.tracker import AttentionTracker, TrackerSettings
 from halo_client.evaluation.conversations import Fact
-from halo_client.evaluation.dialog import Asked, Dialog, Frame, Reduction, Rows
+from halo_client.evaluation.dialog import Asked, Dialog, Frame, Rows
 
 FloatArray = npt.NDArray[np.float64]
-#: the first design's tracker defaults, kept as a policy so the benchmark shows what changing them did
-FIRST_DESIGN = TrackerSettings(min_distance=20, decay=0.003)
 #: far above any score: what a policy keeps first
 KEEP_FIRST = 1e9
 
@@ -68,16 +65,15 @@ class Policy(ABC):
 
 class Brightness(Policy):
     """The chat's tracker replayed: accumulated, distance-weighted (optionally decayed)
-    attention. `reduction` says how a frame becomes one value per column; `per_frame` divides
+    attention, from the frames' mean over layers and heads; `per_frame` divides
     the accumulation by the frames a token has been in, so old tokens are not favoured just for
     having been there longer."""
 
-    def __init__(self, name: str, settings: TrackerSettings | None = None, reduction: Reduction = "mean",
-                 per_frame: bool = False, recent_share: float = 0.0) -> None:
+    def __init__(self, name: str, settings: TrackerSettings | None = None, per_frame: bool = False,
+                 recent_share: float = 0.0) -> None:
         self.name = name
         self.recent_share = recent_share
         self.settings = (settings or TrackerSettings()).model_copy(update={"aggregation": "mean"})
-        self.reduction = reduction
         self.per_frame = per_frame
 
     def start(self, dialog: Dialog) -> None:
@@ -99,7 +95,7 @@ class Brightness(Policy):
                                                          float(self.brightness[old].mean()) if old.size else 0.0)
                 self.brightness[positions[fresh]] = start
                 self.seen[positions[fresh]] = True
-            self.tracker.update(self.brightness, positions, frame.values[self.reduction][None, None, :])
+            self.tracker.update(self.brightness, positions, frame.values[None, None, :])
             self.frames_in[positions] += 1
 
     def scores(self, state: ConversationState, view: StepView) -> FloatArray:
@@ -125,7 +121,7 @@ class HeavyHitters(Policy):
 
     def observe(self, frames: Sequence[Frame]) -> None:
         for frame in frames:
-            self.accumulated[frame.positions] += frame.values["mean"]
+            self.accumulated[frame.positions] += frame.values
 
     def scores(self, state: ConversationState, view: StepView) -> FloatArray:
         out: FloatArray = self.accumulated[: len(state)].copy()
@@ -144,7 +140,7 @@ class LastQuery(Policy):
     def observe(self, frames: Sequence[Frame]) -> None:
         if frames:
             self.last[:] = 0.0
-            self.last[frames[-1].positions] = frames[-1].values["mean"]
+            self.last[frames[-1].positions] = frames[-1].values
 
     def scores(self, state: ConversationState, view: StepView) -> FloatArray:
         out: FloatArray = self.last[: len(state)].copy()
@@ -279,64 +275,3 @@ class QuestionHeads(Policy):
         positions = view.asked.positions[keep]
         scores[positions] = head_vote(view.asked.heads[self.rows][..., keep], self.heads, _content(state)[positions])
         return scores
-
-
-def sentence_scores(state: ConversationState, scores: FloatArray) -> tuple[
-        npt.NDArray[np.int64], FloatArray, list[str]]:
-    """Active prunable sentences: ids, max score, text."""
-    content = _content(state) & state.active_mask()
-    sentence = state.column("sentence").astype(np.int64)
-    ids = np.unique(sentence[content])
-    best = np.array([scores[content & (sentence == i)].max() for i in ids.tolist()], np.float64)
-    texts = [state.text(np.flatnonzero(content & (sentence == i))) for i in ids.tolist()]
-    return ids, best, texts
-
-
-def _ranks(values: FloatArray) -> FloatArray:
-    """0 for the lowest, 1 for the highest."""
-    if values.size < 2:
-        return np.ones_like(values)
-    return np.argsort(np.argsort(values, kind="stable"), kind="stable") / (values.size - 1)
-
-
-class Adjusted(Policy):
-    """A policy built on another one's scores: the base sees every frame."""
-
-    def __init__(self, base: Policy, name: str) -> None:
-        self.base, self.name = base, name
-        self.reduce = base.reduce
-        self.uses_question_attention = base.uses_question_attention
-        self.recent_share = base.recent_share
-
-    def start(self, dialog: Dialog) -> None:
-        self.base.start(dialog)
-
-    def observe(self, frames: Sequence[Frame]) -> None:
-        self.base.observe(frames)
-
-
-class Hybrid(Adjusted):
-    """Brightness plus relevance to the newest message (BM25): a sentence's rank by brightness
-    plus `weight` times its rank by relevance (0 for a sentence the message does not match)."""
-
-    def __init__(self, base: Policy, weight: float = 1.0, name: str = "hybrid") -> None:
-        super().__init__(base, name)
-        self.weight = weight
-
-    def scores(self, state: ConversationState, view: StepView) -> FloatArray:
-        base = self.base.scores(state, view)
-        ids, best, texts = sentence_scores(state, base)
-        out = np.zeros(len(state), np.float64)
-        if not ids.size:
-            return out
-        rel = relevance(texts, view.message)
-        combined = _ranks(best) + self.weight * np.where(rel > 0, _ranks(rel), 0.0)
-        lookup = np.zeros(int(ids.max()) + 1, np.float64)
-        lookup[ids] = combined
-        content = _content(state)
-        sentence = state.column("sentence").astype(np.int64)
-        inside = content & (sentence >= 0) & (sentence <= ids.max())
-        out[inside] = lookup[sentence[inside]]
-        return out
-
-

@@ -112,8 +112,7 @@ def _measure(state: ConversationState, step: TailStep, following: TailStep | Non
     logprobs = log_softmax(logits[:rows])
     base = len(state)
     columns = np.r_[positions, base + np.arange(len(prefix) + rows - 1)]
-    template = np.r_[state.column("template")[positions], np.ones(len(prefix), bool), np.zeros(rows - 1, bool)]
-    frames = frames_of(attention[:, :, :rows], columns, template)
+    frames = frames_of(attention[:, :, :rows], columns)
     question = None
     if following is not None:
         after = len(following.user.suffix) + len(following.reply.prefix)  # rows after the message's content
