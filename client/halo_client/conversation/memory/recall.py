@@ -181,12 +181,14 @@ class Memory:
         spans, units, texts = self.archive(state, pruner)
         if not texts or not query.strip():
             return []
-        self.words.sync(texts)
-        relevance = self.words.scores(texts, query)
         similarity: npt.NDArray[np.float64] | None = None
         meaning = self._meaning() if s.scorer != "words" else None
         if meaning is not None:
             similarity = meaning.similarities(texts, query)
+        relevance = np.zeros(len(texts), np.float64)
+        if s.scorer != "meaning" or meaning is None:  # meaning alone needs no word index
+            self.words.sync(texts)
+            relevance = self.words.scores(texts, query)
         chosen, by_meaning, by_words = decide(s if meaning is not None else s.model_copy(update={"scorer": "words"}),
                                               relevance, similarity)
         return [Match(pruner.pruned_event(state, spans, units[i]),
