@@ -324,7 +324,14 @@ def test_demo_on_a_taken_port_chats_with_its_own_server(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert f"port {port} is taken" in result.stderr
     assert result.stdout.count("model>") == 1
-    assert json.loads(session.read_text())["meta"]["model_name"] == "tiny"  # the demo's own model
+    saved = json.loads(session.read_text())
+    assert saved["meta"]["model_name"] == "tiny"  # the demo's own model
+    # the product's defaults, the pruning benchmark's choice (issue 19): memory by meaning, pruning
+    # ranked by the question where the model's heads are known
+    from halo_client.conversation.memory import MemorySettings
+
+    assert saved["memory"] == MemorySettings().model_dump() and saved["memory"]["scorer"] == "meaning"
+    assert saved["pruner"]["score"] == "question"
 
 
 # ----------------------------------------------------------------------- help, make
@@ -367,6 +374,31 @@ def test_eval_pruning_on_your_own_conversations(tmp_path: Path) -> None:
                                "--out", str(tmp_path / "o2")))
     assert "bad.jsonl, line 1" in line
     assert not (tmp_path / "o2").exists()  # nothing written
+
+
+def test_eval_pruning_on_a_file_of_questions_only_runs_and_reports(tmp_path: Path) -> None:
+    """A user's file whose chats end with a reply (no fidelity probe) and then ask questions runs to
+    the end and reports (issue 19, 1d); `--score` names the default's score, and a wrong one is refused."""
+    model = write_tiny_llama(tmp_path / "tiny.gguf", n_ctx=2048)
+    mine = tmp_path / "questions.jsonl"
+    mine.write_text('{"messages": [{"role": "user", "content": "My code is 4821. Hi!"}, '
+                    '{"role": "assistant", "content": "Hello."}], '
+                    '"questions": [{"question": "Which number opens it?", "answer": "4821", '
+                    '"evidence": ["My code is 4821."]}]}\n')
+    out = tmp_path / "out"
+    result = run("eval", "pruning", "--model", str(model), "--conversations", str(mine), "--budgets", "0.5",
+                 "--policy", "default", "--policy", "recency", "--score", "brightness", "--no-attention-recall",
+                 "--out", str(out), "--cache", str(tmp_path / "cache"), "--cost-sentences", "0")
+    assert result.returncode == 0, result.stderr
+    report = (out / "pruning.md").read_text()
+    assert "lowest KL at 50%: none measured" in report and "given with --score" in report
+    rows = json.loads((out / "pruning.json").read_text())["rows"]
+    assert {r["kind"] for r in rows} == {"question"} and {r["wording"] for r in rows} == {"paraphrased"}
+    assert not (out / "pruning.partial.json").exists()  # the run finished: only the whole result stays
+    line = one_line_exit_2(run("eval", "pruning", "--model", str(model), "--conversations", str(mine),
+                               "--score", "loudness", "--out", str(tmp_path / "o2")))
+    assert "'loudness'" in line and "question heads (last row)" in line
+    assert not (tmp_path / "o2").exists()
 
 
 # --------------------------------------------------------- chat: sessions, pipes, failures (issue 21)

@@ -49,6 +49,9 @@ def test_the_rows_are_saved_before_the_report(tiny: ReferenceBackend, tmp_path: 
         run(tiny, questions_only(tmp_path), tmp_path / "out", lambda *_: None)
     saved = json.loads((tmp_path / "out" / "pruning.json").read_text())
     assert len(saved["rows"]) == 2 and saved["config"]["own"] is True  # nothing computed is lost
+    # and during the run, each measured conversation's rows as they came (a run cut short keeps them)
+    partial = json.loads((tmp_path / "out" / "pruning.partial.json").read_text())
+    assert partial["rows"] == saved["rows"] and partial["costs"] == {}
 
 
 def test_best_of_a_measure_nobody_has_is_none() -> None:

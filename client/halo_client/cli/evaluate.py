@@ -75,6 +75,9 @@ def _budgets(value: str) -> tuple[float, ...]:
               help="In the recall study, the model's own attention as a retriever (a recall pass per message).")
 @click.option("--cost-sentences", type=click.IntRange(0), default=2000, show_default=True,
               help="Archived sentences for memory's cost per message (0: not measured).")
+@click.option("--score", "scores", multiple=True,
+              help="A candidate for the default's pruning score (repeatable; default: all, tuned on the tuning "
+                   "split). One: the default uses it and the tuning replays are skipped.")
 @click.option("--policy", "policies", multiple=True, help="Only this policy (repeatable; default: all).")
 @click.option("--workers", type=click.IntRange(1, 64), default=min(os.cpu_count() or 1, 4), show_default=True,
               help="Processes measuring conversations side by side (each loads the model, one BLAS thread each).")
@@ -87,8 +90,8 @@ def _budgets(value: str) -> tuple[float, ...]:
 def eval_pruning(model_path: str | None, backend: str, conversations_file: Path | None, handwritten_file: Path | None,
                  count: int, tune_count: int, budgets: tuple[float, ...], min_tokens: int, max_tokens: int,
                  reply_tokens: int, seed: int, attention_recall: bool, cost_sentences: int,
-                 policies: tuple[str, ...], workers: int, from_json: Path | None, out_dir: Path,
-                 cache_dir: Path) -> None:
+                 scores: tuple[str, ...], policies: tuple[str, ...], workers: int, from_json: Path | None,
+                 out_dir: Path, cache_dir: Path) -> None:
     """Prune chats with brightness, memory and the known baselines; measure what each loses, and which
     earlier sentence each recall candidate finds for a later message."""
     if from_json is not None:
@@ -97,13 +100,16 @@ def eval_pruning(model_path: str | None, backend: str, conversations_file: Path 
         report_from_json(from_json, out_dir)
         click.echo((out_dir / "pruning.md").read_text())
         return
-    from halo_client.evaluation.benchmark import BenchmarkConfig, Tuned, policy_factories, run
+    from halo_client.evaluation.benchmark import SCORES, BenchmarkConfig, Tuned, policy_factories, run
     from halo_client.evaluation.dataset import load_conversations
 
     known = policy_factories(Tuned())
     unknown = [p for p in policies if p not in known]
     if unknown:
         raise click.BadParameter(f"{unknown[0]!r}; known: {', '.join(known)}", param_hint="--policy")
+    unknown = [s for s in scores if s not in SCORES]
+    if unknown:
+        raise click.BadParameter(f"{unknown[0]!r}; known: {', '.join(SCORES)}", param_hint="--score")
     conversations = load_conversations(conversations_file) if conversations_file is not None else None
     handwritten = load_conversations(handwritten_file) if handwritten_file is not None else None
     model: ModelBackend
@@ -118,7 +124,8 @@ def eval_pruning(model_path: str | None, backend: str, conversations_file: Path 
     config = BenchmarkConfig(tune=tune_count, report=count, seed=seed, min_tokens=min_tokens, max_tokens=max_tokens,
                              reply_tokens=reply_tokens, budgets=budgets, cache_dir=cache_dir,
                              conversations=conversations, handwritten=handwritten, policies=policies or None,
-                             workers=workers, attention_recall=attention_recall, cost_sentences=cost_sentences)
+                             workers=workers, attention_recall=attention_recall, cost_sentences=cost_sentences,
+                             scores=scores or tuple(SCORES))
     result = run(model, config, out_dir, ProgressLine())
     click.echo((out_dir / "pruning.md").read_text())
     click.echo(f"[{len(result['rows'])} rows in {result['seconds'] / 60:.1f} min; table {out_dir / 'pruning.md'}, "

@@ -332,10 +332,31 @@ def run(backend: ModelBackend, config: BenchmarkConfig, out_dir: Path, progress:
     runner = _Runner(backend, config)
     computed = 0
     done = 0
-    total = 2 * len(tuning) + len(held_out)
+    total = (1 if len(config.scores) == 1 else 2) * len(tuning) + len(held_out)
     tuned = Tuned()
     study: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
+    fixed = len(config.scores) == 1  # one candidate: the default's score is given, not tuned here
+
+    def result_json(costs: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "model": runner.model.info.model_name,
+            "config": {"tune": len(tuning), "report": sum(1 for _c, s in held_out if s == main_set),
+                       "handwritten": sum(1 for _c, s in held_out if s == "handwritten"),
+                       "budgets": list(config.budgets),
+                       "tail": config.tail, "min_tokens": config.min_tokens, "max_tokens": config.max_tokens,
+                       "reply_tokens": config.reply_tokens, "probe_tokens": config.probe_tokens, "seed": config.seed,
+                       "workers": config.workers, "own": config.conversations is not None},
+            "tuned": {"memory": tuned.memory.model_dump(), "memory_score": tuned.memory_score,
+                      "heads": {k: [list(h) for h in v] for k, v in tuned.heads.items()}, "score": tuned.score,
+                      "score_fixed": fixed, "scores": tuned.scores},
+            "rows": rows,
+            "study": study,
+            "costs": costs,
+            "seconds": time.perf_counter() - started,
+            "tokens_computed": computed,
+        }
+
     try:
         archives = []
         for result in runner.map([_Task(c, "archive", tuned) for c in tuning]):
@@ -348,7 +369,7 @@ def run(backend: ModelBackend, config: BenchmarkConfig, out_dir: Path, progress:
             tuned.heads = {rows_: choose_heads(archives, rows_, HEAD_COUNT) for rows_ in ("message", "last")}
             tuned.memory, tuned.memory_score = choose_memory(archives, memory_grid())
         scores = []
-        for result in runner.map([_Task(c, "tune", tuned) for c in tuning]):
+        for result in runner.map([] if fixed else [_Task(c, "tune", tuned) for c in tuning]):
             done += 1
             computed += result.computed
             scores.append(result.scores)
@@ -368,6 +389,8 @@ def run(backend: ModelBackend, config: BenchmarkConfig, out_dir: Path, progress:
             measured = len(handwritten if result.set_name == "handwritten" else names)
             progress(done, total, f"measured {result.name}: {result.history_tokens} tokens, "
                      f"{measured} policies x {len(config.budgets)} budgets")
+            # what is measured so far, should the run be cut short (`--from-json` reports from it)
+            save_rows(result_json({}), out_dir, "pruning.partial.json")
     finally:
         runner.close()
     order = {c.name: i for i, (c, _s) in enumerate(held_out)}
@@ -378,24 +401,9 @@ def run(backend: ModelBackend, config: BenchmarkConfig, out_dir: Path, progress:
         from halo_client.evaluation.costs import recall_cost
 
         costs = recall_cost(default_embedder(), sentences=config.cost_sentences)
-    result_json = {
-        "model": runner.model.info.model_name,
-        "config": {"tune": len(tuning), "report": sum(1 for _c, s in held_out if s == main_set),
-                   "handwritten": sum(1 for _c, s in held_out if s == "handwritten"),
-                   "budgets": list(config.budgets),
-                   "tail": config.tail, "min_tokens": config.min_tokens, "max_tokens": config.max_tokens,
-                   "reply_tokens": config.reply_tokens, "probe_tokens": config.probe_tokens, "seed": config.seed,
-                   "workers": config.workers, "own": config.conversations is not None},
-        "tuned": {"memory": tuned.memory.model_dump(), "memory_score": tuned.memory_score,
-                  "heads": {k: [list(h) for h in v] for k, v in tuned.heads.items()}, "score": tuned.score,
-                  "scores": tuned.scores},
-        "rows": rows,
-        "study": study,
-        "costs": costs,
-        "seconds": time.perf_counter() - started,
-        "tokens_computed": computed,
-    }
+    final = result_json(costs)
     # the rows first: should the report fail, nothing that was computed is lost (`--from-json` rewrites it)
-    save_rows(result_json, out_dir)
-    write_report(result_json, out_dir, config.resamples)
-    return result_json
+    save_rows(final, out_dir)
+    write_report(final, out_dir, config.resamples)
+    (out_dir / "pruning.partial.json").unlink(missing_ok=True)
+    return final

@@ -247,11 +247,14 @@ def _write_results(path: Path, results: str) -> None:
     path.write_text(block)
 
 
-def save_rows(result: Mapping[str, Any], out_dir: Path) -> None:
+def save_rows(result: Mapping[str, Any], out_dir: Path, name: str = "pruning.json") -> None:
     """pruning.json with the run's rows and facts, before any summary (`write_report` rewrites it
-    with the summary table)."""
+    with the summary table); written whole, then renamed, so a cut-short run leaves a readable file."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "pruning.json").write_text(json.dumps(dict(result), indent=1))
+    path = out_dir / name
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps(dict(result), indent=1))
+    partial.replace(path)
 
 
 def _set_name(name: str, config: Mapping[str, Any]) -> str:
@@ -287,7 +290,9 @@ def write_report(result: Mapping[str, Any], out_dir: Path, resamples: int = 2000
         f"held out; {config['tune']} for tuning. Each cell: the mean over conversations [bootstrap 95 % interval].",
         "",
         f"Tuned on the tuning split: memory {json.dumps(memory)}; the default's pruning score "
-        f"**{tuned.get('score', 'brightness')}** (with the recent window); attention heads (layer, head) "
+        f"**{tuned.get('score', 'brightness')}** (with the recent window"
+        f"{'; given with --score, not tuned in this run' if tuned.get('score_fixed') else ''}); "
+        "attention heads (layer, head) "
         f"{json.dumps(tuned.get('heads', {}))}. Run: {result['seconds'] / 60:.1f} minutes, "
         f"{result['tokens_computed']:,} tokens through the model.",
         "",
