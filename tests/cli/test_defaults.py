@@ -92,3 +92,46 @@ def test_settings_without_a_flag_come_from_the_file_and_flags_still_win() -> Non
     assert sampler["top_p"] == 0.5 and sampler["temperature"] == 0.9 and "max_length" not in sampler
     tracker, _ = settings_from(dict(flags))  # outside a command: the defaults
     assert tracker.initial_brightness == TrackerSettings().initial_brightness
+
+
+# ------------------------------------------------- memory and pruning: the benchmark's choice (issue 19)
+
+
+def test_the_settings_file_starts_from_the_benchmarks_choice(tmp_path: Path) -> None:
+    from halo_client.conversation.memory import MemorySettings
+
+    chosen = MemorySettings(enabled=True, scorer="meaning", max_recalled=1, min_similarity=0.35)
+    assert Config().memory == chosen and Config().pruner.score == "question"
+    path = tmp_path / "settings.json"
+    path.write_text("{}")  # a settings file that sets nothing
+    loaded = config.load(path)
+    assert loaded.memory == chosen and loaded.pruner.score == "question"
+
+
+def test_chat_prunes_by_the_question_and_recalls_by_meaning_unless_the_file_says_otherwise(
+        mock_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from halo_client.conversation.memory import MemorySettings
+
+    def chat_session(name: str) -> dict[str, object]:
+        session = tmp_path / name
+        result = CliRunner().invoke(main, ["--url", mock_url, "chat", "--temperature", "0", "--max-length", "4",
+                                           "--session", str(session)], input="hello\n/quit\n")
+        assert result.exit_code == 0, result.output
+        saved: dict[str, object] = json.loads(session.read_text())
+        return saved
+
+    monkeypatch.setenv("HALO_CONFIG", str(tmp_path / "none.json"))  # no settings file
+    saved = chat_session("a.json")
+    assert saved["memory"] == MemorySettings().model_dump()
+    assert saved["memory"] == {**saved["memory"], "scorer": "meaning", "min_similarity": 0.35, "max_recalled": 1}
+    assert isinstance(saved["pruner"], dict) and saved["pruner"]["score"] == "question"
+    path = tmp_path / "settings.json"
+    config.save(Config().merged({"memory": {"scorer": "words", "min_relevance": 1.5},
+                                 "pruner": {"score": "brightness"}}), path)
+    monkeypatch.setenv("HALO_CONFIG", str(path))
+    saved = chat_session("b.json")
+    assert isinstance(saved["memory"], dict) and isinstance(saved["pruner"], dict)
+    assert (saved["memory"]["scorer"], saved["memory"]["min_relevance"]) == ("words", 1.5)
+    assert saved["pruner"]["score"] == "brightness"
