@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from halo_client.config import DEFAULT_SYSTEM_PROMPT
 from halo_client.conversation.memory import Embedder, Memory, MemorySettings, Scorer
 from halo_client.conversation.pruner import Pruner, PrunerSettings
 from halo_client.conversation.state import ConversationState
@@ -48,7 +49,7 @@ def recall_cost(embedder: Embedder, *, sentences: int = 2000, messages: int = 20
     rng = random.Random(seed)
     backend = MockBackend(max_context_length=1 << 20)
     state = ConversationState()
-    _message(state, backend, "system", "You are a helpful assistant.")
+    _message(state, backend, "system", DEFAULT_SYSTEM_PROMPT)
     per_message = 8
     while len(Pruner().pruned_units(state)) + per_message <= sentences:
         _message(state, backend, "user", " ".join(_sentence(rng) for _ in range(per_message)))
