@@ -41,3 +41,26 @@ def test_results_go_between_their_markers_and_the_page_keeps_its_text(tmp_path: 
     text = page.read_text()
     assert text.startswith("# How we measure\n\nText before.\n\n") and text.endswith("\n## Notes\nText after.\n")
     assert "second results" in text and "first results" not in text
+
+
+def test_the_paraphrase_goal_is_met_only_when_its_interval_clears_it() -> None:
+    """Recall as a share of the full context's: with the full context answering one question of
+    twenty, a ratio of 1.0 says nothing (its interval spans 0.8): the verdict says so, not "met"."""
+    from halo_client.evaluation.report import DEFAULT_POLICY
+    from halo_client.evaluation.sections import goal_lines
+
+    def rows(full: list[float], pruned: list[float]) -> list[dict[str, object]]:
+        return [{"conversation": f"c{i}", "set": "generated", "policy": DEFAULT_POLICY, "budget": 0.25, "step": 0,
+                 "kind": "question", "recall (paraphrased)": p, "full_recall (paraphrased)": f}
+                for i, (f, p) in enumerate(zip(full, pruned, strict=True))]
+
+    def verdict(found: list[dict[str, object]]) -> str:
+        tables: dict[str, list[dict[str, object]]] = {"generated": []}
+        [line] = [g for g in goal_lines(found, tables, {"seconds": 60.0}, 200) if "other words" in g]
+        return line
+
+    # one answered with the full context, another after pruning: a mean share of 1.0
+    rare = rows([1.0, 0.0] + [0.0] * 8, [0.0, 1.0] + [0.0] * 8)
+    assert ": 1.000 [" in verdict(rare) and "not shown: the interval spans 0.8" in verdict(rare)
+    assert verdict(rows([1.0] * 10, [1.0] * 10)).endswith(": met.")
+    assert verdict(rows([1.0] * 10, [0.0] * 10)).endswith(": not met.")

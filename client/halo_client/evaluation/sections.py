@@ -109,7 +109,9 @@ def goal_lines(rows: Sequence[dict[str, Any]], tables: Mapping[str, Sequence[dic
                                per_conversation(mine, DEFAULT_POLICY, low, "full_recall (paraphrased)"),
                                resamples=resamples)
         if ratio.n:
-            verdict = "met" if ratio.mean >= 0.8 else "not met"
+            # a share of a recall the full context rarely has is an interval too wide to say anything
+            verdict = ("met" if ratio.low >= 0.8 else "not met" if ratio.high < 0.8 else
+                       "not shown: the interval spans 0.8")
             out.append(f"- Questions in other words ({set_name}), recall at {low:.0%} as a share of the full-context "
                        f"recall: {interval(ratio)} (goal: at least 0.8): {verdict}.")
     if "handwritten" in tables:
