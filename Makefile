@@ -65,8 +65,15 @@ bench: $(STAMP)  ## transport, tracker and reference-model benchmarks
 	$(BIN)/python bench/bench_tracker.py
 	$(BIN)/python bench/bench_reference.py
 
+# what fits in an hour on 2 busy cores: 10 generated held-out chats and the 16 written by hand, the
+# policies the goals name, the default's score as the tuning split chose it (BENCH_QUALITY_ARGS= for
+# everything: every policy, 40 chats, the score tuned again; well over an hour here)
+BENCH_QUALITY_ARGS ?= --count 10 --score "question heads (last row)" --policy default \
+	--policy "default without memory" --policy "brightness + BM25 memory" --policy "brightness + memory" \
+	--policy "recency + memory" --policy recency --policy random --policy streaming --policy gold
 bench-quality: $(STAMP)  ## the pruning benchmark on SmolLM2, with the hand-written held-out set: docs/pruning.md, .json, .svg (time: docs/pruning.md)
-	$(BIN)/halo-client eval pruning --out docs --cache out/pruning/cache --handwritten docs/conversations.handwritten.jsonl
+	$(BIN)/halo-client eval pruning --out docs --cache out/pruning/cache --handwritten docs/conversations.handwritten.jsonl \
+		$(BENCH_QUALITY_ARGS)
 
 bench-workbench: $(STAMP)  ## the workbench in Chromium: update cost, lag at 100 tokens/s, heap, UI server CPU
 	$(BIN)/python bench/bench_workbench.py
