@@ -167,7 +167,8 @@ def test_settings_speak_plainly_show_their_ranges_and_say_where_they_apply(page:
     assert "1 to 1" not in legend and "outshines" not in legend and "equally bright" in legend
     page.click("#settings-panel summary")
     names = page.eval_on_selector_all("#settings .name", "(els) => els.map((el) => el.textContent)")
-    for raw in ("rep pen", "reduce", "rep_pen", "max context tokens", "distance mode", "top p"):
+    for raw in ("rep pen", "reduce", "rep_pen", "max context tokens", "distance mode", "top p", "score", "scorer",
+                "min similarity", "min similarity with words"):
         assert raw not in names, f"raw field name {raw!r} in the settings"
     assert page.get_by_label("Repetition penalty", exact=True).count() == 1
     assert page.get_by_label("Token budget", exact=True).count() == 1
