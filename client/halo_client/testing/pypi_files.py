@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from halo_client.errors import HaloError
-from halo_client.reference.model_store import _sha256 as sha256
+from halo_client.wheel_files import sha256_of as sha256
 
 __all__ = ["FetchError", "pip_download", "sha256"]
 
