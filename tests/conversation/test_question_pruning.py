@@ -8,11 +8,14 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from halo_client.cli.render import prune_line
 from halo_client.client import KoboldClient
 from halo_client.conversation import Chat, PrunerSettings
 from halo_client.conversation import chat as chat_module
+from halo_client.conversation.pruner import summary
 from halo_client.conversation.question import RETRIEVAL_HEADS, heads_for
 from halo_client.testing import MockBackend, MockKoboldServer
+from halo_client.ui.page_messages import pruned_json
 
 FACT = "My locker code is 4821."
 FILLER = ["The weather is grey today.", "I had soup for lunch.", "The train was late again.",
@@ -75,13 +78,21 @@ async def test_a_prune_is_ranked_by_the_question_pass(mock_heads: None, monkeypa
     assert "4821" in chat.state.text(chat.state.active_positions())
     gone = [e.text for e in chat.pruner.pruned_units(chat.state)]
     assert gone and not any("4821" in t for t in gone)
+    # every prune line says what ranked it: the question where the pass ran before the reply,
+    # brightness for a prune due only after a reply that had no pass
+    units = [e for e in chat.pruner.pruned_units(chat.state) if e.ranked_by == "question"]
+    assert units and prune_line(units[0]).startswith(f"sentence {units[0].unit} (question's attention ")
+    assert "question's attention" in summary(units)
+    assert "question's attention" in {u["ranked_by"] for u in pruned_json(chat)}
 
 
 async def test_brightness_ranks_when_the_question_cannot(mock_heads: None, monkeypatch: pytest.MonkeyPatch) -> None:
     favour("4821", monkeypatch)
     chat, requests = await chat_over_budget(MockBackend(), 150, score="brightness")
     assert set(requests) == {1}  # no recall pass: the tracker's brightness ranked every prune
-    assert chat.pruner.pruned_units(chat.state)
+    units = chat.pruner.pruned_units(chat.state)
+    assert units and {e.ranked_by for e in units} == {"brightness"}
+    assert "(brightness " in prune_line(units[0])
 
 
 async def test_a_model_without_known_heads_gets_no_pass() -> None:

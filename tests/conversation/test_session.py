@@ -65,7 +65,23 @@ def test_a_version_1_file_loads_as_never_recalled(tmp_path: Path) -> None:
     assert loaded.memory == MemorySettings()
     assert (loaded.state.column("recalled_turn") == -1).all()
     save(loaded, path)
-    assert json.loads(path.read_text())["version"] == 2
+    assert json.loads(path.read_text())["version"] == 3
+
+
+def test_what_ranked_a_prune_is_saved_and_older_files_read_as_brightness(tmp_path: Path) -> None:
+    original = session()
+    state = original.state
+    scores = np.arange(len(state), dtype=np.float64)
+    events = Pruner(PrunerSettings(protect_exchanges=0)).prune(state, state.active_count - 12, scores=scores,
+                                                               ranked_by="question").events
+    assert events and {e.ranked_by for e in events} == {"question"}
+    save(original, tmp_path / "s.json")
+    assert {e.ranked_by for e in Pruner().pruned_units(load(tmp_path / "s.json").state)} == {"question"}
+    data = to_json(original)
+    del data["columns"]["deleted_ranked_by"]
+    data["version"] = 2
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    assert {e.ranked_by for e in Pruner().pruned_units(load(tmp_path / "old.json").state)} == {"brightness"}
 
 
 def test_a_crash_mid_write_keeps_the_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -86,7 +102,8 @@ def test_a_crash_mid_write_keeps_the_previous_file(tmp_path: Path, monkeypatch: 
 @pytest.mark.parametrize(
     ("mutate", "words"),
     [
-        (lambda d: d.update(version=3), "version 3, this halo-client reads versions 1, 2"),
+        (lambda d: d.update(version=4), "version 4, this halo-client reads versions 1, 2, 3"),
+        (lambda d: d["columns"]["deleted_ranked_by"].__setitem__(0, 7), "unknown ranking"),
         (lambda d: d["memory"].update(max_recalled=-1), "damaged"),
         (lambda d: d["columns"]["recalled_turn"].__setitem__(0, 99), "recall at a turn"),
         (lambda d: d.update(format="other"), "not a Halo Weave session"),

@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from halo_client.conversation.memory import Recall
-from halo_client.conversation.pruner import LISTED_ONE_BY_ONE, PruneEvent, PruneResult, summary
+from halo_client.conversation.pruner import LISTED_ONE_BY_ONE, RANKING_LABELS, PruneEvent, PruneResult, summary
 from halo_client.conversation.state import ROLES, ConversationState
 from halo_client.display.scale import HeatScale, ScaleMode, conversation_levels, heat_scale
 from halo_client.messages import ModelInfo
@@ -161,7 +161,7 @@ def tokens(n: int) -> str:
 
 def prune_line(event: PruneEvent) -> str:
     """`sentence 12 (brightness 0.42, 9 tokens): text` — the number `/restore` takes."""
-    score = "" if math.isnan(event.score) else f"brightness {event.score:.2f}, "
+    score = "" if math.isnan(event.score) else f"{RANKING_LABELS[event.ranked_by]} {event.score:.2f}, "
     return f"{event.kind} {event.unit} ({score}{tokens(event.size)}): {_one_line(event.text) or '(no text)'}"
 
 

@@ -343,7 +343,7 @@ class Chat:
         if self.state.active_count <= budget:
             return PruneResult(active_before=self.state.active_count, active_after=self.state.active_count,
                                budget=budget)
-        result = prune_keeping(self.pruner, self.state, budget, recalled or [], scores=scores)
+        result = prune_keeping(self.pruner, self.state, budget, recalled or [], scores=scores, ranked_by="question")
         if self.state.active_count > hard:
             raise ContextBudgetExceeded(
                 f"the conversation needs {self.state.active_count + reserve} tokens plus a "
@@ -446,7 +446,7 @@ class Chat:
             self.meta[INTERRUPTED_TURNS] = [*self.interrupted_turns(), turn]
         # back within the budget, ranked as before the reply (the reply itself is the newest text)
         after = self.pruner.prune(self.state, scores=None if scores is None else
-                                  np.r_[scores, np.zeros(len(self.state) - len(scores))])
+                                  np.r_[scores, np.zeros(len(self.state) - len(scores))], ranked_by="question")
         reply = Reply(tokens, done, before, after, input_ids, positions, request_positions.tolist(), recalled,
                       str(interrupted) if interrupted is not None else None, turn)
         return reply

@@ -26,7 +26,14 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
-from halo_client.conversation.state import REASONS, ROLES, ConversationError, ConversationState
+from halo_client.conversation.state import (
+    RANKINGS,
+    REASONS,
+    ROLES,
+    ConversationError,
+    ConversationState,
+    RankedBy,
+)
 
 Granularity = Literal["sentence", "line", "turn"]
 Reduce = Literal["max", "mean"]
@@ -72,6 +79,8 @@ class PruneEvent:
     #: the message's template, when this unit was the last of its message's content to go (it
     #: went too, counted in `tokens_freed`); `restore` brings it back with the unit
     template: tuple[int, ...] = ()
+    #: what ranked the unit, so that its `score` is read as what it is
+    ranked_by: RankedBy = "brightness"
 
     @property
     def size(self) -> int:
@@ -115,6 +124,10 @@ class PruneResult:
         return f"pruned {len(self.events)} units, {self.active_before} -> {self.active_after} tokens"
 
 
+#: how a prune line names a unit's score, by what ranked it
+RANKING_LABELS: Final[dict[str, str]] = {"brightness": "brightness", "question": "question's attention",
+                                          "score": "score"}
+
 #: a prune of more units than this is reported as one line (`summary`); the units: `/pruned`
 LISTED_ONE_BY_ONE: Final = 3
 
@@ -125,9 +138,12 @@ def summary(events: Sequence[PruneEvent]) -> str:
     kinds = {e.kind for e in units}
     kind = next(iter(kinds)) if len(kinds) == 1 else "unit"
     tokens = sum(e.tokens_freed for e in units)
-    scores = [e.score for e in units if not math.isnan(e.score)]
-    brightness = f", brightness {min(scores):.2f} to {max(scores):.2f}" if scores else ""
-    return f"{len(units):,} {kind}{'' if len(units) == 1 else 's'} ({tokens:,} tokens{brightness})"
+    scored = [e for e in units if not math.isnan(e.score)]
+    rankings = {e.ranked_by for e in scored}
+    name = RANKING_LABELS[next(iter(rankings))] if len(rankings) == 1 else "score"
+    scores = [e.score for e in scored]
+    ranked = f", {name} {min(scores):.2f} to {max(scores):.2f}" if scores else ""
+    return f"{len(units):,} {kind}{'' if len(units) == 1 else 's'} ({tokens:,} tokens{ranked})"
 
 
 def _content_text(state: ConversationState, positions: npt.NDArray[np.int64]) -> str:
@@ -198,11 +214,12 @@ class Pruner:
 
     def prune(self, state: ConversationState, budget: int | None = None, *,
               current_turn: int | None = None, scores: npt.NDArray[np.floating] | None = None,
-              protect: npt.NDArray[np.bool_] | None = None) -> PruneResult:
+              protect: npt.NDArray[np.bool_] | None = None, ranked_by: RankedBy | None = None) -> PruneResult:
         """Remove the dimmest units until `state.active_count <= budget` (default: the
         settings' max_context_tokens; 0 = off). `scores`: one per position, in place of
         brightness (another policy's view of what matters); `protect`: positions that must
-        stay this time (e.g. what memory just recalled)."""
+        stay this time (e.g. what memory just recalled); `ranked_by`: what `scores` are (the
+        audit trail and every prune line name it; "score" when not said)."""
         budget = self.settings.max_context_tokens if budget is None else budget
         result = PruneResult(active_before=state.active_count, budget=budget)
         result.active_after = result.active_before
@@ -233,6 +250,7 @@ class Pruner:
             result.over_budget = True
             return result
         source = state.brightness if scores is None else scores
+        ranking_name: RankedBy = "brightness" if scores is None else (ranked_by or "score")
         if len(source) != len(state):
             raise ConversationError(f"{len(source)} scores for a conversation of {len(state)} tokens")
         values = np.asarray(source, np.float64)[positions]
@@ -263,7 +281,7 @@ class Pruner:
             a, b = starts[u], starts[u] + sizes[u]
             unit_positions = positions[a:b]
             result.events.append(self._delete(state, kind, int(units[a]), unit_positions,
-                                              float(unit_scores[u]), current_turn_id))
+                                              float(unit_scores[u]), current_turn_id, ranking_name))
         result.events = _with_templates(result.events, self._drop_empty_messages(state, current_turn_id, protected))
         result.active_after = state.active_count
         result.over_budget = result.active_after > budget
@@ -323,11 +341,12 @@ class Pruner:
         return extra
 
     def _delete(self, state: ConversationState, kind: Granularity, unit: int,
-                positions: npt.NDArray[np.int64], score: float, turn_now: int) -> PruneEvent:
-        state.mark_deleted(positions, turn=turn_now, score=score, reason="pruned")
+                positions: npt.NDArray[np.int64], score: float, turn_now: int,
+                ranked_by: RankedBy = "brightness") -> PruneEvent:
+        state.mark_deleted(positions, turn=turn_now, score=score, reason="pruned", ranked_by=ranked_by)
         return PruneEvent(kind, unit, int(state.column("turn")[positions[0]]),
                           tuple(int(p) for p in positions), score, int(positions.size),
-                          _content_text(state, positions))
+                          _content_text(state, positions), ranked_by=ranked_by)
 
     @staticmethod
     def _drop_empty_messages(state: ConversationState, turn_now: int,
@@ -369,7 +388,7 @@ class Pruner:
         back = np.union1d(positions, template)
         state.undelete(back)
         return PruneEvent(event.kind, event.unit, event.turn, event.positions, event.score,
-                          -int(back.size), event.text, restored=True)
+                          -int(back.size), event.text, restored=True, ranked_by=event.ranked_by)
 
     def pruned_spans(self, state: ConversationState) -> PrunedSpans:
         """Where every unit now pruned lies, from the audit trail, without building events: what a
@@ -391,7 +410,7 @@ class Pruner:
         ps = spans.unit(i)
         return PruneEvent(self.settings.granularity, int(spans.units[i]), int(state.column("turn")[ps[0]]),
                           tuple(int(p) for p in ps), float(state.column("deleted_score")[ps[0]]), int(ps.size),
-                          _content_text(state, ps))
+                          _content_text(state, ps), ranked_by=RANKINGS[int(state.column("deleted_ranked_by")[ps[0]])])
 
     def pruned_units(self, state: ConversationState) -> list[PruneEvent]:
         """Every unit now pruned, reconstructed from the audit trail (e.g. after loading)."""

@@ -29,9 +29,9 @@ from halo_client.conversation.tracker import TrackerSettings
 from halo_client.errors import HaloError
 
 FORMAT: Final = "halo-weave-session"
-VERSION: Final = 2
+VERSION: Final = 3
 #: versions this halo-client reads (older ones are migrated on load)
-READABLE: Final = (1, 2)
+READABLE: Final = (1, 2, 3)
 
 
 class SessionError(HaloError):
@@ -110,6 +110,8 @@ def from_json(data: Any, source: str = "session") -> Session:
         columns = data["columns"]
         if version == 1 and isinstance(columns, dict) and "recalled_turn" not in columns:
             columns = {**columns, "recalled_turn": [NOT_DELETED] * n}  # nothing was ever recalled
+        if version < 3 and isinstance(columns, dict) and "deleted_ranked_by" not in columns:
+            columns = {**columns, "deleted_ranked_by": [0] * n}  # brightness ranked every prune
         if len(pieces) != n or set(columns) != set(COLUMNS):
             raise bad("its token table is incomplete")
         arrays: dict[str, np.ndarray[Any, Any]] = {}

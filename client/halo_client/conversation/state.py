@@ -32,6 +32,11 @@ ROLES: Final[tuple[Role, ...]] = ("system", "user", "assistant")
 #: why a token is deleted
 DeleteReason = Literal["pruned", "empty message"]
 REASONS: Final = ("", "pruned", "empty message")
+#: what ranked a pruned unit (its audit score is that ranking's): the tracker's brightness, the
+#: newest message's attention in the retrieval heads (the chat's recall pass), or another score
+#: a caller gave (a benchmark policy)
+RankedBy = Literal["brightness", "question", "score"]
+RANKINGS: Final = ("brightness", "question", "score")
 NOT_DELETED: Final = -1
 
 #: name -> (dtype, value of a new row)
@@ -48,6 +53,7 @@ COLUMNS: Final[dict[str, tuple[type, object]]] = {
     "deleted_turn": (np.int32, NOT_DELETED),
     "deleted_score": (np.float32, np.nan),
     "deleted_reason": (np.int8, 0),
+    "deleted_ranked_by": (np.int8, 0),
     #: the turn at which memory last brought the token back (NOT_DELETED: never)
     "recalled_turn": (np.int32, NOT_DELETED),
 }
@@ -75,6 +81,7 @@ class TokenRow:
     deleted_turn: int | None
     deleted_score: float | None
     deleted_reason: str | None
+    deleted_ranked_by: str | None
     recalled_turn: int | None
 
 
@@ -168,6 +175,7 @@ class ConversationState:
             deleted_turn=int(c["deleted_turn"][position]) if deleted else None,
             deleted_score=float(c["deleted_score"][position]) if deleted else None,
             deleted_reason=REASONS[int(c["deleted_reason"][position])] if deleted else None,
+            deleted_ranked_by=RANKINGS[int(c["deleted_ranked_by"][position])] if deleted else None,
             recalled_turn=int(c["recalled_turn"][position]) if c["recalled_turn"][position] >= 0 else None,
         )
 
@@ -346,7 +354,7 @@ class ConversationState:
     # ------------------------------------------------------------------ deleting
 
     def mark_deleted(self, positions: npt.NDArray[np.int64], *, turn: int, score: float,
-                     reason: DeleteReason) -> None:
+                     reason: DeleteReason, ranked_by: RankedBy = "brightness") -> None:
         """Soft-delete `positions` with their audit trail: the turn it happened in, the unit's
         score (NaN when it has none) and why."""
         c = self._cols
@@ -354,6 +362,7 @@ class ConversationState:
         c["deleted_turn"][positions] = turn
         c["deleted_score"][positions] = score
         c["deleted_reason"][positions] = REASONS.index(reason)
+        c["deleted_ranked_by"][positions] = RANKINGS.index(ranked_by)
 
     def undelete(self, positions: npt.NDArray[np.int64]) -> None:
         """Make `positions` active again and clear their audit trail."""
@@ -362,6 +371,7 @@ class ConversationState:
         c["deleted_turn"][positions] = NOT_DELETED
         c["deleted_score"][positions] = np.nan
         c["deleted_reason"][positions] = 0
+        c["deleted_ranked_by"][positions] = 0
 
     def mark_recalled(self, positions: npt.NDArray[np.int64], *, turn: int) -> None:
         """Record that memory brought `positions` back (active again) at `turn`."""
@@ -459,6 +469,9 @@ def _check_consistent(arrays: Mapping[str, npt.NDArray[Any]], turns: list[Turn],
     reasons = arrays["deleted_reason"]
     if reasons.min() < 0 or reasons.max() >= len(REASONS):
         raise bad("it has an unknown reason for a deletion")
+    ranked_by = arrays["deleted_ranked_by"]
+    if ranked_by.min() < 0 or ranked_by.max() >= len(RANKINGS):
+        raise bad("it has an unknown ranking for a deletion")
     deleted = arrays["deleted"]
     if not np.array_equal(deleted, reasons > 0) or not np.array_equal(deleted, arrays["deleted_turn"] >= 0):
         raise bad("its audit trail disagrees with its deleted tokens")

@@ -31,7 +31,7 @@ import numpy.typing as npt
 
 from halo_client.config import Config
 from halo_client.conversation.chat import Chat
-from halo_client.conversation.pruner import LISTED_ONE_BY_ONE, PruneEvent, summary
+from halo_client.conversation.pruner import LISTED_ONE_BY_ONE, RANKING_LABELS, PruneEvent, summary
 from halo_client.conversation.state import ConversationState
 from halo_client.display.scale import ScaleMode, conversation_levels
 from halo_client.errors import RequestTimeout, ServerBusy, ServerUnreachable, Unauthorized
@@ -64,8 +64,8 @@ def event_json(event: PruneEvent, reason: str | None = None) -> dict[str, Any]:
     `tokens` counts the unit's own tokens; `freed` also the template that went with it."""
     return {"action": "restored" if event.restored else "pruned", "reason": reason,
             "kind": event.kind, "unit": event.unit, "turn": event.turn, "positions": list(event.positions),
-            "score": finite(event.score), "tokens": event.size, "freed": abs(event.tokens_freed),
-            "text": event.text}
+            "score": finite(event.score), "ranked_by": RANKING_LABELS[event.ranked_by], "tokens": event.size,
+            "freed": abs(event.tokens_freed), "text": event.text}
 
 
 def prune_summary(events: list[PruneEvent]) -> str | None:
@@ -95,7 +95,8 @@ def pruned_json(chat: Chat) -> list[dict[str, Any]]:
     """The units pruned now, newest first, as the Pruned list shows them."""
     units = chat.pruner.pruned_units(chat.state)
     return [{"positions": list(u.positions), "kind": u.kind, "unit": u.unit, "turn": u.turn,
-             "score": finite(u.score), "text": u.text, "tokens": u.size} for u in reversed(units)]
+             "score": finite(u.score), "ranked_by": RANKING_LABELS[u.ranked_by], "text": u.text, "tokens": u.size}
+            for u in reversed(units)]
 
 
 def legend_json(chat: Chat, mode: ScaleMode) -> dict[str, Any]:

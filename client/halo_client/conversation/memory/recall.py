@@ -33,7 +33,7 @@ from halo_client.conversation.memory.lexical import WordIndex
 from halo_client.conversation.memory.semantic import Embedder, MeaningIndex
 from halo_client.conversation.memory.settings import MemorySettings, Scorer
 from halo_client.conversation.pruner import PrunedSpans, PruneEvent, Pruner, PruneResult
-from halo_client.conversation.state import ConversationState
+from halo_client.conversation.state import ConversationState, RankedBy
 from halo_client.errors import HaloError, joined
 
 
@@ -218,13 +218,14 @@ def protected_positions(state: ConversationState, recalls: list[Recall]) -> npt.
 
 
 def prune_keeping(pruner: Pruner, state: ConversationState, budget: int, recalls: list[Recall], *,
-                  scores: npt.NDArray[np.floating] | None = None) -> PruneResult:
+                  scores: npt.NDArray[np.floating] | None = None, ranked_by: RankedBy | None = None
+                  ) -> PruneResult:
     """Prune to `budget` keeping what was just recalled; if it does not fit beside the rest of
     the protected content (the system prompt, the newest message), it goes again."""
     protect = protected_positions(state, recalls) if recalls else None
-    result = pruner.prune(state, budget, scores=scores, protect=protect)
+    result = pruner.prune(state, budget, scores=scores, protect=protect, ranked_by=ranked_by)
     if result.over_budget and protect is not None:
-        again = pruner.prune(state, budget, scores=scores)
+        again = pruner.prune(state, budget, scores=scores, ranked_by=ranked_by)
         result.events += again.events
         result.active_after, result.over_budget = again.active_after, again.over_budget
     return result
