@@ -43,6 +43,7 @@ import numpy as np
 from halo_client.client import DoneEvent, KoboldClient, TokenEvent
 from halo_client.conversation.tracker import AttentionTracker
 from halo_client.testing.ports import free_port
+from halo_client.testing.processes import stop_process
 
 FILLER = ("The lighthouse keeper counted the ships that passed in the night and wrote each name in a blue "
           "notebook, with the hour, the weather and the colour of the sails. ")
@@ -71,11 +72,7 @@ def serving(cmd: list[str], cwd: Path | None, log: Path, probe: str, what: str) 
                 time.sleep(0.5)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, 10)
 
 
 def kobold_server(directory: Path, model: Path, ctx: int, threads: int, extra: list[str], log: Path) -> Any:

@@ -27,6 +27,7 @@ import numpy as np
 from halo_client.llama_cpp import LlamaCppBackend
 from halo_client.messages import AttentionLayout
 from halo_client.testing.ports import free_port, wait_for_port
+from halo_client.testing.processes import stop_process
 
 LAYOUTS: tuple[AttentionLayout | None, ...] = (None, "full", "layer_stats", "model_stats")
 FILLER = ("The lighthouse keeper counted the ships that passed in the night and wrote each name in a blue "
@@ -42,8 +43,7 @@ def rpc_server(binary: Path, port: int, threads: int, log: Path) -> Any:
         wait_for_port(port, timeout=60)
         yield f"127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop_process(proc, 10)
 
 
 def tcp_bytes(ports: list[int]) -> int:

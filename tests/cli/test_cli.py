@@ -19,6 +19,7 @@ import pytest
 from halo_client.reference.tiny_model import write_tiny_llama
 from halo_client.testing import FaultPlan, MockBackend, MockKoboldServer
 from halo_client.testing.ports import free_port, wait_for_port
+from halo_client.testing.processes import stop_process
 from halo_client.testing.threaded import ServerThread
 
 pytestmark = pytest.mark.process
@@ -35,8 +36,7 @@ def mock_url() -> Iterator[str]:
         wait_for_port(port)
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop_process(proc, 10)
 
 
 @pytest.fixture
@@ -252,8 +252,7 @@ def test_a_session_from_another_model_is_refused(mock_url: str, tmp_path: Path) 
                      stdin="/stats\n")
         assert forced.returncode == 0, forced.stderr
     finally:
-        server.terminate()
-        server.wait(10)
+        stop_process(server, 10)
 
 
 def test_ctrl_c_stops_the_reply_and_keeps_the_chat(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from halo_client.llama_cpp import LlamaCppBackend, default_library_paths
 from halo_client.messages import AttentionLayout
 from halo_client.reference.tiny_model import write_tiny_llama
 from halo_client.testing.ports import free_port, wait_for_port
+from halo_client.testing.processes import stop_process
 
 pytestmark = pytest.mark.process
 
@@ -69,8 +70,7 @@ def rpc_servers(rpc_lib: Path, in_own_process: bool) -> Iterator[str]:
         yield ",".join(endpoints)
     finally:
         for proc in procs:
-            proc.terminate()
-            proc.wait(10)
+            stop_process(proc, 10)
 
 
 def frames(backend: LlamaCppBackend, ids: list[int], layout: AttentionLayout, steps: int = 4) -> list[np.ndarray]:

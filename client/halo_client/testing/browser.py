@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import httpx
 
+from halo_client.testing.processes import stop_process
+
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page, Playwright
 
@@ -74,12 +76,7 @@ def workbench_process(server_url: str, directory: Path, *, port: int = 0) -> Ite
             time.sleep(0.1)
         yield WorkbenchProcess(url, process, settings, sessions)
     finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop_process(process)
 
 
 def wait_until(page: Page, script: str, timeout: float = 15.0, what: str = "") -> Any:

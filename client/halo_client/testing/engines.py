@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Literal
 
 from halo_client.testing.ports import free_port
+from halo_client.testing.processes import stop_process
 
 Semantics = Literal["v1.76", "current"]
 
@@ -112,12 +113,7 @@ def _process(cmd: list[str], cwd: Path | None, env: dict[str, str] | None, port:
             _wait_ready(url, proc, log)
             yield Server(url, log)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
 
 
 class ReferenceEngine(Engine):

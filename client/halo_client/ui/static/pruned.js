@@ -69,7 +69,7 @@ export class PrunedList {
       const why = document.createElement("div");
       why.className = "why";
       why.textContent = `${unit.kind} ${unit.unit}, turn ${unit.turn}, ${tokens(unit.positions.length)}` +
-        `${unit.score === null ? "" : `, ${unit.ranked_by || "brightness"} ${unit.score.toPrecision(3)}`}`;
+        `${unit.score === null ? "" : `, ${unit.ranked_by} ${unit.score.toPrecision(3)}`}`;
       text.append(why);
       const restore = document.createElement("button");
       restore.type = "button";
