@@ -162,7 +162,8 @@ class KoboldEngine(Engine):
 
     def unavailable(self) -> str | None:
         how = (f"set {KOBOLDCPP_ENV}=DIR of a patched KoboldCPP v1.76 built with `make patch-and-build BACKEND=cpu "
-               f"KOBOLDCPP_DIR=DIR` (KOBOLDCPP_SRC=a v1.76 tree when offline)")
+               f"KOBOLDCPP_DIR=DIR` (KOBOLDCPP_SRC=a v1.76 tree when offline); CI does not build it: "
+               f"kobold_patch/README.md's fidelity table reports the run")
         directory = self.directory
         if directory is None:
             return f"no patched KoboldCPP: {how}"
