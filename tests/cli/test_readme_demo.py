@@ -38,12 +38,17 @@ def test_the_readme_pruning_demo_is_what_the_demo_does(tmp_path: Path) -> None:
     if os.environ.get("HALO_UPDATE_DOCS") == "1":
         README.write_text(text[: found.start(3)] + output + text[found.end(3):])
         return
-    # what the example is for: pruning happens, within the budget, and brightness chooses what of
-    # the older text goes (a sentence of the first reply goes, the user's fact before it stays)
+    # what the example is for: pruning happens, within the budget, ranked by the newest message's
+    # attention rather than by age; the fact goes with the older text, and a later question in other
+    # words (no word of the fact) brings it back by meaning
     pruned = [line for line in output.splitlines() if line.startswith("  pruned ")]
     assert pruned and "over the budget" not in output, output
+    assert all("(question's attention " in line for line in pruned), pruned
     first = re.search(r"pruned sentence (\d+) ", pruned[0])
     assert first and int(first.group(1)) > 1, "the oldest sentence would go first by age alone"
-    assert "My locker code is 4817." in output.split("\nsystem:\n", 1)[1], "/show: the fact is still there"
+    assert any("My locker code is 4817." in line for line in pruned), "the fact went with the older text"
+    recalled = [line for line in output.splitlines() if line.startswith("  recalled ")]
+    assert len(recalled) == 1 and "by meaning (similarity " in recalled[0] and "My locker code is 4817." in recalled[0]
+    assert "My locker code is 4817." in output.split("\nsystem:\n", 1)[1], "/show: the fact is back"
     assert output == shown, ("README's pruning demo is not what the command prints now; update it with "
                              "HALO_UPDATE_DOCS=1 pytest tests/cli/test_readme_demo.py")

@@ -99,7 +99,8 @@ _BARS = "▁▂▃▄▅▆▇█"
 def render_plain(state: ConversationState, *, mode: ScaleMode = "percentile",
                  show_template: bool = False) -> list[str]:
     """The heat view without colours, for a pipe or a file: each message under its role label,
-    one sentence a line, led by its score as the pruner ranks it (its brightest token) and a bar
+    one sentence a line, led by its brightness (its brightest token's: what the pruner ranks by
+    where the newest message's attention cannot) and a bar
     for that score on the scale `mode` fitted to the sentences (system text drawn, not setting
     it), then the legend. With `show_template`, the template's runs too, marked `tpl`."""
     active = state.active_positions()
@@ -134,7 +135,7 @@ def render_plain(state: ConversationState, *, mode: ScaleMode = "percentile",
         lines.append(f"  {bar} {scores[i]:6.2f}  {text}")
     how = (f"percentile among {scale.count} sentences" if mode == "percentile"
            else f"log scale over {scale.count} sentences, {scale.low:.3g} to {scale.high:.3g}")
-    lines.append(f"  (each sentence's brightness is its brightest token's, what the pruner ranks it by; {_BARS[0]} dim "
+    lines.append(f"  (each sentence's brightness is its brightest token's; {_BARS[0]} dim "
                  f"to {_BARS[-1]} bright: {how}; system text does not set the scale)")
     return lines
 

@@ -4,16 +4,17 @@ One exchange (`send`): the user's message and the template around it, and the te
 opens the reply, are tokenized first, before anything changes. Then, in one go: the message is
 added; with memory on, it brings back the pruned sentences it matches best (`memory.Memory`:
 each one an audit-trail event, "recalled"); the conversation is pruned to fit (the budget, and
-the server's context minus the reply), keeping what was just recalled; when a prune is due
-and the pruner ranks by the question, a one-token recall pass first gives the newest message's
-attention (the last prompt row, frame 0 of a one-token generation) and the model's retrieval
-heads rank what stays (`conversation.question`; brightness where the model's heads are unknown
-or the pass fails). A message that cannot
+the server's context minus the reply), keeping what was just recalled; when a prune is due,
+now or once the reply has joined the chat, and the pruner ranks by the question, a one-token
+recall pass first gives the newest message's attention (the last prompt row, frame 0 of a
+one-token generation) and the model's retrieval heads rank what stays (`conversation.question`;
+brightness where the model's heads are unknown or the pass fails). A message that cannot
 fit even with everything prunable gone is refused (`MessageTooLong`) and all of that is undone.
 The reply streams, each token joining the state and each frame updating brightness; every
 listener gets a `ReplyStep` per token that already holds the token's position, the positions
 of its frame's columns and the frame aggregated per column, so nothing downstream maps columns
-again. The reply is closed with the template's suffix and the conversation is pruned again.
+again. The reply is closed with the template's suffix and the conversation is pruned again,
+ranked by the same pass.
 
 What a failure leaves:
 
@@ -308,16 +309,21 @@ class Chat:
         soft = self.pruner.settings.max_context_tokens
         return (min(hard, soft) if soft else hard), hard
 
-    async def question_scores(self, prefix_tokens: Tokens) -> npt.NDArray[np.float64] | None:
-        """When the next request must prune and the pruner ranks by the question: the newest
-        message's attention in the model's retrieval heads, one score per position (0 for what is
-        not in the request), from a one-token recall pass (`max_length=1`, frame 0: the last prompt
-        row, in the full layout). None, and brightness ranks, when no prune is due, the model's
-        heads are unknown, the server sends no full frames, or the pass fails."""
+    async def question_scores(self, prefix_tokens: Tokens, suffix_tokens: int = 0) -> npt.NDArray[np.float64] | None:
+        """When the next request must prune, or the prune after its reply may (the reply at its
+        longest, `max_length`, and the `suffix_tokens` closing it, over the budget), and the pruner
+        ranks by the question: the newest message's attention in the model's retrieval heads, one
+        score per position (0 for what is not in the request), from a one-token recall pass
+        (`max_length=1`, frame 0: the last prompt row, in the full layout). None, and brightness
+        ranks, when no prune can fall due, the model's heads are unknown, the server sends no full
+        frames, or the pass fails."""
         budget, _hard = self._budget(len(prefix_tokens))
+        after = self.pruner.settings.max_context_tokens
+        longest = self.state.active_count + len(prefix_tokens) + self.max_length + suffix_tokens
+        due = self.state.active_count > budget or 0 < after < longest
         attention = self.info.attention
         if (self.pruner.settings.score != "question" or self.question_heads is None or not attention.available
-                or "full" not in attention.layouts or self.state.active_count <= budget):
+                or "full" not in attention.layouts or not due):
             return None
         positions = self.state.active_positions()
         frame = None
@@ -389,7 +395,7 @@ class Chat:
                      message_tokens: int | None = None) -> Reply:
         try:
             recalled = self.recall()
-            scores = await self.question_scores(prepared.prefix)
+            scores = await self.question_scores(prepared.prefix, len(prepared.suffix))
             before = self._fit_for_request(len(prepared.prefix), recalled, scores)
         except ContextBudgetExceeded:
             excess = self.state.active_count - self._hard_limit(len(prepared.prefix))
