@@ -398,6 +398,11 @@ def test_eval_pruning_on_a_file_of_questions_only_runs_and_reports(tmp_path: Pat
                                "--score", "loudness", "--out", str(tmp_path / "o2")))
     assert "'loudness'" in line and "question heads (last row)" in line
     assert not (tmp_path / "o2").exists()
+    # one conversation id in two --handwritten files: refused before anything runs
+    line = one_line_exit_2(run("eval", "pruning", "--model", str(model), "--handwritten", str(mine), "--handwritten",
+                               str(mine), "--out", str(tmp_path / "o3")))
+    assert "--handwritten" in line and "more than one file" in line
+    assert not (tmp_path / "o3").exists()
 
 
 # --------------------------------------------------------- chat: sessions, pipes, failures (issue 21)

@@ -15,13 +15,13 @@ from halo_client.evaluation.dataset import load_conversations
 from halo_client.evaluation.report import DEFAULT_POLICY, ResultFileError, report_from_json
 from halo_client.evaluation.retrieval import memory_grid
 from halo_client.reference import ReferenceBackend
-from tests.evaluation.test_handwritten import HANDWRITTEN
+from tests.evaluation.test_handwritten import HANDWRITTEN, HANDWRITTEN_TUNE
 
 
 def test_a_full_run_writes_tables_json_and_plot(tiny: ReferenceBackend, tmp_path: Path) -> None:
     config = BenchmarkConfig(tune=1, report=2, min_tokens=300, max_tokens=400, reply_tokens=4, probe_tokens=6,
                              tail="FQP", budgets=(0.25, 0.5), cache_dir=tmp_path / "cache", cost_sentences=60,
-                             handwritten=load_conversations(HANDWRITTEN)[:1])
+                             handwritten=load_conversations(HANDWRITTEN)[:1] + load_conversations(HANDWRITTEN_TUNE)[:1])
     progress: list[tuple[int, int, str]] = []
     result = run(tiny, config, tmp_path, lambda d, t, m: progress.append((d, t, m)))
     names = set(policy_factories(Tuned()))
@@ -30,20 +30,25 @@ def test_a_full_run_writes_tables_json_and_plot(tiny: ReferenceBackend, tmp_path
     assert {(r["conversation"], r["set"]) for r in result["rows"]} == {
         ("seed 1", "generated"), ("seed 2", "generated"), ("hw-01-airport", "handwritten")}
     assert len([r for r in result["rows"] if r["set"] == "generated"]) == len(names) * 2 * 2 * 3
-    assert [(d, t) for d, t, _m in progress] == [(i, 5) for i in range(1, 6)]  # a step per conversation and phase
-    assert progress[0][2].startswith("recall study of seed 0") and progress[1][2].startswith("tuned on seed 0")
+    # a step per conversation and phase; the one written by hand for tuning joins the tuning split
+    assert [(d, t) for d, t, _m in progress] == [(i, 7) for i in range(1, 8)]
+    assert {m.split(":")[0] for _d, _t, m in progress[:2]} == {"recall study of seed 0",
+                                                               "recall study of tune-hw-01-school-play"}
+    assert {m.split(":")[0] for _d, _t, m in progress[2:4]} == {"tuned on seed 0", "tuned on tune-hw-01-school-play"}
+    assert (result["config"]["tune"], result["config"]["tune_handwritten"]) == (1, 1)
     tuned = result["tuned"]
     assert tuned["score"] in SCORES and set(tuned["heads"]) == {"message", "last"}
     assert MemorySettings.model_validate(tuned["memory"]) in memory_grid()
     question = next(r for r in result["rows"] if r["kind"] == "question" and r["set"] == "generated")
     assert question["wording"] in ("literal", "paraphrased") and f"recall ({question['wording']})" in question
     assert any("false_recalls" in r for r in result["rows"] if r["kind"] == "fidelity")
-    assert {r["set"] for r in result["study"]} == {"tuning", "generated", "handwritten"}
+    assert {r["set"] for r in result["study"]} == {"tuning", "tuning by hand", "generated", "handwritten"}
     assert {r["retriever"] for r in result["study"] if "retriever" in r} >= {"words", "meaning", "hybrid"}
     assert set(result["costs"]["ms_per_message"]) == {"words", "meaning", "hybrid"}
     text = (tmp_path / "pruning.md").read_text()
     assert "# Pruning benchmark" in text and "Full-context recall" in text
     assert "## Generated conversations, held out (2)" in text and "## Written by hand, held out (1)" in text
+    assert "1 generated and 1 written by hand for tuning" in text and "tuning, by hand, paraphrased" in text
     assert "### Budget 25%" in text and "### Budget 50%" in text and f"| {DEFAULT_POLICY} |" in text
     assert "## Recall candidates on the same archive" in text and "## Memory's cost per message" in text
     assert "## What the default is held to" in text and "KL at 50%" in text and "recency + memory" in text

@@ -49,8 +49,8 @@ def test_the_heads_chosen_are_those_whose_top_sentence_is_the_fact() -> None:
 
 
 def test_memory_is_tuned_with_false_recalls_counted() -> None:
-    """A fidelity probe that would recall anything counts against a setting as much as a question
-    it answers counts for it."""
+    """A sentence brought back that holds no fact (a fidelity probe's false recall) counts against a
+    setting, `wrong_cost` of what a question it answers counts for it."""
     texts = ["My locker code is 4821.", "The weather is grey.", "I like tea."]
     fact = query("question", [True, False, False])
     probe = query("fidelity", [False, False, False])
@@ -63,6 +63,14 @@ def test_memory_is_tuned_with_false_recalls_counted() -> None:
             MemorySettings(scorer="meaning", min_similarity=0.5)]
     chosen, score = choose_memory([archive], grid)
     assert chosen == grid[2] and score == pytest.approx(0.5)  # the fact, and nothing for the probe
+    # a lower threshold finds a second fact for two false recalls: worth it at a quarter's cost each,
+    # not when a wrong sentence costs as much as a fact
+    other, again = query("question", [False, False, True]), query("fidelity", [False, False, False])
+    other.relevance, other.similarity = np.array([0.0, 0.0, 0.0]), np.array([0.1, 0.2, 0.42])
+    again.relevance, again.similarity = np.array([0.0, 0.0, 0.0]), np.array([0.41, 0.1, 0.2])
+    archive.queries += [other, again]
+    assert choose_memory([archive], grid)[0] == grid[1]
+    assert choose_memory([archive], grid, wrong_cost=1.0)[0] == grid[2]
 
 
 def test_archives_and_the_recall_pass_on_a_real_model(tiny_path: Path) -> None:

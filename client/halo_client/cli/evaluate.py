@@ -58,9 +58,11 @@ def _budgets(value: str) -> tuple[float, ...]:
 @click.option("--conversations", "conversations_file", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Your own conversations (JSON Lines; format in docs/pruning.md) instead of "
               "generated ones.")
-@click.option("--handwritten", "handwritten_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Conversations written by people (JSON Lines, the same format), held out and reported apart: "
-              "never tuned on (this repository's: docs/conversations.handwritten.jsonl).")
+@click.option("--handwritten", "handwritten_files", type=click.Path(dir_okay=False, path_type=Path), multiple=True,
+              help="Conversations written by people (JSON Lines, the same format; repeatable): those of split "
+              "\"report\" are held out and reported apart, never tuned on (this repository's: "
+              "docs/conversations.handwritten.jsonl); those of split \"tune\" join the tuning split "
+              "(docs/conversations.handwritten-tune.jsonl).")
 @click.option("--count", default=40, show_default=True, help="Generated held-out conversations.")
 @click.option("--tune", "tune_count", default=8, show_default=True, help="Generated tuning conversations.")
 @click.option("--budgets", default="0.25,0.5", show_default=True, callback=lambda _c, _p, v: _budgets(v),
@@ -87,7 +89,8 @@ def _budgets(value: str) -> tuple[float, ...]:
               show_default=True, help="Where pruning.md, pruning.svg and pruning.json go.")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("out/pruning/cache"), show_default=True, help="Model replies, reused by reruns.")
-def eval_pruning(model_path: str | None, backend: str, conversations_file: Path | None, handwritten_file: Path | None,
+def eval_pruning(model_path: str | None, backend: str, conversations_file: Path | None,
+                 handwritten_files: tuple[Path, ...],
                  count: int, tune_count: int, budgets: tuple[float, ...], min_tokens: int, max_tokens: int,
                  reply_tokens: int, seed: int, attention_recall: bool, cost_sentences: int,
                  scores: tuple[str, ...], policies: tuple[str, ...], workers: int, from_json: Path | None,
@@ -111,7 +114,12 @@ def eval_pruning(model_path: str | None, backend: str, conversations_file: Path 
     if unknown:
         raise click.BadParameter(f"{unknown[0]!r}; known: {', '.join(SCORES)}", param_hint="--score")
     conversations = load_conversations(conversations_file) if conversations_file is not None else None
-    handwritten = load_conversations(handwritten_file) if handwritten_file is not None else None
+    handwritten = [c for f in handwritten_files for c in load_conversations(f)] if handwritten_files else None
+    names = [c.name for c in handwritten or []]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise click.BadParameter(f"the conversation {twice[0]!r} is in more than one file; each needs its own id",
+                                 param_hint="--handwritten")
     model: ModelBackend
     if backend == "mock":
         from halo_client.testing import MockBackend

@@ -324,7 +324,10 @@ def run(backend: ModelBackend, config: BenchmarkConfig, out_dir: Path, progress:
             config.tune, config.report, seed=config.seed, count_tokens=lambda t: len(backend.tokenize(t, False)),
             min_tokens=config.min_tokens, max_tokens=config.max_tokens, reply_tokens=config.reply_tokens,
             tail=config.tail)
-    tuning = [c for c in conversations if c.split == "tune"]
+    # conversations written by people for tuning ("split": "tune") join the tuning split: its
+    # generated chats alone say little about how people ask
+    tuning = [(c, "tuning") for c in conversations if c.split == "tune"]
+    tuning += [(c, "tuning by hand") for c in config.handwritten or [] if c.split == "tune"]
     main_set = "yours" if config.conversations is not None else "generated"
     held_out = [(c, main_set) for c in conversations if c.split == "report"]
     held_out += [(c, "handwritten") for c in config.handwritten or [] if c.split == "report"]
@@ -341,7 +344,9 @@ def run(backend: ModelBackend, config: BenchmarkConfig, out_dir: Path, progress:
     def result_json(costs: dict[str, Any]) -> dict[str, Any]:
         return {
             "model": runner.model.info.model_name,
-            "config": {"tune": len(tuning), "report": sum(1 for _c, s in held_out if s == main_set),
+            "config": {"tune": sum(1 for _c, s in tuning if s == "tuning"),
+                       "tune_handwritten": sum(1 for _c, s in tuning if s == "tuning by hand"),
+                       "report": sum(1 for _c, s in held_out if s == main_set),
                        "handwritten": sum(1 for _c, s in held_out if s == "handwritten"),
                        "budgets": list(config.budgets),
                        "tail": config.tail, "min_tokens": config.min_tokens, "max_tokens": config.max_tokens,
@@ -359,25 +364,26 @@ def run(backend: ModelBackend, config: BenchmarkConfig, out_dir: Path, progress:
 
     try:
         archives = []
-        for result in runner.map([_Task(c, "archive", tuned) for c in tuning]):
+        for result in runner.map([_Task(c, "archive", tuned, set_name=s) for c, s in tuning]):
             done += 1
             computed += result.computed
             assert result.archive is not None
-            archives.append(result.archive)
+            archives.append((result.archive, result.set_name))
             progress(done, total, f"recall study of {result.name}: {len(result.archive.texts)} sentences")
         if archives:
-            tuned.heads = {rows_: choose_heads(archives, rows_, HEAD_COUNT) for rows_ in ("message", "last")}
-            tuned.memory, tuned.memory_score = choose_memory(archives, memory_grid())
+            tuned.heads = {rows_: choose_heads([a for a, _s in archives], rows_, HEAD_COUNT)
+                           for rows_ in ("message", "last")}
+            tuned.memory, tuned.memory_score = choose_memory([a for a, _s in archives], memory_grid())
         scores = []
-        for result in runner.map([] if fixed else [_Task(c, "tune", tuned) for c in tuning]):
+        for result in runner.map([] if fixed else [_Task(c, "tune", tuned) for c, _s in tuning]):
             done += 1
             computed += result.computed
             scores.append(result.scores)
             progress(done, total, f"tuned on {result.name}: {result.history_tokens} tokens")
         tuned.score, tuned.scores = choose_score(scores, config)
         memories = {"default": tuned.memory, "BM25": WORDS_MEMORY}
-        for archive in archives:
-            study += study_rows(archive, "tuning", tuned.heads, memories)
+        for archive, set_name in archives:
+            study += study_rows(archive, set_name, tuned.heads, memories)
         handwritten = tuple(n for n in names if config.policies is not None or n in HANDWRITTEN_POLICIES)
         for result in runner.map([_Task(c, "measure", tuned, handwritten if set_name == "handwritten" else names,
                                         set_name) for c, set_name in held_out]):

@@ -287,7 +287,9 @@ def write_report(result: Mapping[str, Any], out_dir: Path, resamples: int = 2000
         f"# Pruning benchmark ({result['model']})",
         "",
         f"Conversations: {config['report']} held out ({shape}); {config.get('handwritten', 0)} written by hand, "
-        f"held out; {config['tune']} for tuning. Each cell: the mean over conversations [bootstrap 95 % interval].",
+        f"held out; {config['tune']} generated"
+        f"{' and ' + str(config['tune_handwritten']) + ' written by hand' if config.get('tune_handwritten') else ''}"
+        " for tuning. Each cell: the mean over conversations [bootstrap 95 % interval].",
         "",
         f"Tuned on the tuning split: memory {json.dumps(memory)}; the default's pruning score "
         f"**{tuned.get('score', 'brightness')}** (with the recent window"

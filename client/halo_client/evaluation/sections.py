@@ -14,8 +14,8 @@ from halo_client.evaluation.stats import Estimate, bootstrap, interval, paired_d
 from halo_client.evaluation.summary import DEFAULT_POLICY, HIGHER_IS_BETTER, WORDINGS, best, per_conversation
 
 #: the sets of the recall study, in the order shown
-STUDY_SETS = (("tuning", "tuning"), ("generated", "generated, held out"), ("yours", "yours"),
-              ("handwritten", "written by hand"))
+STUDY_SETS = (("tuning", "tuning"), ("tuning by hand", "tuning, by hand"), ("generated", "generated, held out"),
+              ("yours", "yours"), ("handwritten", "written by hand"))
 #: what the default is compared with for "attention earns its place"
 RECENCY_MEMORY = "recency + memory"
 

@@ -13,10 +13,10 @@ Scorer = Literal["words", "meaning", "hybrid"]
 
 
 class MemorySettings(BaseModel):
-    """The defaults are the pruning benchmark's choice on its tuning split (docs/pruning.md): among
-    the three scorers, their thresholds and one or two sentences, the most sentences holding the
-    fact a question asks for, less every other sentence brought back (for a question, or for a
-    message that asks for nothing)."""
+    """The defaults are the pruning benchmark's choice on its tuning split, generated chats and
+    chats written by hand (docs/pruning.md): among the three scorers, their thresholds and one or
+    two sentences, the most sentences holding the fact a question asks for, less a quarter for
+    every other sentence brought back (for a question, or for a message that asks for nothing)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -28,7 +28,7 @@ class MemorySettings(BaseModel):
     #: higher matches better)
     min_relevance: float = Field(0.0, ge=0)
     #: cosine similarity (-1 to 1) a sentence needs to come back by its meaning
-    min_similarity: float = Field(0.35, ge=-1, le=1)
+    min_similarity: float = Field(0.30, ge=-1, le=1)
     #: with `hybrid`, a sentence that comes back by its words needs at least this similarity too:
     #: one shared word ("fun") in sentences about different things is not a match
     min_similarity_with_words: float = Field(0.0, ge=-1, le=1)
