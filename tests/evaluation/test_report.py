@@ -64,3 +64,23 @@ def test_the_paraphrase_goal_is_met_only_when_its_interval_clears_it() -> None:
     assert ": 1.000 [" in verdict(rare) and "not shown: the interval spans 0.8" in verdict(rare)
     assert verdict(rows([1.0] * 10, [1.0] * 10)).endswith(": met.")
     assert verdict(rows([1.0] * 10, [0.0] * 10)).endswith(": not met.")
+
+
+def test_beating_recency_and_memory_needs_recall_or_kl() -> None:
+    """Issue 19: the default beats recency + the same memory with non-overlapping paired intervals on
+    recall or KL, not worse on the other; the answer NLL alone does not meet it."""
+    from halo_client.evaluation.report import DEFAULT_POLICY
+    from halo_client.evaluation.sections import RECENCY_MEMORY, goal_lines
+
+    def verdict(measure: str, default: float, recency: float) -> str:
+        rows = [{"conversation": f"c{i}", "set": "generated", "policy": policy, "budget": 0.5, "step": 0,
+                 "kind": "question", measure: value + 0.01 * (i % 3)}
+                for i in range(10) for policy, value in ((DEFAULT_POLICY, default), (RECENCY_MEMORY, recency))]
+        [line] = [g for g in goal_lines(rows, {"generated": []}, {"seconds": 60.0}, 200) if RECENCY_MEMORY in g]
+        return line
+
+    assert verdict("answer_nll_increase", 0.5, 1.0).endswith(
+        ": not met: better on the answer NLL only, and the goal asks for recall or KL.")
+    assert verdict("kl", 0.05, 0.1).endswith(": met.")
+    assert verdict("kl", 0.1, 0.1).endswith(": not met: not separable on any measure.")
+    assert verdict("kl", 0.2, 0.1).endswith(": not met.")
