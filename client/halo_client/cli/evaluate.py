@@ -104,7 +104,7 @@ def eval_pruning(model_path: str | None, backend: str, conversations_file: Path 
         click.echo((out_dir / "pruning.md").read_text())
         return
     from halo_client.evaluation.benchmark import SCORES, BenchmarkConfig, Tuned, policy_factories, run
-    from halo_client.evaluation.dataset import load_conversations
+    from halo_client.evaluation.dataset import ConversationFileError, load_conversations
 
     known = policy_factories(Tuned())
     unknown = [p for p in policies if p not in known]
@@ -114,12 +114,10 @@ def eval_pruning(model_path: str | None, backend: str, conversations_file: Path 
     if unknown:
         raise click.BadParameter(f"{unknown[0]!r}; known: {', '.join(SCORES)}", param_hint="--score")
     conversations = load_conversations(conversations_file) if conversations_file is not None else None
-    handwritten = [c for f in handwritten_files for c in load_conversations(f)] if handwritten_files else None
-    names = [c.name for c in handwritten or []]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise click.BadParameter(f"the conversation {twice[0]!r} is in more than one file; each needs its own id",
-                                 param_hint="--handwritten")
+    try:
+        handwritten = load_conversations(*handwritten_files) if handwritten_files else None
+    except ConversationFileError as exc:
+        raise click.BadParameter(str(exc), param_hint="--handwritten") from exc
     model: ModelBackend
     if backend == "mock":
         from halo_client.testing import MockBackend

@@ -371,9 +371,9 @@ def run(backend: ModelBackend, config: BenchmarkConfig, out_dir: Path, progress:
             archives.append((result.archive, result.set_name))
             progress(done, total, f"recall study of {result.name}: {len(result.archive.texts)} sentences")
         if archives:
-            tuned.heads = {rows_: choose_heads([a for a, _s in archives], rows_, HEAD_COUNT)
-                           for rows_ in ("message", "last")}
-            tuned.memory, tuned.memory_score = choose_memory([a for a, _s in archives], memory_grid())
+            tuning_archives = [a for a, _s in archives]
+            tuned.heads = {rows_: choose_heads(tuning_archives, rows_, HEAD_COUNT) for rows_ in ("message", "last")}
+            tuned.memory, tuned.memory_score = choose_memory(tuning_archives, memory_grid())
         scores = []
         for result in runner.map([] if fixed else [_Task(c, "tune", tuned) for c, _s in tuning]):
             done += 1

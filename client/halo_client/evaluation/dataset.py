@@ -124,14 +124,22 @@ def parse_conversation(data: Any, index: int) -> Conversation:
     return Conversation(name=str(name), split=split, system=system, messages=history, tail=tail, facts=facts)
 
 
-def load_conversations(path: str | Path) -> list[Conversation]:
-    """Every conversation in a JSON Lines file (blank lines skipped)."""
+def load_conversations(*paths: str | Path) -> list[Conversation]:
+    """Every conversation in one or more JSON Lines files (blank lines skipped), in order; each id
+    once over them all (the results are kept per conversation)."""
+    conversations: list[Conversation] = []
+    where: dict[str, str] = {}  # id -> the earlier file that holds it ("": this one)
+    for path in map(Path, paths):
+        conversations += _load_file(path, where)
+    return conversations
+
+
+def _load_file(path: Path, where: dict[str, str]) -> list[Conversation]:
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConversationFileError(f"{path} cannot be read: {exc}.") from exc
     conversations = []
-    names: set[str] = set()
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -140,10 +148,15 @@ def load_conversations(path: str | Path) -> list[Conversation]:
         except ValueError as exc:  # json.JSONDecodeError is one
             raise ConversationFileError(f"{path}, line {number}: {exc}.",
                                         "See docs/pruning.md for the conversations file format.") from exc
-        if conversation.name in names:
-            raise ConversationFileError(f"{path}, line {number}: id {conversation.name!r} is used twice.")
-        names.add(conversation.name)
+        if conversation.name in where:
+            earlier = where[conversation.name]
+            raise ConversationFileError(
+                f"{path}, line {number}: id {conversation.name!r} is used twice" +
+                (f", here and in {earlier}: more than one file holds it." if earlier else "."),
+                "Give each conversation its own id.")
+        where[conversation.name] = ""
         conversations.append(conversation)
+    where.update((c.name, str(path)) for c in conversations)
     if not conversations:
         raise ConversationFileError(f"{path} holds no conversation.", "Write one JSON object per line.")
     return conversations
