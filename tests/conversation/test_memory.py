@@ -15,6 +15,7 @@ from halo_client.conversation.memory import (
     protected_positions,
     relevance,
 )
+from halo_client.conversation.memory.recall import questions
 from halo_client.conversation.pruner import Pruner, PrunerSettings
 from halo_client.conversation.state import ConversationError, ConversationState
 from halo_client.errors import HaloError
@@ -121,6 +122,31 @@ def test_one_shared_word_about_something_else_does_not_come_back() -> None:
     hybrid = Memory(MemorySettings(scorer="hybrid", min_similarity=0.6, min_similarity_with_words=0.5),
                     embedder=WordHashEmbedder())
     assert hybrid.candidates(state, pruner, query) == []
+
+
+def test_an_earlier_question_does_not_come_back_for_a_later_one() -> None:
+    """A later question asks for what was answered: the earlier question in its words matches it
+    too, and only the answer comes back, unless the settings let questions back."""
+    state = build([("system", "Be brief."), ("user", "What was my locker code, do you remember?"),
+                   ("assistant", "Your locker code is 4821."), ("user", "The weather is grey today."),
+                   ("assistant", "Sorry."), ("user", "My locker code, what was it?")])
+    state.brightness[:] = np.linspace(0, 1, len(state), dtype=np.float32)
+    pruner = Pruner(PrunerSettings())
+    pruner.prune(state, len(state) - 30)
+    query = "My locker code, what was it?"
+    assert any(e.text.strip().endswith("?") for e in pruner.pruned_units(state))
+    let_in = WORDS.model_copy(update={"max_recalled": 2, "recall_questions": True})
+    both = Memory(let_in).candidates(state, pruner, query)
+    assert sorted(m.event.text.strip().endswith("?") for m in both) == [False, True]
+    [answer] = Memory(WORDS.model_copy(update={"max_recalled": 2})).candidates(state, pruner, query)
+    assert "4821" in answer.event.text
+
+
+@pytest.mark.parametrize(("text", "asks"), [("Where's that?", True), ('She said "why?"', True),
+                                            ("Is it (really)?  ", True), ("Why? Because I said so.", False),
+                                            ("My code is 4821.", False), ("", False)])
+def test_a_question_is_a_sentence_that_ends_asking(text: str, asks: bool) -> None:
+    assert questions([text]).tolist() == [asks]
 
 
 def test_only_what_is_new_is_embedded() -> None:

@@ -19,6 +19,7 @@ from halo_client.evaluation.retrieval import (
     choose_heads,
     choose_memory,
     match_scores,
+    memory_grid,
     outcome,
     retriever_scores,
     study_rows,
@@ -57,8 +58,8 @@ def test_memory_is_tuned_with_false_recalls_counted() -> None:
     fact.relevance, fact.similarity = np.array([0.0, 0.0, 0.0]), np.array([0.55, 0.1, 0.2])
     probe.relevance, probe.similarity = np.array([0.0, 1.5, 0.0]), np.array([0.1, 0.45, 0.3])
     archive = Archive("c", "tune", texts, [fact, probe])
-    assert outcome(MemorySettings(scorer="meaning", min_similarity=0.4), fact) == (1, 1)
-    assert outcome(MemorySettings(scorer="meaning", min_similarity=0.4), probe) == (0, 1)
+    assert outcome(MemorySettings(scorer="meaning", min_similarity=0.4), fact, archive.asks) == (1, 1)
+    assert outcome(MemorySettings(scorer="meaning", min_similarity=0.4), probe, archive.asks) == (0, 1)
     grid = [MemorySettings(scorer="words"), MemorySettings(scorer="meaning", min_similarity=0.4),
             MemorySettings(scorer="meaning", min_similarity=0.5)]
     chosen, score = choose_memory([archive], grid)
@@ -71,6 +72,25 @@ def test_memory_is_tuned_with_false_recalls_counted() -> None:
     archive.queries += [other, again]
     assert choose_memory([archive], grid)[0] == grid[1]
     assert choose_memory([archive], grid, wrong_cost=1.0)[0] == grid[2]
+
+
+def test_memory_is_tuned_on_whether_questions_may_come_back() -> None:
+    """An earlier question in the same words outranks the answer that follows it; the tuning
+    chooses to keep questions out when that finds more facts, and in when it does not matter
+    (the grid's first setting wins a tie)."""
+    texts = ["What did Leo end up with in the play?", "Leo got the part of the troll.", "It rained."]
+    asked = query("question", [False, True, False])
+    asked.relevance, asked.similarity = np.zeros(3), np.array([0.62, 0.41, 0.05])
+    archive = Archive("c", "tune", texts, [asked])
+    assert archive.asks.tolist() == [True, False, False]
+    keep_out = MemorySettings(scorer="meaning", min_similarity=0.3)
+    let_in = keep_out.model_copy(update={"recall_questions": True})
+    assert outcome(keep_out, asked, archive.asks) == (1, 1) and outcome(let_in, asked, archive.asks) == (0, 1)
+    assert choose_memory([archive], [let_in, keep_out])[0] == keep_out
+    plain = Archive("c", "tune", ["Leo got the part of the troll.", "It rained."], [query("question", [True, False])])
+    plain.queries[0].relevance, plain.queries[0].similarity = np.zeros(2), np.array([0.5, 0.1])
+    assert choose_memory([plain], [let_in, keep_out])[0] == let_in
+    assert {s.recall_questions for s in memory_grid()} == {False, True}
 
 
 def test_archives_and_the_recall_pass_on_a_real_model(tiny_path: Path) -> None:

@@ -32,7 +32,7 @@ import numpy.typing as npt
 
 from halo_client.conversation.memory import MeaningIndex, MemorySettings, WordIndex
 from halo_client.conversation.memory.fusion import reciprocal_rank_fusion
-from halo_client.conversation.memory.recall import decide
+from halo_client.conversation.memory.recall import decide, questions
 from halo_client.conversation.memory.semantic import Embedder
 from halo_client.conversation.question import head_vote
 from halo_client.conversation.state import ROLES
@@ -73,6 +73,11 @@ class Archive:
     queries: list[Query]
     #: tokens of the notes (the system message), run once per archive
     note_tokens: int = 0
+
+    @property
+    def asks(self) -> npt.NDArray[np.bool_]:
+        """Which archived sentences are questions (memory brings those back only if told to)."""
+        return questions(self.texts)
 
 
 def archive_of(dialog: Dialog) -> Archive:
@@ -200,16 +205,17 @@ def top1(scores: npt.NDArray[np.float64], gold: npt.NDArray[np.bool_]) -> float:
     return float(gold[int(np.argmax(scores))]) if scores.size else 0.0
 
 
-def outcome(settings: MemorySettings, query: Query) -> tuple[int, int]:
-    """What memory with `settings` would bring back for `query` from the whole archive: (sentences
-    holding the question's fact, sentences in all)."""
+def outcome(settings: MemorySettings, query: Query, asks: npt.NDArray[np.bool_]) -> tuple[int, int]:
+    """What memory with `settings` would bring back for `query` from the whole archive, whose
+    questions are `asks`: (sentences holding the question's fact, sentences in all)."""
     similarity = query.similarity if settings.scorer != "words" else None
-    chosen, _m, _w = decide(settings, query.relevance, similarity)
+    chosen, _m, _w = decide(settings, query.relevance, similarity, asks)
     return int(query.gold[chosen].sum()), int(chosen.size)
 
 
 def memory_grid() -> list[MemorySettings]:
-    """The settings memory is tuned over: each scorer, its thresholds, one or two sentences."""
+    """The settings memory is tuned over: each scorer, its thresholds, one or two sentences, and
+    whether questions may come back."""
     grid = [MemorySettings(scorer="words", max_recalled=k, min_relevance=r) for k in (1, 2)
             for r in (0.0, 1.0, 2.0, 3.0, 4.0, 5.0)]
     grid += [MemorySettings(scorer="meaning", max_recalled=k, min_similarity=t) for k in (1, 2)
@@ -217,7 +223,7 @@ def memory_grid() -> list[MemorySettings]:
     grid += [MemorySettings(scorer="hybrid", max_recalled=k, min_similarity=t, min_relevance=r,
                             min_similarity_with_words=w) for k in (1, 2)
              for t in (0.3, 0.35, 0.4, 0.45, 0.5, 0.6) for r in (0.0, 2.0, 4.0) for w in (0.0, 0.1, 0.2, 0.3)]
-    return grid
+    return [s.model_copy(update={"recall_questions": q}) for q in (False, True) for s in grid]
 
 
 #: what a sentence brought back that holds no fact (for a question, or a false recall for a message
@@ -233,12 +239,12 @@ def choose_memory(archives: Sequence[Archive], grid: Sequence[MemorySettings],
     """The settings with the most sentences holding a question's fact brought back, less
     `wrong_cost` for every sentence brought back that holds none (for a question or a fidelity
     probe: a false recall), over the tuning archives; and that score per later message."""
-    queries = [q for a in archives for q in a.queries]
+    queries = [(q, a.asks) for a in archives for q in a.queries]
     best, best_score = MemorySettings(), -np.inf
     for settings in grid:
         score = 0.0
-        for q in queries:
-            hits, total = outcome(settings, q)
+        for q, asks in queries:
+            hits, total = outcome(settings, q, asks)
             score += hits - wrong_cost * (total - hits)
         if score > best_score:
             best, best_score = settings, score
@@ -251,13 +257,14 @@ def study_rows(archive: Archive, set_name: str, heads: dict[Rows, list[tuple[int
     memory setting, what would come back (`hits`, `recalled`)."""
     rows: list[dict[str, object]] = []
     base = {"set": set_name, "conversation": archive.conversation, "sentences": len(archive.texts)}
+    asks = archive.asks
     for q in archive.queries:
         where = {**base, "step": q.step, "kind": q.kind, "wording": q.wording}
         if q.kind == "question" and q.gold.any():
             for name, scores in retriever_scores(q, heads).items():
                 rows.append({**where, "retriever": name, "top1": top1(scores, q.gold)})
         for name, settings in memories.items():
-            hits, total = outcome(settings, q)
+            hits, total = outcome(settings, q, asks)
             rows.append({**where, "memory": name, "hits": hits, "recalled": total,
                          "false": total - hits, "ms": sum(q.ms.get(k, 0.0) for k in (
                              ("words",) if settings.scorer == "words" else ("meaning",) if settings.scorer == "meaning"

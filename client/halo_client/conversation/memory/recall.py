@@ -9,6 +9,9 @@ scorer is `words`, a cosine similarity to the message (`semantic`). A sentence m
   similarity of at least `min_similarity_with_words`, so one shared word in sentences about
   different things does not bring one back).
 
+A sentence that is itself a question ("What did Leo end up with?") never comes back unless
+`recall_questions` says so: what a later question asks for is the answer.
+
 Those that may are ordered (by BM25, by similarity, or for `hybrid` by the reciprocal-rank fusion
 of both orders, `fusion`), and the first `max_recalled` are restored, marked recalled in the audit
 trail, each with the reason it came back (`Recall.why`: the scorer, the similarity, the words it
@@ -17,12 +20,14 @@ shares with the message). The prune that follows keeps them and takes something 
 The archive is read from the state for every query (`Pruner.pruned_units`), so nothing drifts out
 of step with it (a session loaded, a sentence restored by hand, a `/prune`); the word index and
 the embeddings are kept between queries and brought in step with it, so a query indexes and
-embeds only what was archived since the last one.
+embeds only what was archived since the last one, and nothing when the chat has already brought
+them in step after the reply (`keep_up`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,11 +85,21 @@ class Recall:
         return self.match.why
 
 
+#: a question mark at the end, closing quotes and brackets aside
+_ASKS = re.compile(r"\?[\"'\u201d\u2019)\]]*\s*$")
+
+
+def questions(texts: Sequence[str]) -> npt.NDArray[np.bool_]:
+    """Which of `texts` are questions: they end in a question mark."""
+    return np.fromiter((_ASKS.search(t) is not None for t in texts), bool, len(texts))
+
+
 def decide(settings: MemorySettings, relevance: npt.NDArray[np.float64],
-           similarity: npt.NDArray[np.float64] | None) -> tuple[
+           similarity: npt.NDArray[np.float64] | None, asks: npt.NDArray[np.bool_] | None = None) -> tuple[
         npt.NDArray[np.int64], npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
     """Which archived sentences come back, best first (at most `max_recalled`), from their BM25
-    relevance and similarity (None: matching words only); and which may by meaning, by words."""
+    relevance and similarity (None: matching words only) and which of them are questions (`asks`,
+    None: none); and which may by meaning, by words."""
     n = len(relevance)
     by_words = (relevance > 0) & (relevance >= settings.min_relevance)
     if settings.scorer == "words" or similarity is None:
@@ -98,7 +113,10 @@ def decide(settings: MemorySettings, relevance: npt.NDArray[np.float64],
         by_meaning = similarity >= settings.min_similarity
         by_words &= similarity >= settings.min_similarity_with_words
         order = reciprocal_rank_fusion([relevance, similarity], [relevance > 0, np.ones(n, bool)])
-    chosen = np.flatnonzero(by_meaning | by_words)
+    may = by_meaning | by_words
+    if asks is not None and not settings.recall_questions:
+        may &= ~asks
+    chosen = np.flatnonzero(may)
     return chosen[np.argsort(-order[chosen], kind="stable")][: settings.max_recalled], by_meaning, by_words
 
 
@@ -190,7 +208,7 @@ class Memory:
             self.words.sync(texts)
             relevance = self.words.scores(texts, query)
         chosen, by_meaning, by_words = decide(s if meaning is not None else s.model_copy(update={"scorer": "words"}),
-                                              relevance, similarity)
+                                              relevance, similarity, questions(texts))
         return [Match(pruner.pruned_event(state, spans, units[i]),
                       tuple(n for n, hit in (("meaning", by_meaning[i]), ("words", by_words[i])) if hit),
                       float(relevance[i]), None if similarity is None else float(similarity[i]),

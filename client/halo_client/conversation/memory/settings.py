@@ -16,7 +16,8 @@ class MemorySettings(BaseModel):
     """The defaults are the pruning benchmark's choice on its tuning split, generated chats and
     chats written by hand (docs/pruning.md): among the three scorers, their thresholds and one or
     two sentences, the most sentences holding the fact a question asks for, less a quarter for
-    every other sentence brought back (for a question, or for a message that asks for nothing)."""
+    every other sentence brought back (for a question, or for a message that asks for nothing), and
+whether sentences that ask may come back at all."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -32,3 +33,7 @@ class MemorySettings(BaseModel):
     #: with `hybrid`, a sentence that comes back by its words needs at least this similarity too:
     #: one shared word ("fun") in sentences about different things is not a match
     min_similarity_with_words: float = Field(0.0, ge=-1, le=1)
+    #: whether a sentence that is itself a question may come back. A later question asks for what
+    #: was answered, not for what was asked, and an earlier question in the same words was
+    #: memory's most frequent wrong match on the tuning chats written by hand
+    recall_questions: bool = False

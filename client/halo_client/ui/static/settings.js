@@ -39,6 +39,7 @@ const FIELDS = {
   "memory.min_similarity": ["Similarity needed to come back", "how near in meaning a sentence must be to the message (cosine, -1 to 1)"],
   "memory.min_relevance": ["Relevance needed to come back", "how well a sentence must match the message by its words (BM25 score)"],
   "memory.min_similarity_with_words": ["Similarity a word match needs too", "hybrid only: a sentence matched by its words must also be this near in meaning"],
+  "memory.recall_questions": ["Questions can come back too", "off: only statements come back; what a later question asks for is the answer, not the question asked before"],
   "sampler.max_length": ["Reply length, at most (tokens)", ""],
   "sampler.temperature": ["Temperature", "0: always the likeliest word; higher: more varied"],
   "sampler.top_p": ["Top-p (nucleus)", "pick among the likeliest words that together have this probability"],
