@@ -107,3 +107,23 @@ async def test_a_question_recalls_a_fact_pruned_long_ago() -> None:
         fact = [int(t) for t in chat.state.column("token_id")[list(code)]]
         assert any(sent[i : i + len(fact)] == fact for i in range(len(sent)))  # the model saw it again
         assert len(sent) <= 200 + 5  # the budget held: something else went to make room
+
+
+async def test_what_a_reply_archived_is_embedded_before_the_next_message() -> None:
+    """The recall step between a message and its reply embeds the message alone: what the prunes
+    of the exchange before archived was embedded once that reply was in (`Memory.keep_up`)."""
+    backend = MockBackend(strict_template=True)
+    async with MockKoboldServer(backend=backend) as server, KoboldClient(server.url, timeout=10) as client:
+        chat = await Chat.open(client, system="Be brief.", max_length=20,
+                               pruner=PrunerSettings(max_context_tokens=120), sampler={"temperature": 0})
+        for i in range(5):
+            await chat.add_message("user", f"Message number {i} says little. It has two sentences.")
+            await chat.reply()
+            archived = chat.memory.archive(chat.state, chat.pruner)[2]
+            meaning = chat.memory.meaning  # loaded by the first recall with an archive to search
+            assert meaning is None or set(archived) <= set(meaning.rows)
+        assert archived and meaning is not None, "the budget should have pruned something"
+        calls = meaning.embedder.calls  # type: ignore[attr-defined]
+        before = len(calls)
+        chat.memory.candidates(chat.state, chat.pruner, "What did message two say?")
+        assert calls[before:] == [1]

@@ -44,13 +44,15 @@ def test_a_full_run_writes_tables_json_and_plot(tiny: ReferenceBackend, tmp_path
     assert any("false_recalls" in r for r in result["rows"] if r["kind"] == "fidelity")
     assert {r["set"] for r in result["study"]} == {"tuning", "tuning by hand", "generated", "handwritten"}
     assert {r["retriever"] for r in result["study"] if "retriever" in r} >= {"words", "meaning", "hybrid"}
-    assert set(result["costs"]["ms_per_message"]) == {"words", "meaning", "hybrid"}
+    assert set(result["costs"]["ms_per_message"]) == set(result["costs"]["ms_keeping_up"]) == {"words", "meaning",
+                                                                                                "hybrid"}
     text = (tmp_path / "pruning.md").read_text()
     assert "# Pruning benchmark" in text and "Full-context recall" in text
     assert "## Generated conversations, held out (2)" in text and "## Written by hand, held out (1)" in text
     assert "1 generated and 1 written by hand for tuning" in text and "tuning, by hand, paraphrased" in text
     assert "### Budget 25%" in text and "### Budget 50%" in text and f"| {DEFAULT_POLICY} |" in text
     assert "## Recall candidates on the same archive" in text and "## Memory's cost per message" in text
+    assert "keeping up after the reply" in text
     assert "## What the default is held to" in text and "KL at 50%" in text and "recency + memory" in text
     saved = json.loads((tmp_path / "pruning.json").read_text())
     assert len(saved["rows"]) == len(result["rows"])

@@ -453,6 +453,7 @@ class Chat:
         # back within the budget, ranked as before the reply (the reply itself is the newest text)
         after = self.pruner.prune(self.state, scores=None if scores is None else
                                   np.r_[scores, np.zeros(len(self.state) - len(scores))], ranked_by="question")
+        self.memory.keep_up(self.state, self.pruner)  # what was archived is embedded before the next message
         reply = Reply(tokens, done, before, after, input_ids, positions, request_positions.tolist(), recalled,
                       str(interrupted) if interrupted is not None else None, turn)
         return reply

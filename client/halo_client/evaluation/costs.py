@@ -5,7 +5,10 @@ pieces) is pruned down to its newest exchange; then, message after message, two 
 are archived and memory answers the new message, as in a long chat. Each scorer (`words`,
 `meaning`, `hybrid`) keeps its own warm `Memory` (word index and embeddings kept between
 messages: only what is new is indexed and embedded), and the scorers take turns message by
-message, so a busy machine slows them alike; the figure is the median over the messages.
+message, so a busy machine slows them alike; the figures are medians over the messages. Two
+are timed apart, as the chat runs them: bringing the index and embeddings in step after the
+prune that ends a reply (`Memory.keep_up`: the two new sentences), and the recall step between
+a message and its reply (`Memory.candidates`: the message, and the product over the archive).
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ def _message(state: ConversationState, backend: MockBackend, role: str, text: st
 
 def recall_cost(embedder: Embedder, *, sentences: int = 2000, messages: int = 20,
                 scorers: Sequence[Scorer] = ("words", "meaning", "hybrid"), seed: int = 0) -> dict[str, object]:
-    """Milliseconds per message (median) of memory's recall step for each scorer."""
+    """Milliseconds per message (median) of memory's recall step, and of keeping up with the
+    archive after each reply, for each scorer."""
     rng = random.Random(seed)
     backend = MockBackend(max_context_length=1 << 20)
     state = ConversationState()
@@ -58,6 +62,7 @@ def recall_cost(embedder: Embedder, *, sentences: int = 2000, messages: int = 20
     memories = {s: Memory(MemorySettings(scorer=s, max_recalled=1), embedder=embedder) for s in scorers}
     pruner = Pruner(PrunerSettings(protect_exchanges=0, recent_share=0.0))
     times: dict[str, list[float]] = {s: [] for s in scorers}
+    keeping: dict[str, list[float]] = {s: [] for s in scorers}
     for m in range(messages + 1):
         query = DISTRACTORS[rng.choice(list(DISTRACTORS))](rng)
         for scorer in (scorers if m % 2 else scorers[::-1]):
@@ -68,7 +73,13 @@ def recall_cost(embedder: Embedder, *, sentences: int = 2000, messages: int = 20
         _message(state, backend, "user", f"{_sentence(rng)} {_sentence(rng)}")
         _message(state, backend, "assistant", "Noted.")
         pruner.prune(state, 40)
+        for scorer in (scorers if m % 2 else scorers[::-1]):
+            started = time.perf_counter()
+            memories[scorer].keep_up(state, pruner)
+            if m < messages:
+                keeping[scorer].append((time.perf_counter() - started) * 1e3)
     return {"archived": len(pruner.pruned_units(state)), "messages": messages,
             "load_average": round(os.getloadavg()[0], 1),
             "ms_per_message": {s: round(statistics.median(t), 1) for s, t in times.items()},
-            "ms_p90": {s: round(float(np.percentile(t, 90)), 1) for s, t in times.items()}}
+            "ms_p90": {s: round(float(np.percentile(t, 90)), 1) for s, t in times.items()},
+            "ms_keeping_up": {s: round(statistics.median(t), 1) for s, t in keeping.items()}}

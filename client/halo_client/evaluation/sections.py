@@ -76,12 +76,22 @@ def study_section(study: Sequence[Mapping[str, Any]], resamples: int) -> list[st
 
 def cost_section(costs: Mapping[str, Any]) -> list[str]:
     ms, p90 = costs["ms_per_message"], costs["ms_p90"]
+    keeping = costs.get("ms_keeping_up")
+    if keeping is None:  # a run from before the archive was kept up after each reply
+        return ["## Memory's cost per message", "",
+                f"Recall over an archive of {costs['archived']:,} sentences, {costs['messages']} messages, two more "
+                f"sentences archived before each (load average {costs['load_average']} on this machine during the "
+                "measurement; the scorers take turns):", "",
+                "| scorer | ms per message (median) | 90th percentile |", "|---|---|---|",
+                *(f"| {s} | {ms[s]:.1f} | {p90[s]:.1f} |" for s in ms), ""]
     return ["## Memory's cost per message", "",
             f"Recall over an archive of {costs['archived']:,} sentences, {costs['messages']} messages, two more "
-            f"sentences archived before each (load average {costs['load_average']} on this machine during the "
-            "measurement; the scorers take turns):", "",
-            "| scorer | ms per message (median) | 90th percentile |", "|---|---|---|",
-            *(f"| {s} | {ms[s]:.1f} | {p90[s]:.1f} |" for s in ms), ""]
+            f"sentences archived by the prune after each reply (load average {costs['load_average']} on this machine "
+            "during the measurement; the scorers take turns). The recall step runs between a message and its reply; "
+            "keeping up (indexing and embedding what that prune archived) runs once the reply is in:", "",
+            "| scorer | recall step, ms per message (median) | 90th percentile | keeping up after the reply, ms "
+            "(median) |", "|---|---|---|---|",
+            *(f"| {s} | {ms[s]:.1f} | {p90[s]:.1f} | {keeping[s]:.1f} |" for s in ms), ""]
 
 
 def _judge(diff: Estimate, measure: str) -> str:
@@ -161,8 +171,11 @@ def goal_lines(rows: Sequence[dict[str, Any]], tables: Mapping[str, Sequence[dic
         tuned = result.get("tuned", {}).get("memory", {}).get("scorer", "hybrid")
         ms = costs["ms_per_message"].get(tuned)
         if ms is not None:
+            keeping = costs.get("ms_keeping_up", {}).get(tuned)
+            after = (f"; keeping up with what the prune after each reply archived takes {keeping:.1f} ms more, "
+                     "once the reply is in" if keeping is not None else "")
             out.append(f"- Memory's recall step ({tuned}) over {costs['archived']:,} archived sentences: {ms:.1f} ms "
-                       f"per message, median (goal: at most 50, at load average {costs['load_average']}): "
+                       f"per message, median (goal: at most 50, at load average {costs['load_average']}){after}: "
                        f"{'met' if ms <= 50 else 'not met'}.")
     out.append(f"- This run: {result['seconds'] / 60:.1f} minutes (goal for `make bench-quality`: at most 60).")
     return out

@@ -191,6 +191,22 @@ class Memory:
         self._texts = texts
         return spans, kept, out
 
+    def keep_up(self, state: ConversationState, pruner: Pruner) -> None:
+        """Index and embed what was archived since the last query, so the next message's recall
+        embeds only the message. The chat calls it once a reply is in and pruned: the cost falls
+        while the person reads and types, not between their message and the reply. It never loads
+        the embedder (`prepare` does)."""
+        s = self.settings
+        if not s.enabled or s.max_recalled == 0:
+            return
+        _spans, _units, texts = self.archive(state, pruner)
+        if not texts:
+            return
+        if s.scorer != "words" and self.meaning is not None:
+            self.meaning.add(texts)
+        if s.scorer != "meaning" or self.meaning is None:
+            self.words.sync(texts)
+
     def candidates(self, state: ConversationState, pruner: Pruner, query: str) -> list[Match]:
         """The archived sentences `query` may bring back, best first, at most `max_recalled`."""
         s = self.settings
