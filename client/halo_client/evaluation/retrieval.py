@@ -26,6 +26,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
@@ -74,7 +75,7 @@ class Archive:
     #: tokens of the notes (the system message), run once per archive
     note_tokens: int = 0
 
-    @property
+    @cached_property
     def asks(self) -> npt.NDArray[np.bool_]:
         """Which archived sentences are questions (memory brings those back only if told to)."""
         return questions(self.texts)

@@ -76,22 +76,18 @@ def study_section(study: Sequence[Mapping[str, Any]], resamples: int) -> list[st
 
 def cost_section(costs: Mapping[str, Any]) -> list[str]:
     ms, p90 = costs["ms_per_message"], costs["ms_p90"]
-    keeping = costs.get("ms_keeping_up")
-    if keeping is None:  # a run from before the archive was kept up after each reply
-        return ["## Memory's cost per message", "",
-                f"Recall over an archive of {costs['archived']:,} sentences, {costs['messages']} messages, two more "
-                f"sentences archived before each (load average {costs['load_average']} on this machine during the "
-                "measurement; the scorers take turns):", "",
-                "| scorer | ms per message (median) | 90th percentile |", "|---|---|---|",
-                *(f"| {s} | {ms[s]:.1f} | {p90[s]:.1f} |" for s in ms), ""]
+    keeping = costs.get("ms_keeping_up")  # absent from runs before memory kept up after each reply
+    when = "by the prune after each reply" if keeping else "before each"
+    after = (". The recall step runs between a message and its reply; keeping up (indexing and embedding what "
+             "that prune archived) runs once the reply is in" if keeping else "")
+    column = " keeping up after the reply, ms (median) |" if keeping else ""
     return ["## Memory's cost per message", "",
             f"Recall over an archive of {costs['archived']:,} sentences, {costs['messages']} messages, two more "
-            f"sentences archived by the prune after each reply (load average {costs['load_average']} on this machine "
-            "during the measurement; the scorers take turns). The recall step runs between a message and its reply; "
-            "keeping up (indexing and embedding what that prune archived) runs once the reply is in:", "",
-            "| scorer | recall step, ms per message (median) | 90th percentile | keeping up after the reply, ms "
-            "(median) |", "|---|---|---|---|",
-            *(f"| {s} | {ms[s]:.1f} | {p90[s]:.1f} | {keeping[s]:.1f} |" for s in ms), ""]
+            f"sentences archived {when} (load average {costs['load_average']} on this machine during the "
+            f"measurement; the scorers take turns){after}:", "",
+            f"| scorer | recall step, ms per message (median) | 90th percentile |{column}",
+            "|---|---|---|" + ("---|" if keeping else ""),
+            *(f"| {s} | {ms[s]:.1f} | {p90[s]:.1f} |" + (f" {keeping[s]:.1f} |" if keeping else "") for s in ms), ""]
 
 
 def _judge(diff: Estimate, measure: str) -> str:

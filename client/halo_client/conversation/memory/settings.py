@@ -17,7 +17,7 @@ class MemorySettings(BaseModel):
     chats written by hand (docs/pruning.md): among the three scorers, their thresholds and one or
     two sentences, the most sentences holding the fact a question asks for, less a quarter for
     every other sentence brought back (for a question, or for a message that asks for nothing), and
-whether sentences that ask may come back at all."""
+    whether sentences that ask may come back at all."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
