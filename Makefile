@@ -73,7 +73,7 @@ BENCH_QUALITY_ARGS ?= --count 10 --score "question heads (last row)" --policy de
 	--policy "recency + memory" --policy recency --policy random --policy streaming --policy gold
 bench-quality: $(STAMP)  ## the pruning benchmark on SmolLM2, with the conversations written by hand (held out, and for tuning): docs/pruning.md, .json, .svg (time: docs/pruning.md)
 	$(BIN)/halo-client eval pruning --out docs --cache out/pruning/cache --handwritten docs/conversations.handwritten.jsonl \
-		--handwritten docs/conversations.handwritten-tune.jsonl \
+		--handwritten docs/conversations.handwritten-tune.jsonl --handwritten docs/conversations.handwritten-tune-natural.jsonl \
 		$(BENCH_QUALITY_ARGS)
 
 bench-workbench: $(STAMP)  ## the workbench in Chromium: update cost, lag at 100 tokens/s, heap, UI server CPU

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from halo_client.evaluation.conversations import Conversation
 from halo_client.evaluation.dataset import load_conversations
 
 HANDWRITTEN = Path(__file__).parents[2] / "docs" / "conversations.handwritten.jsonl"
@@ -17,17 +18,26 @@ FROZEN_SHA256 = "d34ef009c0a2159249a5fe743fcee29a4fdd72e7f590ca9d4395f82a11b1d3b
 #: chosen on
 HANDWRITTEN_TUNE = HANDWRITTEN.with_name("conversations.handwritten-tune.jsonl")
 TUNE_SHA256 = "04ca1c401995588f441a321fe79710985db07919fa27ee33ed11ec3bbde39b3f"
+#: more tuning dialogues whose questions are asked in whatever words come naturally (the first
+#: tuning set holds mostly questions in other words than their evidence, and people often repeat
+#: the fact's own words): frozen before they were first tuned on
+HANDWRITTEN_TUNE_NATURAL = HANDWRITTEN.with_name("conversations.handwritten-tune-natural.jsonl")
+TUNE_NATURAL_SHA256 = "dc46843214cc3dbf26438cca29c3ebaa827ec8b7a9628f6968172396a878ffc6"
 
 
 def test_the_handwritten_set_is_frozen() -> None:
     assert hashlib.sha256(HANDWRITTEN.read_bytes()).hexdigest() == FROZEN_SHA256
     assert hashlib.sha256(HANDWRITTEN_TUNE.read_bytes()).hexdigest() == TUNE_SHA256
+    assert hashlib.sha256(HANDWRITTEN_TUNE_NATURAL.read_bytes()).hexdigest() == TUNE_NATURAL_SHA256
 
 
-def test_the_handwritten_tuning_set_is_for_tuning_only_and_mostly_in_other_words() -> None:
-    tuning, held_out = load_conversations(HANDWRITTEN_TUNE), load_conversations(HANDWRITTEN)
-    assert len(tuning) == 12 and {c.split for c in tuning} == {"tune"}
-    assert not {c.name for c in tuning} & {c.name for c in held_out}
+def _tuning_set(path: Path, count: int, others: list[Conversation]) -> list[str]:
+    """The tuning set in `path`: `count` conversations of split "tune", each with a fidelity probe
+    and three questions whose evidence and answer are in it, sharing no name and no evidence with
+    `others`; its questions' wordings."""
+    tuning = load_conversations(path)
+    assert len(tuning) == count and {c.split for c in tuning} == {"tune"}
+    assert not {c.name for c in tuning} & {c.name for c in others}
     for conversation in tuning:
         assert conversation.tail[0].kind == "fidelity" and len(conversation.questions) == 3
         said = " ".join(m.content or "" for m in conversation.messages)
@@ -35,10 +45,19 @@ def test_the_handwritten_tuning_set_is_for_tuning_only_and_mostly_in_other_words
         for fact in conversation.facts:
             assert fact.evidence and all(passage in said for passage in fact.evidence)
             assert fact.answer.lower() in " ".join(fact.evidence).lower()
-        # no fact sentence of the held-out set turns up here
-        assert not any(p in said for c in held_out for f in c.facts for p in f.evidence)
-    wordings = [f.wording for c in tuning for f in c.facts]
+        # no fact sentence of another set turns up here
+        assert not any(p in said for c in others for f in c.facts for p in f.evidence)
+    return [f.wording for c in tuning for f in c.facts]
+
+
+def test_the_handwritten_tuning_set_is_for_tuning_only_and_mostly_in_other_words() -> None:
+    wordings = _tuning_set(HANDWRITTEN_TUNE, 12, load_conversations(HANDWRITTEN))
     assert wordings.count("paraphrased") >= 2 * len(wordings) // 3
+
+
+def test_the_natural_tuning_set_is_for_tuning_only_and_asked_both_ways() -> None:
+    wordings = _tuning_set(HANDWRITTEN_TUNE_NATURAL, 8, load_conversations(HANDWRITTEN, HANDWRITTEN_TUNE))
+    assert (wordings.count("literal"), wordings.count("paraphrased")) == (15, 9)
 
 
 def test_the_handwritten_set_loads_with_evidence_for_every_question() -> None:

@@ -62,7 +62,7 @@ def _budgets(value: str) -> tuple[float, ...]:
               help="Conversations written by people (JSON Lines, the same format; repeatable): those of split "
               "\"report\" are held out and reported apart, never tuned on (this repository's: "
               "docs/conversations.handwritten.jsonl); those of split \"tune\" join the tuning split "
-              "(docs/conversations.handwritten-tune.jsonl).")
+              "(docs/conversations.handwritten-tune.jsonl, docs/conversations.handwritten-tune-natural.jsonl).")
 @click.option("--count", default=40, show_default=True, help="Generated held-out conversations.")
 @click.option("--tune", "tune_count", default=8, show_default=True, help="Generated tuning conversations.")
 @click.option("--budgets", default="0.25,0.5", show_default=True, callback=lambda _c, _p, v: _budgets(v),
