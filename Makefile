@@ -65,23 +65,27 @@ bench: $(STAMP)  ## transport, tracker and reference-model benchmarks
 	$(BIN)/python bench/bench_tracker.py
 	$(BIN)/python bench/bench_reference.py
 
+# the conversations written by hand for tuning, and the default's pruning score as the tuning split
+# chose it: both pruning benchmarks tune and score alike
+TUNING_CHATS := --handwritten docs/conversations.handwritten-tune.jsonl \
+	--handwritten docs/conversations.handwritten-tune-natural.jsonl
+DEFAULT_SCORE := --score "question heads (last row)"
+
 # what fits in an hour on 2 busy cores: 10 generated held-out chats and the 16 written by hand, the
 # policies the goals name, the default's score as the tuning split chose it (BENCH_QUALITY_ARGS= for
 # everything: every policy, 40 chats, the score tuned again; well over an hour here)
-BENCH_QUALITY_ARGS ?= --count 10 --score "question heads (last row)" --policy default \
+BENCH_QUALITY_ARGS ?= --count 10 $(DEFAULT_SCORE) --policy default \
 	--policy "default without memory" --policy "brightness + BM25 memory" --policy "brightness + memory" \
 	--policy "recency + memory" --policy recency --policy random --policy streaming --policy gold
 bench-quality: $(STAMP)  ## the pruning benchmark on SmolLM2, with the conversations written by hand (held out, and for tuning): docs/pruning.md, .json, .svg (time: docs/pruning.md)
 	$(BIN)/halo-client eval pruning --out docs --cache out/pruning/cache --handwritten docs/conversations.handwritten.jsonl \
-		--handwritten docs/conversations.handwritten-tune.jsonl --handwritten docs/conversations.handwritten-tune-natural.jsonl \
-		$(BENCH_QUALITY_ARGS)
+		$(TUNING_CHATS) $(BENCH_QUALITY_ARGS)
 
 # does the model's attention earn its place? The default against recency with the same memory, on
 # all 40 generated held-out chats (10 in bench-quality's hour say little); tuned as bench-quality is
 bench-attention: $(STAMP)  ## the default against recency + memory on 40 generated held-out chats: docs/attention/pruning.md, .json, .svg (about 23 minutes here)
-	$(BIN)/halo-client eval pruning --out docs/attention --cache out/pruning/cache \
-		--handwritten docs/conversations.handwritten-tune.jsonl --handwritten docs/conversations.handwritten-tune-natural.jsonl \
-		--count 40 --score "question heads (last row)" --policy default --policy "recency + memory" --cost-sentences 0
+	$(BIN)/halo-client eval pruning --out docs/attention --cache out/pruning/cache $(TUNING_CHATS) \
+		--count 40 $(DEFAULT_SCORE) --policy default --policy "recency + memory" --cost-sentences 0
 
 bench-workbench: $(STAMP)  ## the workbench in Chromium: update cost, lag at 100 tokens/s, heap, UI server CPU
 	$(BIN)/python bench/bench_workbench.py
