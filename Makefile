@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-run
 CHAT_ARGS ?=
 
-.PHONY: install test test-fast soak lint mock demo workbench bench bench-quality bench-attention bench-workbench clean
+.PHONY: install test test-fast soak lint mock demo workbench bench bench-quality bench-attention bench-locomo bench-workbench clean
 
 $(RUN_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -86,6 +86,16 @@ bench-quality: $(STAMP)  ## the pruning benchmark on SmolLM2, with the conversat
 bench-attention: $(STAMP)  ## the default against recency + memory on 40 generated held-out chats: docs/attention/pruning.md, .json, .svg (about 23 minutes here)
 	$(BIN)/halo-client eval pruning --out docs/attention --cache out/pruning/cache $(TUNING_CHATS) \
 		--count 40 $(DEFAULT_SCORE) --policy default --policy "recency + memory" --cost-sentences 0
+
+# people's conversations from outside this project: windows of LoCoMo's ten (not on a registry: bring
+# your copy), held out, the product tuned as bench-quality tunes it
+LOCOMO_POLICIES := --policy default --policy "recency + memory" --policy "default without memory" \
+	--policy "brightness + BM25 memory" --policy gold
+bench-locomo: $(STAMP)  ## the pruning benchmark on windows of LoCoMo's conversations, LOCOMO=path to its locomo10.json (github.com/snap-research/locomo): out/locomo/
+	@test -n "$(LOCOMO)" || { echo "make bench-locomo: LOCOMO=PATH is needed: LoCoMo's locomo10.json, or the folder of its per-conversation files (github.com/snap-research/locomo, data/locomo10.zip)" >&2; exit 2; }
+	$(BIN)/python bench/locomo_windows.py $(LOCOMO) --out out/locomo/windows.jsonl
+	$(BIN)/halo-client eval pruning --out out/locomo --cache out/pruning/cache --handwritten out/locomo/windows.jsonl \
+		$(TUNING_CHATS) --count 0 $(DEFAULT_SCORE) $(LOCOMO_POLICIES) --cost-sentences 0
 
 bench-workbench: $(STAMP)  ## the workbench in Chromium: update cost, lag at 100 tokens/s, heap, UI server CPU
 	$(BIN)/python bench/bench_workbench.py
