@@ -66,16 +66,10 @@ def windows(sample: dict[str, Any], name: str, *, target_chars: int = 4400,
         qa = list(sample["qa"])
     except (KeyError, TypeError) as exc:
         raise LocomoFormatError(f"{name}: no {exc} (speaker_a, speaker_b and qa are needed)") from exc
-    turns: list[tuple[str, str, str, str]] = []  # (dia_id, speaker, day of its session or "", text)
+    turns: list[tuple[str, str, str, bool, str]] = []  # (dia_id, speaker, its session's day, first of it, text)
     for day, session in _sessions(sample):
         for i, turn in enumerate(session):
-            turns.append((str(turn.get("dia_id", "")), str(turn.get("speaker", "")), day if i == 0 else "",
-                          _turn_text(turn)))
-    day_of: dict[int, str] = {}
-    current = ""
-    for index, (_, _, day, _) in enumerate(turns):
-        current = day or current
-        day_of[index] = current
+            turns.append((str(turn.get("dia_id", "")), str(turn.get("speaker", "")), day, i == 0, _turn_text(turn)))
 
     cut: list[list[int]] = []
     index = 0
@@ -84,14 +78,14 @@ def windows(sample: dict[str, Any], name: str, *, target_chars: int = 4400,
             index += 1
         start, size = index, 0
         while index < len(turns) and size < target_chars:
-            size += len(turns[index][3])
+            size += len(turns[index][4])
             index += 1
         if index > start and size >= target_chars // 2:
             cut.append(list(range(start, index)))
 
     made = []
     for number, span in enumerate(cut):
-        conversation = _window(turns, span, day_of, user, assistant, qa)
+        conversation = _window(turns, span, user, assistant, qa)
         conversation["questions"] = conversation["questions"][:max_questions]
         if conversation["questions"]:
             conversation.update(id=f"{name}-w{number:02d}", split=split)
@@ -100,8 +94,8 @@ def windows(sample: dict[str, Any], name: str, *, target_chars: int = 4400,
     return [conversation for _, conversation in sorted(chosen, key=lambda item: item[0])]
 
 
-def _window(turns: list[tuple[str, str, str, str]], span: list[int], day_of: dict[int, str], user: str,
-            assistant: str, qa: Iterable[Any]) -> dict[str, Any]:
+def _window(turns: list[tuple[str, str, str, bool, str]], span: list[int], user: str, assistant: str,
+            qa: Iterable[Any]) -> dict[str, Any]:
     messages: list[dict[str, str]] = [{"role": "system", "content": (
         f"You are {assistant}. You and {user} are friends who message each other every few days. "
         f"Reply as {assistant}, casually and briefly.")}]
@@ -109,18 +103,15 @@ def _window(turns: list[tuple[str, str, str, str]], span: list[int], day_of: dic
     text_of: dict[str, str] = {}
     total = 0
     for k, index in enumerate(span):
-        dia_id, speaker, day, text = turns[index]
-        if k == 0 and not day:
-            day = day_of[index]
-        if day:
-            text = f"[{day}] {text}"
+        dia_id, speaker, day, first, said = turns[index]
+        text = f"[{day}] {said}" if day and (first or k == 0) else said
         role = "user" if speaker == user else "assistant"
         if messages[-1]["role"] == role:
             messages[-1]["content"] += " " + text
         else:
             messages.append({"role": role, "content": text})
         total += len(text) + 1
-        position[dia_id], text_of[dia_id] = total, turns[index][3]
+        position[dia_id], text_of[dia_id] = total, said
     questions = []
     for item in qa:
         if not isinstance(item, dict) or item.get("category") not in ASKED_CATEGORIES:
