@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 from halo_client.conversation.memory import MemorySettings
-from halo_client.evaluation.benchmark import SCORES, BenchmarkConfig, Tuned, policy_factories, run
+from halo_client.evaluation.benchmark import (
+    COUNTS,
+    SCORES,
+    BenchmarkConfig,
+    Tuned,
+    choose_count,
+    policy_factories,
+    run,
+)
 from halo_client.evaluation.dataset import load_conversations
 from halo_client.evaluation.report import DEFAULT_POLICY, ResultFileError, report_from_json
 from halo_client.evaluation.retrieval import memory_grid
@@ -31,14 +39,19 @@ def test_a_full_run_writes_tables_json_and_plot(tiny: ReferenceBackend, tmp_path
         ("seed 1", "generated"), ("seed 2", "generated"), ("hw-01-airport", "handwritten")}
     assert len([r for r in result["rows"] if r["set"] == "generated"]) == len(names) * 2 * 2 * 3
     # a step per conversation and phase; the one written by hand for tuning joins the tuning split
-    assert [(d, t) for d, t, _m in progress] == [(i, 7) for i in range(1, 8)]
+    assert [(d, t) for d, t, _m in progress] == [(i, 9) for i in range(1, 10)]
     assert {m.split(":")[0] for _d, _t, m in progress[:2]} == {"recall study of seed 0",
                                                                "recall study of tune-hw-01-school-play"}
     assert {m.split(":")[0] for _d, _t, m in progress[2:4]} == {"tuned on seed 0", "tuned on tune-hw-01-school-play"}
+    assert {m for _d, _t, m in progress[4:6]} == {"memory's count tuned on seed 0",
+                                                   "memory's count tuned on tune-hw-01-school-play"}
     assert (result["config"]["tune"], result["config"]["tune_handwritten"]) == (1, 1)
     tuned = result["tuned"]
     assert tuned["score"] in SCORES and set(tuned["heads"]) == {"message", "last"}
-    assert MemorySettings.model_validate(tuned["memory"]) in memory_grid()
+    memory = MemorySettings.model_validate(tuned["memory"])
+    assert memory.model_copy(update={"max_recalled": 1}) in memory_grid() and memory.max_recalled in COUNTS
+    assert set(tuned["counts"]) == {str(k) for k in COUNTS}
+    assert all(set(v) == {"answer_nll_increase", "kl"} for v in tuned["counts"].values())
     question = next(r for r in result["rows"] if r["kind"] == "question" and r["set"] == "generated")
     assert question["wording"] in ("literal", "paraphrased") and f"recall ({question['wording']})" in question
     assert any("false_recalls" in r for r in result["rows"] if r["kind"] == "fidelity")
@@ -53,6 +66,7 @@ def test_a_full_run_writes_tables_json_and_plot(tiny: ReferenceBackend, tmp_path
     assert "### Budget 25%" in text and "### Budget 50%" in text and f"| {DEFAULT_POLICY} |" in text
     assert "## Recall candidates on the same archive" in text and "## Memory's cost per message" in text
     assert "keeping up after the reply" in text
+    assert "Sentences memory brings back per message" in text and f"chosen: {memory.max_recalled}." in text
     assert "## What the default is held to" in text and "KL at 50%" in text and "recency + memory" in text
     saved = json.loads((tmp_path / "pruning.json").read_text())
     assert len(saved["rows"]) == len(result["rows"])
@@ -68,6 +82,26 @@ def test_a_full_run_writes_tables_json_and_plot(tiny: ReferenceBackend, tmp_path
         report_from_json(tmp_path / "pruning.svg", again)
     svg = ET.fromstring((tmp_path / "pruning.svg").read_text())
     assert len(svg.findall("{http://www.w3.org/2000/svg}polyline")) >= 2 * 5
+
+
+def test_the_count_is_the_best_answer_among_those_not_significantly_worse_on_kl() -> None:
+    def scores(nll: tuple[float, float, float], kl: tuple[float, float, float]) -> dict[str, float]:
+        return {**{f"{k} answer_nll_increase": v for k, v in zip(COUNTS, nll, strict=True)},
+                **{f"{k} kl": v for k, v in zip(COUNTS, kl, strict=True)}}
+
+    # the mean over the tuning conversations decides: three sentences answer best, at no KL
+    assert choose_count([scores((1.0, 0.8, 0.6), (0.02, 0.02, 0.02)), scores((0.4, 0.5, 0.3), (0.01, 0.01, 0.01))]
+                        )[0] == 3
+    # the third sentence's false recalls raise KL in every conversation: two, whose KL rises in one
+    # and falls in the other
+    count, means = choose_count([scores((1.0, 0.8, 0.6), (0.020, 0.021, 0.030)),
+                                 scores((1.0, 0.8, 0.6), (0.020, 0.019, 0.031))])
+    assert count == 2 and means[3] == {"answer_nll_increase": 0.6, "kl": 0.0305}
+    assert choose_count([scores((0.5, 0.5, 0.5), (0.02, 0.02, 0.02))])[0] == 1  # a tie: fewer
+    # a conversation with no probe measured has no KL: the others decide
+    assert choose_count([scores((1.0, 0.8, 0.6), (0.02, 0.02, 0.02)),
+                         scores((1.0, 0.8, 0.6), (float("nan"),) * 3)])[0] == 3
+    assert choose_count([])[0] == 1  # nothing to tune on: one
 
 
 def test_your_own_conversations(tiny: ReferenceBackend, tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ intervals and a plot.
 3. Tuning, on the tuning split only: the heads attention votes with and memory's settings (from
    the recall study's tuning archives, false recalls counted), then the default's pruning score
    among the candidates in `SCORES` (replayed, by the default rule: KL at the middle budget, then
-   recall at the lowest).
+   recall at the lowest), then how many sentences memory brings back per message (replayed with
+   that score: the answer NLL at the lowest budget, KL at the middle one, `choose_count`).
 4. Every policy at every budget over every held-out conversation (`replay.replay`), one
    conversation at a time, in worker processes when asked to (`workers`).
 5. Per set, policy and budget, each measure's mean over conversations with a bootstrap 95 %
@@ -63,6 +64,7 @@ from halo_client.evaluation.retrieval import (
     memory_grid,
     study_rows,
 )
+from halo_client.evaluation.stats import paired_difference
 from halo_client.serving.backend import ModelBackend
 
 #: Progress: (units done, units in all, what just happened)
@@ -90,6 +92,9 @@ class Tuned:
     score: str = "brightness"
     #: per candidate score: KL at the middle budget and recall at the lowest, on the tuning split
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: per candidate count of sentences memory brings back (`COUNTS`): the answer NLL increase at
+    #: the lowest budget and KL at the middle one, on the tuning split
+    counts: dict[int, dict[str, float]] = field(default_factory=dict)
 
 
 def _window() -> float:
@@ -215,11 +220,49 @@ def choose_score(scores: Sequence[dict[str, float]],
     return max(fit, key=lambda n: (means[n]["recall"], -config.scores.index(n))), means
 
 
+#: how many sentences memory may bring back per message: the candidates replayed on the tuning split
+COUNTS = (1, 2, 3)
+
+
+def count_scores(dialog: Dialog, model: InProcessModel, config: BenchmarkConfig, tuned: Tuned) -> dict[str, float]:
+    """One tuning conversation replayed with the default's score and memory bringing back up to
+    each of `COUNTS` sentences: the answer NLL increase at the lowest budget, KL at the middle."""
+    middle = min(config.budgets, key=lambda b: abs(b - 0.5))
+    low = min(config.budgets)
+    out: dict[str, float] = {}
+    measured: dict[float, Measured] = {middle: {}, low: {}}
+    for count in COUNTS:
+        memory = tuned.memory.model_copy(update={"max_recalled": count})
+        for fraction, measure in ((low, "answer_nll_increase"), (middle, "kl")):
+            values = [r.measures[measure] for r in replay(dialog, model, SCORES[tuned.score](tuned), fraction,
+                                                          memory=memory, measured=measured[fraction])
+                      if measure in r.measures]
+            out[f"{count} {measure}"] = float(np.mean(values)) if values else float("nan")
+    return out
+
+
+def choose_count(scores: Sequence[dict[str, float]]) -> tuple[int, dict[int, dict[str, float]]]:
+    """How many sentences memory brings back, from each tuning conversation's `count_scores`: the
+    lowest mean answer NLL increase at the lowest budget (ties: fewer) among the counts whose KL at
+    the middle budget is not significantly above the lowest-KL count's (the 95 % interval of the
+    difference, paired by conversation, reaches 0): more sentences may not buy answers with false
+    recalls that change the reply. With no tuning conversation, one."""
+    means = {k: {m: float(np.nanmean([s[f"{k} {m}"] for s in scores])) if scores else float("nan")
+                 for m in ("answer_nll_increase", "kl")} for k in COUNTS}
+    if not scores:
+        return 1, means
+    kl = {k: {str(i): s[f"{k} kl"] for i, s in enumerate(scores) if not math.isnan(s[f"{k} kl"])} for k in COUNTS}
+    lowest = min(COUNTS, key=lambda k: (means[k]["kl"], k))
+    fit = [k for k in COUNTS if k == lowest or paired_difference(kl[k], kl[lowest]).low <= 0]
+    return min(fit, key=lambda k: (means[k]["answer_nll_increase"], k)), means
+
+
 @dataclass(frozen=True)
 class _Task:
     conversation: Conversation
     #: "archive": the recall study's archive of a tuning conversation; "tune": its scores for the
-    #: default's candidates; "measure": a held-out conversation's rows (and archive)
+    #: default's candidates; "count": its scores for memory's counts; "measure": a held-out
+    #: conversation's rows (and archive)
     kind: str
     tuned: Tuned
     policies: tuple[str, ...] = ()
@@ -258,6 +301,8 @@ def _work(task: _Task, model: InProcessModel, config: BenchmarkConfig) -> _Done:
     archive = _archive(dialog, model, config) if task.kind in ("archive", "measure") else None
     if task.kind == "tune":
         scores = tuning_scores(dialog, model, config, task.tuned)
+    elif task.kind == "count":
+        scores = count_scores(dialog, model, config, task.tuned)
     elif task.kind == "measure":
         factories = policy_factories(task.tuned)
         rows = [{**r, "set": task.set_name}
@@ -335,7 +380,7 @@ def run(backend: ModelBackend, config: BenchmarkConfig, out_dir: Path, progress:
     runner = _Runner(backend, config)
     computed = 0
     done = 0
-    total = (1 if len(config.scores) == 1 else 2) * len(tuning) + len(held_out)
+    total = (2 if len(config.scores) == 1 else 3) * len(tuning) + len(held_out)
     tuned = Tuned()
     study: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
@@ -354,7 +399,8 @@ def run(backend: ModelBackend, config: BenchmarkConfig, out_dir: Path, progress:
                        "workers": config.workers, "own": config.conversations is not None},
             "tuned": {"memory": tuned.memory.model_dump(), "memory_score": tuned.memory_score,
                       "heads": {k: [list(h) for h in v] for k, v in tuned.heads.items()}, "score": tuned.score,
-                      "score_fixed": fixed, "scores": tuned.scores},
+                      "score_fixed": fixed, "scores": tuned.scores,
+                      "counts": {str(k): v for k, v in tuned.counts.items()}},
             "rows": rows,
             "study": study,
             "costs": costs,
@@ -381,6 +427,14 @@ def run(backend: ModelBackend, config: BenchmarkConfig, out_dir: Path, progress:
             scores.append(result.scores)
             progress(done, total, f"tuned on {result.name}: {result.history_tokens} tokens")
         tuned.score, tuned.scores = choose_score(scores, config)
+        scores = []
+        for result in runner.map([_Task(c, "count", tuned) for c, _s in tuning]):
+            done += 1
+            computed += result.computed
+            scores.append(result.scores)
+            progress(done, total, f"memory's count tuned on {result.name}")
+        count, tuned.counts = choose_count(scores)
+        tuned.memory = tuned.memory.model_copy(update={"max_recalled": count})
         memories = {"default": tuned.memory, "BM25": WORDS_MEMORY}
         for archive, set_name in archives:
             study += study_rows(archive, set_name, tuned.heads, memories)

@@ -299,6 +299,13 @@ def write_report(result: Mapping[str, Any], out_dir: Path, resamples: int = 2000
         f"{result['tokens_computed']:,} tokens through the model.",
         "",
     ]
+    counts = tuned.get("counts") or {}
+    if counts:
+        low, middle = min(config["budgets"]), min(config["budgets"], key=lambda b: abs(b - 0.5))
+        each = "; ".join(f"{k}: {v['answer_nll_increase']:+.3f} and {v['kl']:.4f}" for k, v in counts.items())
+        lines += [f"Sentences memory brings back per message, replayed on the tuning split with the default's score "
+                  f"(answer NLL increase at {low:.0%}, KL at {middle:.0%}): {each}; chosen: "
+                  f"{memory.get('max_recalled')}.", ""]
     table: list[dict[str, Any]] = []
     tables: dict[str, list[dict[str, Any]]] = {}
     for set_name in sets:

@@ -215,14 +215,14 @@ def outcome(settings: MemorySettings, query: Query, asks: npt.NDArray[np.bool_])
 
 
 def memory_grid() -> list[MemorySettings]:
-    """The settings memory is tuned over: each scorer, its thresholds, one or two sentences, and
-    whether questions may come back."""
-    grid = [MemorySettings(scorer="words", max_recalled=k, min_relevance=r) for k in (1, 2)
-            for r in (0.0, 1.0, 2.0, 3.0, 4.0, 5.0)]
-    grid += [MemorySettings(scorer="meaning", max_recalled=k, min_similarity=t) for k in (1, 2)
+    """The settings memory's match is tuned over: each scorer, its thresholds, and whether
+    questions may come back, for the one best sentence; how many come back is chosen end to end
+    (the benchmark's `choose_count`): the answer a sentence more buys is not a count of facts."""
+    grid = [MemorySettings(scorer="words", max_recalled=1, min_relevance=r) for r in (0.0, 1.0, 2.0, 3.0, 4.0, 5.0)]
+    grid += [MemorySettings(scorer="meaning", max_recalled=1, min_similarity=t)
              for t in (0.2, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6)]
-    grid += [MemorySettings(scorer="hybrid", max_recalled=k, min_similarity=t, min_relevance=r,
-                            min_similarity_with_words=w) for k in (1, 2)
+    grid += [MemorySettings(scorer="hybrid", max_recalled=1, min_similarity=t, min_relevance=r,
+                            min_similarity_with_words=w)
              for t in (0.3, 0.35, 0.4, 0.45, 0.5, 0.6) for r in (0.0, 2.0, 4.0) for w in (0.0, 0.1, 0.2, 0.3)]
     return [s.model_copy(update={"recall_questions": q}) for q in (False, True) for s in grid]
 
