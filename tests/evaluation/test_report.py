@@ -84,3 +84,24 @@ def test_beating_recency_and_memory_needs_recall_or_kl() -> None:
     assert verdict("kl", 0.05, 0.1).endswith(": met.")
     assert verdict("kl", 0.1, 0.1).endswith(": not met: not separable on any measure.")
     assert verdict("kl", 0.2, 0.1).endswith(": not met.")
+
+
+def test_a_difference_of_float_noise_is_not_a_win() -> None:
+    """Two policies that kept the same tokens differ in the last bits of their logits: a paired
+    difference of -1e-9 in every conversation is no win, in the comparisons or the goals."""
+    from halo_client.evaluation.report import DEFAULT_POLICY, comparison_lines
+    from halo_client.evaluation.sections import RECENCY_MEMORY, goal_lines
+    from halo_client.evaluation.stats import Estimate
+    from halo_client.evaluation.summary import verdict
+
+    assert verdict(Estimate(-1e-9, -2e-9, -1e-10, 10), "answer_nll_increase") == "not separable"
+    assert verdict(Estimate(-0.1, -0.2, -0.01, 10), "answer_nll_increase") == "better"
+    assert verdict(Estimate(-0.1, -0.2, -0.01, 10), "recall") == "worse"
+    assert verdict(Estimate(0.1, -0.2, 0.3, 10), "kl") == "not separable"
+    rows = [{"conversation": f"c{i}", "set": "generated", "policy": policy, "budget": 0.25, "step": 0,
+             "kind": "question", "answer_nll_increase": 0.5 + 0.01 * (i % 3) - shift}
+            for i in range(10) for policy, shift in ((DEFAULT_POLICY, 1e-9), (RECENCY_MEMORY, 0.0))]
+    [line] = [g for g in goal_lines(rows, {"generated": []}, {"seconds": 60.0}, 200) if RECENCY_MEMORY in g]
+    assert "(not separable)" in line and "(better)" not in line
+    [compared] = [c for c in comparison_lines(rows, DEFAULT_POLICY, 0.25, 200) if c.startswith("- answer NLL")]
+    assert "better than none" in compared and f"not separable from {RECENCY_MEMORY}" in compared

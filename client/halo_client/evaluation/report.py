@@ -21,13 +21,13 @@ from halo_client.evaluation.stats import Estimate, bootstrap, paired_difference
 from halo_client.evaluation.stats import interval as cell
 from halo_client.evaluation.summary import (
     DEFAULT_POLICY,
-    HIGHER_IS_BETTER,
     MEMORY,
     WORDINGS,
     best,
     compare,
     per_conversation,
     summarize,
+    verdict,
 )
 
 PALETTE = ("#e6a100", "#3b82f6", "#10b981", "#ef4444", "#8b5cf6", "#6b7280", "#111827", "#ec4899")
@@ -194,9 +194,8 @@ def comparison_lines(rows: Sequence[dict[str, Any]], policy: str, budget: float,
         for other, diff in diffs.items():
             if diff.n == 0 or other == "gold":
                 continue
-            better = diff.high < 0 if not HIGHER_IS_BETTER[measure] else diff.low > 0
-            worse = diff.low > 0 if not HIGHER_IS_BETTER[measure] else diff.high < 0
-            (wins if better else losses if worse else ties).append(other)
+            judged = verdict(diff, measure)
+            (wins if judged == "better" else losses if judged == "worse" else ties).append(other)
         out.append(f"- {MEASURE_NAMES.get(measure, measure)} at {budget:.0%}: better than {', '.join(wins) or 'none'}; "
                    f"worse than {', '.join(losses) or 'none'}; not separable from {', '.join(ties) or 'none'}.")
     return out

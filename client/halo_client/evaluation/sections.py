@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from halo_client.evaluation.stats import Estimate, bootstrap, interval, paired_difference, ratio_of_means
-from halo_client.evaluation.summary import DEFAULT_POLICY, HIGHER_IS_BETTER, WORDINGS, best, per_conversation
+from halo_client.evaluation.summary import DEFAULT_POLICY, WORDINGS, best, per_conversation, verdict
 
 #: the sets of the recall study, in the order shown
 STUDY_SETS = (("tuning", "tuning"), ("tuning by hand", "tuning, by hand"), ("generated", "generated, held out"),
@@ -91,11 +91,7 @@ def cost_section(costs: Mapping[str, Any]) -> list[str]:
 
 
 def _judge(diff: Estimate, measure: str) -> str:
-    if not diff.n:
-        return "not measured"
-    better = diff.high < 0 if not HIGHER_IS_BETTER[measure] else diff.low > 0
-    worse = diff.low > 0 if not HIGHER_IS_BETTER[measure] else diff.high < 0
-    return "better" if better else "worse" if worse else "not separable"
+    return verdict(diff, measure) if diff.n else "not measured"
 
 
 def goal_lines(rows: Sequence[dict[str, Any]], tables: Mapping[str, Sequence[dict[str, Any]]],

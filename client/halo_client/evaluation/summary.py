@@ -22,6 +22,18 @@ MEMORY = ("recalled", "false_recalls")
 #: which way is better, per measure
 HIGHER_IS_BETTER = {"kl": False, "nll_increase": False, "top1": True, **{
     m: not m.startswith("answer_nll_increase") for m in RECALL}}
+#: a paired difference within this of 0 is float noise, not a win: two policies that kept the same
+#: tokens differ in the last bits of their logits
+NOISE = 1e-6
+
+
+def verdict(diff: Estimate, measure: str) -> str:
+    """`better`, `worse` or `not separable`: a paired difference (one policy less another) of
+    `measure` whose 95 % interval lies clear of 0 (and of float noise) one way or the other."""
+    below, above = diff.high < -NOISE, diff.low > NOISE
+    if HIGHER_IS_BETTER[measure]:
+        below, above = above, below
+    return "better" if below else "worse" if above else "not separable"
 
 
 def per_conversation(rows: Sequence[dict[str, Any]], policy: str, budget: float, measure: str) -> dict[str, float]:
