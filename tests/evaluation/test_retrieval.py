@@ -83,7 +83,7 @@ def test_memory_is_tuned_on_whether_questions_may_come_back() -> None:
     asked.relevance, asked.similarity = np.zeros(3), np.array([0.62, 0.41, 0.05])
     archive = Archive("c", "tune", texts, [asked])
     assert archive.asks.tolist() == [True, False, False]
-    keep_out = MemorySettings(scorer="meaning", min_similarity=0.3)
+    keep_out = MemorySettings(scorer="meaning", min_similarity=0.3, max_recalled=1)  # the match is tuned for one
     let_in = keep_out.model_copy(update={"recall_questions": True})
     assert outcome(keep_out, asked, archive.asks) == (1, 1) and outcome(let_in, asked, archive.asks) == (0, 1)
     assert choose_memory([archive], [let_in, keep_out])[0] == keep_out
