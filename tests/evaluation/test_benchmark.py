@@ -101,7 +101,7 @@ def test_the_count_is_the_best_answer_among_those_not_significantly_worse_on_kl(
     # a conversation with no probe measured has no KL: the others decide
     assert choose_count([scores((1.0, 0.8, 0.6), (0.02, 0.02, 0.02)),
                          scores((1.0, 0.8, 0.6), (float("nan"),) * 3)])[0] == 3
-    assert choose_count([])[0] == 1  # nothing to tune on: one
+    assert choose_count([])[0] == MemorySettings().max_recalled  # nothing to tune on: the product's default
 
 
 def test_your_own_conversations(tiny: ReferenceBackend, tmp_path: Path) -> None:
@@ -119,6 +119,7 @@ def test_your_own_conversations(tiny: ReferenceBackend, tmp_path: Path) -> None:
     assert {(r["policy"], r["kind"]) for r in result["rows"]} == {
         (DEFAULT_POLICY, "fidelity"), (DEFAULT_POLICY, "question"), ("recency", "fidelity"), ("recency", "question")}
     assert result["config"]["tune"] == 0  # no tuning split in the file: tuned settings are the defaults
+    assert MemorySettings.model_validate(result["tuned"]["memory"]) == MemorySettings()
 
 
 @pytest.mark.process

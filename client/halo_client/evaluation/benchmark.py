@@ -246,11 +246,11 @@ def choose_count(scores: Sequence[dict[str, float]]) -> tuple[int, dict[int, dic
     lowest mean answer NLL increase at the lowest budget (ties: fewer) among the counts whose KL at
     the middle budget is not significantly above the lowest-KL count's (the 95 % interval of the
     difference, paired by conversation, reaches 0): more sentences may not buy answers with false
-    recalls that change the reply. With no tuning conversation, one."""
+    recalls that change the reply. With no tuning conversation, the product's default."""
     means = {k: {m: float(np.nanmean([s[f"{k} {m}"] for s in scores])) if scores else float("nan")
                  for m in ("answer_nll_increase", "kl")} for k in COUNTS}
     if not scores:
-        return 1, means
+        return MemorySettings().max_recalled, means
     kl = {k: {str(i): s[f"{k} kl"] for i, s in enumerate(scores) if not math.isnan(s[f"{k} kl"])} for k in COUNTS}
     lowest = min(COUNTS, key=lambda k: (means[k]["kl"], k))
     fit = [k for k in COUNTS if k == lowest or paired_difference(kl[k], kl[lowest]).low <= 0]
