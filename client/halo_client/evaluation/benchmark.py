@@ -200,11 +200,17 @@ def tuning_scores(dialog: Dialog, model: InProcessModel, config: BenchmarkConfig
     measured: dict[float, Measured] = {middle: {}, low: {}}
     for name in config.scores:
         for fraction, measure in ((middle, "kl"), (low, "recall")):
-            values = [r.measures[measure] for r in replay(dialog, model, SCORES[name](tuned), fraction,
-                                                          memory=tuned.memory, measured=measured[fraction])
-                      if measure in r.measures]
-            out[f"{name} {measure}"] = float(np.mean(values)) if values else float("nan")
+            out[f"{name} {measure}"] = _replayed_mean(dialog, model, SCORES[name](tuned), fraction, tuned.memory,
+                                                      measured[fraction], measure)
     return out
+
+
+def _replayed_mean(dialog: Dialog, model: InProcessModel, policy: Policy, fraction: float, memory: MemorySettings,
+                   measured: Measured, measure: str) -> float:
+    """`measure`'s mean over the steps of one replay that have it (NaN: none has)."""
+    values = [r.measures[measure] for r in replay(dialog, model, policy, fraction, memory=memory, measured=measured)
+              if measure in r.measures]
+    return float(np.mean(values)) if values else float("nan")
 
 
 def choose_score(scores: Sequence[dict[str, float]],
@@ -234,10 +240,8 @@ def count_scores(dialog: Dialog, model: InProcessModel, config: BenchmarkConfig,
     for count in COUNTS:
         memory = tuned.memory.model_copy(update={"max_recalled": count})
         for fraction, measure in ((low, "answer_nll_increase"), (middle, "kl")):
-            values = [r.measures[measure] for r in replay(dialog, model, SCORES[tuned.score](tuned), fraction,
-                                                          memory=memory, measured=measured[fraction])
-                      if measure in r.measures]
-            out[f"{count} {measure}"] = float(np.mean(values)) if values else float("nan")
+            out[f"{count} {measure}"] = _replayed_mean(dialog, model, SCORES[tuned.score](tuned), fraction, memory,
+                                                       measured[fraction], measure)
     return out
 
 
