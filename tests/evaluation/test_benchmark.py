@@ -85,22 +85,24 @@ def test_a_full_run_writes_tables_json_and_plot(tiny: ReferenceBackend, tmp_path
 
 
 def test_the_count_is_the_best_answer_among_those_not_significantly_worse_on_kl() -> None:
+    fewest, middle, most = COUNTS
+
     def scores(nll: tuple[float, float, float], kl: tuple[float, float, float]) -> dict[str, float]:
         return {**{f"{k} answer_nll_increase": v for k, v in zip(COUNTS, nll, strict=True)},
                 **{f"{k} kl": v for k, v in zip(COUNTS, kl, strict=True)}}
 
-    # the mean over the tuning conversations decides: three sentences answer best, at no KL
+    # the mean over the tuning conversations decides: the most sentences answer best, at no KL
     assert choose_count([scores((1.0, 0.8, 0.6), (0.02, 0.02, 0.02)), scores((0.4, 0.5, 0.3), (0.01, 0.01, 0.01))]
-                        )[0] == 3
-    # the third sentence's false recalls raise KL in every conversation: two, whose KL rises in one
-    # and falls in the other
+                        )[0] == most
+    # the last sentences' false recalls raise KL in every conversation: the middle count, whose KL
+    # rises in one and falls in the other
     count, means = choose_count([scores((1.0, 0.8, 0.6), (0.020, 0.021, 0.030)),
                                  scores((1.0, 0.8, 0.6), (0.020, 0.019, 0.031))])
-    assert count == 2 and means[3] == {"answer_nll_increase": 0.6, "kl": 0.0305}
-    assert choose_count([scores((0.5, 0.5, 0.5), (0.02, 0.02, 0.02))])[0] == 1  # a tie: fewer
+    assert count == middle and means[most] == {"answer_nll_increase": 0.6, "kl": 0.0305}
+    assert choose_count([scores((0.5, 0.5, 0.5), (0.02, 0.02, 0.02))])[0] == fewest  # a tie: fewer
     # a conversation with no probe measured has no KL: the others decide
     assert choose_count([scores((1.0, 0.8, 0.6), (0.02, 0.02, 0.02)),
-                         scores((1.0, 0.8, 0.6), (float("nan"),) * 3)])[0] == 3
+                         scores((1.0, 0.8, 0.6), (float("nan"),) * 3)])[0] == most
     assert choose_count([])[0] == MemorySettings().max_recalled  # nothing to tune on: the product's default
 
 

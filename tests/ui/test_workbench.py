@@ -360,7 +360,7 @@ async def test_a_new_chat_has_the_benchmarks_memory_and_pruning(bench: Bench) ->
     chat = bench.workbench.chat
     assert chat is not None
     assert chat.memory.settings == MemorySettings() and chat.memory.settings.scorer == "meaning"
-    assert chat.memory.settings.min_similarity == 0.30 and chat.memory.settings.max_recalled == 3
+    assert chat.memory.settings.min_similarity == 0.30 and chat.memory.settings.max_recalled == 4
     assert chat.pruner.settings.score == "question"
     [snapshot] = bench.page.of("snapshot")[-1:]  # what the page was told when it opened
     assert snapshot["settings"]["memory"]["scorer"] == "meaning"

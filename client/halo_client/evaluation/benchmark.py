@@ -226,8 +226,11 @@ def choose_score(scores: Sequence[dict[str, float]],
     return max(fit, key=lambda n: (means[n]["recall"], -config.scores.index(n))), means
 
 
-#: how many sentences memory may bring back per message: the candidates replayed on the tuning split
-COUNTS = (1, 2, 3)
+#: how many sentences memory may bring back per message: the candidates replayed on the tuning split.
+#: One and two are not among them: replayed the same way they answered worse than three at the same
+#: KL (+0.70 and +0.63 against +0.46, docs/pruning.md), and each candidate costs two replays of
+#: every tuning chat
+COUNTS = (3, 4, 5)
 
 
 def count_scores(dialog: Dialog, model: InProcessModel, config: BenchmarkConfig, tuned: Tuned) -> dict[str, float]:

@@ -17,16 +17,17 @@ class MemorySettings(BaseModel):
     chats written by hand (docs/pruning.md): among the three scorers, their thresholds, and whether
     sentences that ask may come back at all, the most sentences holding the fact a question asks
     for, less a quarter for every other sentence brought back (for a question, or for a message
-    that asks for nothing); then, replayed end to end, how many may come back: of one, two and
-    three, the lowest answer NLL increase at 25 % whose KL at 50 % is not significantly worse."""
+    that asks for nothing); then, replayed end to end, how many may come back: of three, four
+    and five, the lowest answer NLL increase at 25 % whose KL at 50 % is not significantly worse."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = True
     scorer: Scorer = "meaning"
     #: sentences restored per message at most: the fact a question asks for is among meaning's
-    #: best three far more often than it is the best (docs/pruning.md)
-    max_recalled: int = Field(3, ge=0)
+    #: best few far more often than it is the best, and the similarity threshold, not this cap,
+    #: decides most messages (docs/pruning.md)
+    max_recalled: int = Field(4, ge=0)
     #: BM25 relevance a sentence needs to come back by its words (FTS5's bm25(), sign flipped:
     #: higher matches better)
     min_relevance: float = Field(0.0, ge=0)
