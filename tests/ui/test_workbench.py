@@ -353,7 +353,7 @@ async def test_one_per_token_path_each_frame_is_aggregated_once(bench: Bench, mo
 
 async def test_a_new_chat_has_the_benchmarks_memory_and_pruning(bench: Bench) -> None:
     """The product's defaults are the pruning benchmark's choice (issue 19): the workbench's chat
-    recalls by meaning (similarity 0.30, up to three sentences) and ranks a prune by the question."""
+    recalls by meaning (similarity 0.30, up to four sentences) and ranks a prune by the question."""
     from halo_client.conversation.memory import MemorySettings
 
     await bench.say("Hello there.")
