@@ -16,6 +16,7 @@ from halo_client.conversation.memory import (
     relevance,
 )
 from halo_client.conversation.memory.recall import questions
+from halo_client.conversation.memory.semantic import query_names
 from halo_client.conversation.pruner import Pruner, PrunerSettings
 from halo_client.conversation.state import ConversationError, ConversationState
 from halo_client.errors import HaloError
@@ -106,6 +107,36 @@ def test_meaning_finds_what_shares_no_word_and_says_why() -> None:
     [recall] = memory.recall(state, pruner, query)
     assert "locker code is 4821" in recall.event.text
     assert recall.match.by == ("meaning",) and recall.why.startswith("meaning (similarity 0.")
+
+
+@pytest.mark.parametrize(("text", "names"), [
+    ("What did Gina design for her store?", ["Gina"]),
+    ("When did Caroline go to the LGBTQ support group with Caroline's mum?", ["Caroline"]),
+    ("Gina, what did I say about Paris?", ["Paris"]),  # the first word's capital says nothing
+    ("what did I tell you about my sister?", []),
+    ("", []),
+])
+def test_the_names_in_a_message(text: str, names: list[str]) -> None:
+    assert query_names(text) == names
+
+
+def test_a_name_in_the_question_is_discounted_and_the_why_says_so() -> None:
+    """The sentence that is only the name is nearest until the name is discounted."""
+    state = build([("system", "Be brief."), ("user", "I painted the walls of the shop myself."),
+                   ("assistant", "Thanks, Gina!"), ("user", "The weather is grey today."), ("assistant", "Sorry."),
+                   ("user", "What did Gina design for her store?")])
+    state.brightness[:] = np.linspace(0, 1, len(state), dtype=np.float32)
+    pruner = Pruner(PrunerSettings())
+    pruner.prune(state, len(state) - 45)
+    query = "What did Gina design for her store?"
+    embedder = WordHashEmbedder(synonyms={"painted": "design", "shop": "store"})
+    settings = MemorySettings(scorer="meaning", min_similarity=0.1)
+    [counted, *_] = Memory(settings.model_copy(update={"name_discount": 0.0}), embedder=embedder).candidates(
+        state, pruner, query)
+    assert "Gina" in counted.event.text and counted.why == f"meaning (similarity {counted.similarity:.2f})"
+    [discounted] = Memory(settings, embedder=embedder).candidates(state, pruner, query)
+    assert "painted" in discounted.event.text and discounted.names == ("Gina",)
+    assert discounted.why == f'meaning (similarity {discounted.similarity:.2f} beyond "Gina")'
 
 
 def test_one_shared_word_about_something_else_does_not_come_back() -> None:

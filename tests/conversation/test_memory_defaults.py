@@ -17,7 +17,7 @@ from tests.conversation.test_pruner import build
 def test_the_defaults_are_the_tuned_ones() -> None:
     """docs/pruning.md: chosen on the tuning split among every scorer, threshold and count."""
     assert MemorySettings() == MemorySettings(enabled=True, scorer="meaning", max_recalled=4, min_similarity=0.30,
-                                              recall_questions=False)
+                                              recall_questions=False, name_discount=0.5)
     assert Config().memory == MemorySettings()
 
 
@@ -45,3 +45,20 @@ def test_with_the_real_embedder_meaning_finds_the_fact_and_weak_matches_stay_out
     octopus = "Tell me a fun fact about octopuses."
     pruner, state = pruned([*history, ("user", octopus)], 30)
     assert memory.candidates(state, pruner, octopus) == []
+
+
+@pytest.mark.model
+def test_with_the_real_embedder_a_name_in_the_question_does_not_bring_back_greetings() -> None:
+    """LoCoMo's "What did Gina design for her store?": in all-MiniLM-L6-v2 the sentences that
+    are little more than her name are nearer than the one that answers, unless the name is
+    discounted as the defaults do."""
+    history = [("user", "Hey Gina, hope you're doing ok!"), ("assistant", "Wow, Gina!"),
+               ("user", "Here's a peek at the space I designed for my store."), ("assistant", "Thanks Gina!"),
+               ("user", "The weather is grey and my coffee went cold."), ("assistant", "Sorry.")]
+    question = "What did Gina design for her store?"
+    pruner, state = pruned([*history, ("user", question)], 30)
+    counted = Memory(MemorySettings(name_discount=0.0)).candidates(state, pruner, question)
+    assert "Gina" in counted[0].event.text and "designed" not in counted[0].event.text
+    [best, *_rest] = Memory().candidates(state, pruner, question)
+    assert "designed for my store" in best.event.text
+    assert best.why.startswith("meaning (similarity 0.") and best.why.endswith('beyond "Gina")')

@@ -111,8 +111,8 @@ def test_archives_and_the_recall_pass_on_a_real_model(tiny_path: Path) -> None:
     literal = archive.queries[1]
     assert literal.relevance[literal.gold].max() > 0  # the fact's own words
     scores = retriever_scores(literal, {"message": [(0, 0)], "last": [(1, 1)]})
-    assert set(scores) == {"words", "meaning", "hybrid", "attention (message rows)", "attention (last row)",
-                           "hybrid + attention"}
+    assert set(scores) == {"words", "meaning", "meaning, names in full", "hybrid", "attention (message rows)",
+                           "attention (last row)", "hybrid + attention"}
     rows = study_rows(archive, "tuning", {"message": [(0, 0)]}, {"default": MemorySettings(scorer="hybrid")})
     assert {r["kind"] for r in rows if "memory" in r} == {"fidelity", "question"}
     assert all(int(str(r["recalled"])) >= int(str(r["hits"])) for r in rows if "memory" in r)

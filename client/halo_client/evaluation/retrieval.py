@@ -8,7 +8,8 @@ nothing, so whatever a retriever would bring back for it is a false recall.
 Retrievers, each giving every archived sentence a score for the query:
 
 - `words`: BM25 (memory's `lexical`);
-- `meaning`: cosine similarity of all-MiniLM-L6-v2 embeddings (memory's `semantic`);
+- `meaning`: cosine similarity of all-MiniLM-L6-v2 embeddings (memory's `semantic`), the
+  message's names discounted as memory's default does; `meaning, names in full` without that;
 - `hybrid`: the reciprocal-rank fusion of both (memory's `fusion`);
 - `attention`: the model's own attention in a recall pass, InfiniRetri / retrieval-heads style:
   the archived sentences as notes in a system message, one per line, then the message and the
@@ -62,6 +63,8 @@ class Query:
     #: BM25 relevance and similarity of every archived sentence (`match_scores`)
     relevance: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
     similarity: npt.NDArray[np.float64] | None = None
+    #: the similarity with the message's names not discounted (`MemorySettings.name_discount` 0)
+    similarity_names_in_full: npt.NDArray[np.float64] | None = None
     #: milliseconds per scorer for this query
     ms: dict[str, float] = field(default_factory=dict)
 
@@ -151,8 +154,9 @@ def match_scores(archive: Archive, embedder: Embedder | None) -> None:
         query.ms["words"] = (time.perf_counter() - started) * 1e3
         if meaning is not None:
             started = time.perf_counter()
-            query.similarity = meaning.similarities(archive.texts, query.text)
+            query.similarity = meaning.similarities(archive.texts, query.text, MemorySettings().name_discount)
             query.ms["meaning"] = (time.perf_counter() - started) * 1e3
+            query.similarity_names_in_full = meaning.similarities(archive.texts, query.text)
     index.close()
 
 
@@ -178,8 +182,8 @@ def choose_heads(archives: Sequence[Archive], rows: Rows, count: int) -> list[tu
 
 
 #: the retrievers compared, by name
-RETRIEVERS = ("words", "meaning", "hybrid", "attention (message rows)", "attention (last row)",
-              "hybrid + attention")
+RETRIEVERS = ("words", "meaning", "meaning, names in full", "hybrid", "attention (message rows)",
+              "attention (last row)", "hybrid + attention")
 
 
 def retriever_scores(query: Query, heads: dict[Rows, list[tuple[int, int]]]) -> dict[str, npt.NDArray[np.float64]]:
@@ -188,6 +192,8 @@ def retriever_scores(query: Query, heads: dict[Rows, list[tuple[int, int]]]) -> 
     everything = np.ones(len(query.relevance), bool)
     if query.similarity is not None:
         out["meaning"] = query.similarity
+        if query.similarity_names_in_full is not None:
+            out["meaning, names in full"] = query.similarity_names_in_full
         out["hybrid"] = reciprocal_rank_fusion([query.relevance, query.similarity], [query.relevance > 0, everything])
     names: dict[Rows, str] = {"message": "attention (message rows)", "last": "attention (last row)"}
     for rows, name in names.items():

@@ -4,7 +4,8 @@ Before each reply the user's newest message is the query over the archive (the c
 pruned sentences). Each archived sentence gets a BM25 relevance (`lexical`) and, unless the
 scorer is `words`, a cosine similarity to the message (`semantic`). A sentence may come back
 
-- by its meaning: similarity at least `min_similarity`;
+- by its meaning: similarity at least `min_similarity` (what it shares with the message beyond
+  the message's names: less `name_discount` times its similarity to them, `semantic`);
 - by its words: BM25 relevance above 0 and at least `min_relevance` (with `hybrid`, and a
   similarity of at least `min_similarity_with_words`, so one shared word in sentences about
   different things does not bring one back).
@@ -35,7 +36,7 @@ import numpy.typing as npt
 
 from halo_client.conversation.memory.fusion import reciprocal_rank_fusion
 from halo_client.conversation.memory.lexical import WordIndex
-from halo_client.conversation.memory.semantic import Embedder, MeaningIndex
+from halo_client.conversation.memory.semantic import Embedder, MeaningIndex, query_names
 from halo_client.conversation.memory.settings import MemorySettings, Scorer
 from halo_client.conversation.pruner import PrunedSpans, PruneEvent, Pruner, PruneResult
 from halo_client.conversation.state import ConversationState, RankedBy
@@ -54,13 +55,18 @@ class Match:
     similarity: float | None
     #: the message's words it shares (stemmed alike)
     words: tuple[str, ...]
+    #: the message's names whose similarity was discounted (`semantic.query_names`)
+    names: tuple[str, ...] = ()
 
     @property
     def why(self) -> str:
-        """One line: `meaning (similarity 0.71)`, `words "locker", "code" (BM25 3.10, similarity 0.62)`."""
+        """One line: `meaning (similarity 0.71)`, `meaning (similarity 0.48 beyond "Gina")`,
+        `words "locker", "code" (BM25 3.10, similarity 0.62)`."""
         parts = []
         if "meaning" in self.by:
-            parts.append(f"meaning (similarity {self.similarity:.2f})")
+            names = ", ".join(f'"{n}"' for n in self.names)
+            beyond = f" beyond {names}" if names else ""
+            parts.append(f"meaning (similarity {self.similarity:.2f}{beyond})")
         if "words" in self.by:
             shared = ", ".join(f'"{w}"' for w in self.words) or "its words"
             similarity = f", similarity {self.similarity:.2f}" if self.similarity is not None else ""
@@ -217,8 +223,10 @@ class Memory:
             return []
         similarity: npt.NDArray[np.float64] | None = None
         meaning = self._meaning() if s.scorer != "words" else None
+        names: tuple[str, ...] = ()
         if meaning is not None:
-            similarity = meaning.similarities(texts, query)
+            similarity = meaning.similarities(texts, query, s.name_discount)
+            names = tuple(query_names(query)) if s.name_discount else ()
         relevance = np.zeros(len(texts), np.float64)
         if s.scorer != "meaning" or meaning is None:  # meaning alone needs no word index
             self.words.sync(texts)
@@ -228,7 +236,8 @@ class Memory:
         return [Match(pruner.pruned_event(state, spans, units[i]),
                       tuple(n for n, hit in (("meaning", by_meaning[i]), ("words", by_words[i])) if hit),
                       float(relevance[i]), None if similarity is None else float(similarity[i]),
-                      tuple(self.words.matched_words(texts[i], query)) if relevance[i] > 0 else ())
+                      tuple(self.words.matched_words(texts[i], query)) if relevance[i] > 0 else (),
+                      names)
                 for i in chosen.tolist()]
 
     def recall(self, state: ConversationState, pruner: Pruner, query: str) -> list[Recall]:

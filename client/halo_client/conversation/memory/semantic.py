@@ -4,17 +4,34 @@ The embedder is anything with `embed(texts) -> [n, d]` unit vectors (`halo_clien
 all-MiniLM-L6-v2 in the product, a small stand-in in tests). `MeaningIndex` keeps the vector of
 every text it has seen (a restored sentence keeps its row: it may be pruned again), so a query
 embeds only itself and what was archived since the last one.
+
+A name in a message says whom it is about, not which sentence holds the answer: "What did Gina
+design for her store?" is nearest, in all-MiniLM-L6-v2, to "Wow, Gina!" and "Thanks Gina!", which
+hold nothing. So a message's names (`query_names`) may be discounted: a sentence's similarity
+less `name_discount` times its similarity to the names alone, what it shares with the message
+beyond them (docs/pruning.md, "Names in a question").
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from halo_client.conversation.memory.lexical import STOP_WORDS
+
 F32 = npt.NDArray[np.float32]
+_WORD = re.compile(r"\w+")
+
+
+def query_names(text: str) -> list[str]:
+    """The names in `text`: capitalized words ("Gina", "Paris"; not "LGBTQ", not a stop word)
+    other than its first word, whose capital says nothing. Each once, in order."""
+    words = _WORD.findall(text)[1:]
+    return list(dict.fromkeys(w for w in words if w[:1].isupper() and w[1:].islower() and w.lower() not in STOP_WORDS))
 
 
 class Embedder(Protocol):
@@ -46,11 +63,14 @@ class MeaningIndex:
                 self.rows[text] = len(self.rows)
         return np.fromiter((self.rows[t] for t in texts), np.int64, len(texts))
 
-    def similarities(self, texts: Sequence[str], query: str) -> npt.NDArray[np.float64]:
-        """Cosine similarity of each of `texts` to `query` (-1 to 1)."""
+    def similarities(self, texts: Sequence[str], query: str, name_discount: float = 0.0) -> npt.NDArray[np.float64]:
+        """Cosine similarity of each of `texts` to `query` (-1 to 1), less `name_discount` times
+        its similarity to the query's names alone (`query_names`; none: nothing less)."""
         if not texts or not query.strip():
             return np.zeros(len(texts), np.float64)
         rows = self.add(texts)
-        asked = self.embedder.embed([query])[0]
-        out: npt.NDArray[np.float64] = (self.matrix[: len(self.rows)] @ asked)[rows].astype(np.float64)
+        names = query_names(query) if name_discount else []
+        asked = self.embedder.embed([query, " ".join(names)] if names else [query])
+        both = (self.matrix[: len(self.rows)] @ asked.T)[rows].astype(np.float64)
+        out: npt.NDArray[np.float64] = both[:, 0] - name_discount * both[:, 1] if names else both[:, 0]
         return out

@@ -33,6 +33,11 @@ class MemorySettings(BaseModel):
     min_relevance: float = Field(0.0, ge=0)
     #: cosine similarity (-1 to 1) a sentence needs to come back by its meaning
     min_similarity: float = Field(0.30, ge=-1, le=1)
+    #: how much of a sentence's similarity to the message's names alone is taken off its
+    #: similarity (0: none, 1: all): a name says whom a question is about, and sentences that
+    #: are little more than the name ("Wow, Gina!") are otherwise its nearest. Half was chosen
+    #: on the first half of the LoCoMo conversations (docs/pruning.md, "Names in a question")
+    name_discount: float = Field(0.5, ge=0, le=1)
     #: with `hybrid`, a sentence that comes back by its words needs at least this similarity too:
     #: one shared word ("fun") in sentences about different things is not a match
     min_similarity_with_words: float = Field(0.0, ge=-1, le=1)
