@@ -37,6 +37,7 @@ const FIELDS = {
   "memory.max_recalled": ["Sentences brought back per message", "at most"],
   "memory.scorer": ["Match sentences by", "meaning: sentence embeddings (all-MiniLM-L6-v2); words: BM25; hybrid: either"],
   "memory.min_similarity": ["Similarity needed to come back", "how near in meaning a sentence must be to the message (cosine, -1 to 1)"],
+  "memory.name_discount": ["Discount for names in the message", "how much of a sentence's likeness to the message's names alone is taken off (0: none, 1: all); \"Wow, Gina!\" is not what \"What did Gina design?\" asks for"],
   "memory.min_relevance": ["Relevance needed to come back", "how well a sentence must match the message by its words (BM25 score)"],
   "memory.min_similarity_with_words": ["Similarity a word match needs too", "hybrid only: a sentence matched by its words must also be this near in meaning"],
   "memory.recall_questions": ["Questions can come back too", "off: only statements come back; what a later question asks for is the answer, not the question asked before"],
