@@ -100,7 +100,7 @@ def test_settings_without_a_flag_come_from_the_file_and_flags_still_win() -> Non
 def test_the_settings_file_starts_from_the_benchmarks_choice(tmp_path: Path) -> None:
     from halo_client.conversation.memory import MemorySettings
 
-    chosen = MemorySettings(enabled=True, scorer="meaning", max_recalled=4, min_similarity=0.30)
+    chosen = MemorySettings(enabled=True, scorer="meaning", max_recalled=5, min_similarity=0.30)
     assert Config().memory == chosen and Config().pruner.score == "question"
     path = tmp_path / "settings.json"
     path.write_text("{}")  # a settings file that sets nothing
@@ -125,7 +125,7 @@ def test_chat_prunes_by_the_question_and_recalls_by_meaning_unless_the_file_says
     monkeypatch.setenv("HALO_CONFIG", str(tmp_path / "none.json"))  # no settings file
     saved = chat_session("a.json")
     assert saved["memory"] == MemorySettings().model_dump()
-    assert saved["memory"] == {**saved["memory"], "scorer": "meaning", "min_similarity": 0.30, "max_recalled": 4}
+    assert saved["memory"] == {**saved["memory"], "scorer": "meaning", "min_similarity": 0.30, "max_recalled": 5}
     assert isinstance(saved["pruner"], dict) and saved["pruner"]["score"] == "question"
     path = tmp_path / "settings.json"
     config.save(Config().merged({"memory": {"scorer": "words", "min_relevance": 1.5},

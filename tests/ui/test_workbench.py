@@ -353,14 +353,14 @@ async def test_one_per_token_path_each_frame_is_aggregated_once(bench: Bench, mo
 
 async def test_a_new_chat_has_the_benchmarks_memory_and_pruning(bench: Bench) -> None:
     """The product's defaults are the pruning benchmark's choice (issue 19): the workbench's chat
-    recalls by meaning (similarity 0.30, up to four sentences) and ranks a prune by the question."""
+    recalls by meaning (similarity 0.30, up to five sentences) and ranks a prune by the question."""
     from halo_client.conversation.memory import MemorySettings
 
     await bench.say("Hello there.")
     chat = bench.workbench.chat
     assert chat is not None
     assert chat.memory.settings == MemorySettings() and chat.memory.settings.scorer == "meaning"
-    assert chat.memory.settings.min_similarity == 0.30 and chat.memory.settings.max_recalled == 4
+    assert chat.memory.settings.min_similarity == 0.30 and chat.memory.settings.max_recalled == 5
     assert chat.pruner.settings.score == "question"
     [snapshot] = bench.page.of("snapshot")[-1:]  # what the page was told when it opened
     assert snapshot["settings"]["memory"]["scorer"] == "meaning"

@@ -27,7 +27,7 @@ class MemorySettings(BaseModel):
     #: sentences restored per message at most: the fact a question asks for is among meaning's
     #: best few far more often than it is the best, and the similarity threshold, not this cap,
     #: decides most messages (docs/pruning.md)
-    max_recalled: int = Field(4, ge=0)
+    max_recalled: int = Field(5, ge=0)
     #: BM25 relevance a sentence needs to come back by its words (FTS5's bm25(), sign flipped:
     #: higher matches better)
     min_relevance: float = Field(0.0, ge=0)
