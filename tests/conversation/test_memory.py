@@ -15,8 +15,8 @@ from halo_client.conversation.memory import (
     protected_positions,
     relevance,
 )
+from halo_client.conversation.memory.lexical import query_names
 from halo_client.conversation.memory.recall import questions
-from halo_client.conversation.memory.semantic import query_names
 from halo_client.conversation.pruner import Pruner, PrunerSettings
 from halo_client.conversation.state import ConversationError, ConversationState
 from halo_client.errors import HaloError

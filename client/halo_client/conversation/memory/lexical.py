@@ -3,7 +3,8 @@
 `WordIndex` keeps one in-memory FTS5 table of the archived texts and is brought in step with the
 archive before each query (new texts inserted, texts no longer archived deleted), so a query
 over a long chat indexes only what is new. `content_terms` is the same stemmer's view of a text:
-the paraphrase split of the pruning benchmark is checked with it.
+the paraphrase split of the pruning benchmark is checked with it. `query_names` are the names a
+message mentions, which matching by meaning discounts (`semantic`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,13 @@ _TOKENIZE = "porter unicode61"
 def query_words(text: str) -> list[str]:
     """The words of `text` a query uses: lower-cased, stop words out, each once, in order."""
     return list(dict.fromkeys(w for w in (w.lower() for w in _WORD.findall(text)) if w not in STOP_WORDS))
+
+
+def query_names(text: str) -> list[str]:
+    """The names in `text`: capitalized words ("Gina", "Paris"; not "LGBTQ", not a stop word)
+    other than its first word, whose capital says nothing. Each once, in order."""
+    words = _WORD.findall(text)[1:]
+    return list(dict.fromkeys(w for w in words if w[:1].isupper() and w[1:].islower() and w.lower() not in STOP_WORDS))
 
 
 def _match_expression(words: Iterable[str]) -> str:

@@ -35,8 +35,8 @@ import numpy as np
 import numpy.typing as npt
 
 from halo_client.conversation.memory.fusion import reciprocal_rank_fusion
-from halo_client.conversation.memory.lexical import WordIndex
-from halo_client.conversation.memory.semantic import Embedder, MeaningIndex, query_names
+from halo_client.conversation.memory.lexical import WordIndex, query_names
+from halo_client.conversation.memory.semantic import Embedder, MeaningIndex
 from halo_client.conversation.memory.settings import MemorySettings, Scorer
 from halo_client.conversation.pruner import PrunedSpans, PruneEvent, Pruner, PruneResult
 from halo_client.conversation.state import ConversationState, RankedBy
@@ -55,7 +55,7 @@ class Match:
     similarity: float | None
     #: the message's words it shares (stemmed alike)
     words: tuple[str, ...]
-    #: the message's names whose similarity was discounted (`semantic.query_names`)
+    #: the message's names whose similarity was discounted (`lexical.query_names`)
     names: tuple[str, ...] = ()
 
     @property

@@ -14,24 +14,15 @@ beyond them (docs/pruning.md, "Names in a question").
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from halo_client.conversation.memory.lexical import STOP_WORDS
+from halo_client.conversation.memory.lexical import query_names
 
 F32 = npt.NDArray[np.float32]
-_WORD = re.compile(r"\w+")
-
-
-def query_names(text: str) -> list[str]:
-    """The names in `text`: capitalized words ("Gina", "Paris"; not "LGBTQ", not a stop word)
-    other than its first word, whose capital says nothing. Each once, in order."""
-    words = _WORD.findall(text)[1:]
-    return list(dict.fromkeys(w for w in words if w[:1].isupper() and w[1:].islower() and w.lower() not in STOP_WORDS))
 
 
 class Embedder(Protocol):
