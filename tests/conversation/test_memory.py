@@ -188,6 +188,9 @@ def test_only_what_is_new_is_embedded() -> None:
     memory.candidates(state, pruner, "my locker")
     memory.candidates(state, pruner, "my sister")
     assert embedder.calls == [archived, 1, 1]  # the archive once, then each query alone
+    memory.candidates(state, pruner, "What did Marta say?")
+    memory.candidates(state, pruner, "Where does Marta live?")
+    assert embedder.calls[3:] == [2, 1]  # a name's vector is made once, with its first message
 
 
 def test_without_its_embedder_memory_matches_words_and_says_so() -> None:

@@ -9,7 +9,8 @@ A name in a message says whom it is about, not which sentence holds the answer: 
 design for her store?" is nearest, in all-MiniLM-L6-v2, to "Wow, Gina!" and "Thanks Gina!", which
 hold nothing. So a message's names (`query_names`) may be discounted: a sentence's similarity
 less `name_discount` times its similarity to the names alone, what it shares with the message
-beyond them (docs/pruning.md, "Names in a question").
+beyond them (docs/pruning.md, "Names in a question"). The same two people are named message after
+message, so the names' vector is kept too: a message whose names were seen embeds only itself.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from halo_client.conversation.memory.lexical import query_names
 
 F32 = npt.NDArray[np.float32]
 
+#: the names' vectors kept (a chat names a handful of people; a long one cannot grow it unbounded)
+NAMES_KEPT = 256
+
 
 class Embedder(Protocol):
     def embed(self, texts: Sequence[str]) -> F32: ...
@@ -36,6 +40,8 @@ class MeaningIndex:
         self.embedder = embedder
         self.rows: dict[str, int] = {}
         self.matrix: F32 = np.zeros((0, 0), np.float32)
+        #: the vector of each message's names, joined by spaces, as `similarities` embedded them
+        self.names: dict[str, F32] = {}
 
     def add(self, texts: Sequence[str]) -> npt.NDArray[np.int64]:
         """Embed the texts not seen before; every text's row."""
@@ -60,8 +66,15 @@ class MeaningIndex:
         if not texts or not query.strip():
             return np.zeros(len(texts), np.float64)
         rows = self.add(texts)
-        names = query_names(query) if name_discount else []
-        asked = self.embedder.embed([query, " ".join(names)] if names else [query])
+        names = " ".join(query_names(query)) if name_discount else ""
+        kept = self.names.get(names) if names else None
+        asked = self.embedder.embed([query, names] if names and kept is None else [query])
+        if names:
+            if kept is None:
+                if len(self.names) >= NAMES_KEPT:
+                    self.names.pop(next(iter(self.names)))
+                kept = self.names[names] = asked[1].copy()
+            asked = np.stack([asked[0], kept])
         both = (self.matrix[: len(self.rows)] @ asked.T)[rows].astype(np.float64)
         out: npt.NDArray[np.float64] = both[:, 0] - name_discount * both[:, 1] if names else both[:, 0]
         return out
