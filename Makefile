@@ -65,16 +65,17 @@ bench: $(STAMP)  ## transport, tracker and reference-model benchmarks
 	$(BIN)/python bench/bench_tracker.py
 	$(BIN)/python bench/bench_reference.py
 
-# the conversations written by hand for tuning, and the default's pruning score as the tuning split
-# chose it: both pruning benchmarks tune and score alike
+# the conversations written by hand for tuning, and the default's pruning score and memory's count as
+# the tuning split chose them (their replays are deterministic: docs/pruning.md records them): the
+# pruning benchmarks tune and score alike, and spend their hour on the held-out chats
 TUNING_CHATS := --handwritten docs/conversations.handwritten-tune.jsonl \
 	--handwritten docs/conversations.handwritten-tune-natural.jsonl
-DEFAULT_SCORE := --score "question heads (last row)"
+DEFAULT_CHOICES := --score "question heads (last row)" --memory-count 5
 
 # what fits in an hour on 2 busy cores: 10 generated held-out chats and the 16 written by hand, the
-# policies the goals name, the default's score as the tuning split chose it (BENCH_QUALITY_ARGS= for
-# everything: every policy, 40 chats, the score tuned again; well over an hour here)
-BENCH_QUALITY_ARGS ?= --count 10 $(DEFAULT_SCORE) --policy default \
+# policies the goals name, the default's score and count as the tuning split chose them (BENCH_QUALITY_ARGS=
+# for everything: every policy, 40 chats, the score and count tuned again; well over an hour here)
+BENCH_QUALITY_ARGS ?= --count 10 $(DEFAULT_CHOICES) --policy default \
 	--policy "default without memory" --policy "default (hybrid memory)" --policy "brightness + BM25 memory" --policy "brightness + memory" \
 	--policy "recency + memory" --policy recency --policy random --policy streaming --policy gold
 bench-quality: $(STAMP)  ## the pruning benchmark on SmolLM2, with the conversations written by hand (held out, and for tuning): docs/pruning.md, .json, .svg (time: docs/pruning.md)
@@ -85,7 +86,7 @@ bench-quality: $(STAMP)  ## the pruning benchmark on SmolLM2, with the conversat
 # all 40 generated held-out chats (10 in bench-quality's hour say little); tuned as bench-quality is
 bench-attention: $(STAMP)  ## the default against recency + memory on 40 generated held-out chats: docs/attention/pruning.md, .json, .svg (about 37 minutes here)
 	$(BIN)/halo-client eval pruning --out docs/attention --cache out/pruning/cache $(TUNING_CHATS) \
-		--count 40 $(DEFAULT_SCORE) --policy default --policy "recency + memory" --cost-sentences 0
+		--count 40 $(DEFAULT_CHOICES) --policy default --policy "recency + memory" --cost-sentences 0
 
 # people's conversations from outside this project: windows of LoCoMo's ten (not on a registry: bring
 # your copy), held out, the product tuned as bench-quality tunes it
@@ -96,7 +97,7 @@ bench-locomo: $(STAMP)  ## the pruning benchmark on windows of LoCoMo's conversa
 	@test -n "$(LOCOMO)" || { echo "make bench-locomo: LOCOMO=PATH is needed: LoCoMo's locomo10.json, or the folder of its per-conversation files (github.com/snap-research/locomo, data/locomo10.zip)" >&2; exit 2; }
 	$(BIN)/python bench/locomo_windows.py $(LOCOMO) --out out/locomo/windows.jsonl
 	$(BIN)/halo-client eval pruning --out out/locomo --cache out/pruning/cache --handwritten out/locomo/windows.jsonl \
-		$(TUNING_CHATS) --count 0 $(DEFAULT_SCORE) $(LOCOMO_POLICIES) --cost-sentences 0
+		$(TUNING_CHATS) --count 0 $(DEFAULT_CHOICES) $(LOCOMO_POLICIES) --cost-sentences 0
 
 bench-workbench: $(STAMP)  ## the workbench in Chromium: update cost, lag at 100 tokens/s, heap, UI server CPU
 	$(BIN)/python bench/bench_workbench.py

@@ -377,7 +377,8 @@ def test_eval_pruning_on_your_own_conversations(tmp_path: Path) -> None:
 
 def test_eval_pruning_on_a_file_of_questions_only_runs_and_reports(tmp_path: Path) -> None:
     """A user's file whose chats end with a reply (no fidelity probe) and then ask questions runs to
-    the end and reports (issue 19, 1d); `--score` names the default's score, and a wrong one is refused."""
+    the end and reports (issue 19, 1d); `--score` names the default's score and `--memory-count` memory's
+    count, and a wrong one is refused."""
     model = write_tiny_llama(tmp_path / "tiny.gguf", n_ctx=2048)
     mine = tmp_path / "questions.jsonl"
     mine.write_text('{"messages": [{"role": "user", "content": "My code is 4821. Hi!"}, '
@@ -387,10 +388,13 @@ def test_eval_pruning_on_a_file_of_questions_only_runs_and_reports(tmp_path: Pat
     out = tmp_path / "out"
     result = run("eval", "pruning", "--model", str(model), "--conversations", str(mine), "--budgets", "0.5",
                  "--policy", "default", "--policy", "recency", "--score", "brightness", "--no-attention-recall",
-                 "--out", str(out), "--cache", str(tmp_path / "cache"), "--cost-sentences", "0")
+                 "--memory-count", "2", "--out", str(out), "--cache", str(tmp_path / "cache"), "--cost-sentences", "0")
     assert result.returncode == 0, result.stderr
     report = (out / "pruning.md").read_text()
     assert "lowest KL at 50%: none measured" in report and "given with --score" in report
+    assert "per message: 2, given with --memory-count" in report
+    tuned = json.loads((out / "pruning.json").read_text())["tuned"]
+    assert tuned["memory"]["max_recalled"] == 2 and tuned["count_fixed"] and tuned["counts"] == {}
     rows = json.loads((out / "pruning.json").read_text())["rows"]
     assert {r["kind"] for r in rows} == {"question"} and {r["wording"] for r in rows} == {"paraphrased"}
     assert not (out / "pruning.partial.json").exists()  # the run finished: only the whole result stays
@@ -398,6 +402,9 @@ def test_eval_pruning_on_a_file_of_questions_only_runs_and_reports(tmp_path: Pat
                                "--score", "loudness", "--out", str(tmp_path / "o2")))
     assert "'loudness'" in line and "question heads (last row)" in line
     assert not (tmp_path / "o2").exists()
+    line = one_line_exit_2(run("eval", "pruning", "--model", str(model), "--conversations", str(mine),
+                               "--memory-count", "-1", "--out", str(tmp_path / "o2")))
+    assert "--memory-count" in line and not (tmp_path / "o2").exists()
     # one conversation id in two --handwritten files: refused before anything runs
     line = one_line_exit_2(run("eval", "pruning", "--model", str(model), "--handwritten", str(mine), "--handwritten",
                                str(mine), "--out", str(tmp_path / "o3")))

@@ -80,6 +80,10 @@ def _budgets(value: str) -> tuple[float, ...]:
 @click.option("--score", "scores", multiple=True,
               help="A candidate for the default's pruning score (repeatable; default: all, tuned on the tuning "
                    "split). One: the default uses it and the tuning replays are skipped.")
+@click.option("--memory-count", "counts", multiple=True, type=click.IntRange(0, 64),
+              help="A candidate for how many sentences memory brings back per message (repeatable; default: 3, "
+                   "4, 5, replayed on the tuning split). One: memory brings back that many and the replays are "
+                   "skipped.")
 @click.option("--policy", "policies", multiple=True, help="Only this policy (repeatable; default: all).")
 @click.option("--workers", type=click.IntRange(1, 64), default=min(os.cpu_count() or 1, 4), show_default=True,
               help="Processes measuring conversations side by side (each loads the model, one BLAS thread each).")
@@ -93,7 +97,8 @@ def eval_pruning(model_path: str | None, backend: str, conversations_file: Path 
                  handwritten_files: tuple[Path, ...],
                  count: int, tune_count: int, budgets: tuple[float, ...], min_tokens: int, max_tokens: int,
                  reply_tokens: int, seed: int, attention_recall: bool, cost_sentences: int,
-                 scores: tuple[str, ...], policies: tuple[str, ...], workers: int, from_json: Path | None,
+                 scores: tuple[str, ...], counts: tuple[int, ...], policies: tuple[str, ...], workers: int,
+                 from_json: Path | None,
                  out_dir: Path, cache_dir: Path) -> None:
     """Prune chats with brightness, memory and the known baselines; measure what each loses, and which
     earlier sentence each recall candidate finds for a later message."""
@@ -103,7 +108,7 @@ def eval_pruning(model_path: str | None, backend: str, conversations_file: Path 
         report_from_json(from_json, out_dir)
         click.echo((out_dir / "pruning.md").read_text())
         return
-    from halo_client.evaluation.benchmark import SCORES, BenchmarkConfig, Tuned, policy_factories, run
+    from halo_client.evaluation.benchmark import COUNTS, SCORES, BenchmarkConfig, Tuned, policy_factories, run
     from halo_client.evaluation.dataset import ConversationFileError, load_conversations
 
     known = policy_factories(Tuned())
@@ -131,7 +136,7 @@ def eval_pruning(model_path: str | None, backend: str, conversations_file: Path 
                              reply_tokens=reply_tokens, budgets=budgets, cache_dir=cache_dir,
                              conversations=conversations, handwritten=handwritten, policies=policies or None,
                              workers=workers, attention_recall=attention_recall, cost_sentences=cost_sentences,
-                             scores=scores or tuple(SCORES))
+                             scores=scores or tuple(SCORES), counts=tuple(dict.fromkeys(counts)) or COUNTS)
     result = run(model, config, out_dir, ProgressLine())
     click.echo((out_dir / "pruning.md").read_text())
     click.echo(f"[{len(result['rows'])} rows in {result['seconds'] / 60:.1f} min; table {out_dir / 'pruning.md'}, "

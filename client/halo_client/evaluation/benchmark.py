@@ -123,6 +123,13 @@ SCORES: dict[str, Callable[[Tuned], Policy]] = {
 }
 
 
+#: how many sentences memory may bring back per message: the candidates replayed on the tuning split.
+#: One and two are not among them: replayed the same way they answered worse than three at the same
+#: KL (+0.70 and +0.63 against +0.46, docs/pruning.md), and each candidate costs two replays of
+#: every tuning chat
+COUNTS = (3, 4, 5)
+
+
 @dataclass
 class BenchmarkConfig:
     tune: int = 8
@@ -147,6 +154,8 @@ class BenchmarkConfig:
     attention_recall: bool = True
     #: the candidates for the default's pruning score (keys of `SCORES`)
     scores: tuple[str, ...] = tuple(SCORES)
+    #: the candidates for how many sentences memory brings back (one: given, not replayed)
+    counts: tuple[int, ...] = COUNTS
     #: archived sentences for the cost of memory per message (0: not measured)
     cost_sentences: int = 2000
     resamples: int = 2000
@@ -235,21 +244,15 @@ def choose_score(scores: Sequence[dict[str, float]],
     return max(fit, key=lambda n: (means[n]["recall"], -config.scores.index(n))), means
 
 
-#: how many sentences memory may bring back per message: the candidates replayed on the tuning split.
-#: One and two are not among them: replayed the same way they answered worse than three at the same
-#: KL (+0.70 and +0.63 against +0.46, docs/pruning.md), and each candidate costs two replays of
-#: every tuning chat
-COUNTS = (3, 4, 5)
-
-
 def count_scores(dialog: Dialog, model: InProcessModel, config: BenchmarkConfig, tuned: Tuned) -> dict[str, float]:
     """One tuning conversation replayed with the default's score and memory bringing back up to
-    each of `COUNTS` sentences: the answer NLL increase at the lowest budget, KL at the middle."""
+    each of the candidate counts (`BenchmarkConfig.counts`) sentences: the answer NLL increase at
+    the lowest budget, KL at the middle."""
     middle = min(config.budgets, key=lambda b: abs(b - 0.5))
     low = min(config.budgets)
     out: dict[str, float] = {}
     measured: dict[float, Measured] = {middle: {}, low: {}}
-    for count in COUNTS:
+    for count in config.counts:
         memory = tuned.memory.model_copy(update={"max_recalled": count})
         for fraction, measure in ((low, "answer_nll_increase"), (middle, "kl")):
             out[f"{count} {measure}"] = _replayed_mean(dialog, model, SCORES[tuned.score](tuned), fraction, memory,
@@ -257,29 +260,25 @@ def count_scores(dialog: Dialog, model: InProcessModel, config: BenchmarkConfig,
     return out
 
 
-def choose_count(scores: Sequence[dict[str, float]]) -> tuple[int, dict[int, dict[str, float]]]:
-    """How many sentences memory brings back, from each tuning conversation's `count_scores`: among
-    the counts whose KL at the middle budget is not significantly above the lowest-KL count's (the
-    95 % interval of the difference, paired by conversation, reaches 0), the fewest whose answer
-    NLL increase at the lowest budget is not significantly above the best of them (the same test):
-    more sentences may not buy answers with false recalls that change the reply, and a sentence
-    more that buys no measurable answer is a false recall more for every message that asks for
-    nothing. With no tuning conversation, the product's default."""
+def choose_count(scores: Sequence[dict[str, float]], counts: Sequence[int] = COUNTS
+                 ) -> tuple[int, dict[int, dict[str, float]]]:
+    """How many sentences memory brings back, from each tuning conversation's `count_scores`: the
+    lowest mean answer NLL increase at the lowest budget (ties: fewer) among the counts whose KL at
+    the middle budget is not significantly above the lowest-KL count's (the 95 % interval of the
+    difference, paired by conversation, reaches 0): more sentences may not buy answers with false
+    recalls that change the reply. With no tuning conversation, the product's default.
+
+    A rule that takes the fewest counts not significantly worse than the best was tried: with
+    28 tuning chats its test is too weak to tell three from five (+0.456 against +0.281 nats,
+    the paired interval reaching 0), so it took three (docs/pruning.md)."""
     means = {k: {m: float(np.nanmean([s[f"{k} {m}"] for s in scores])) if scores else float("nan")
-                 for m in ("answer_nll_increase", "kl")} for k in COUNTS}
+                 for m in ("answer_nll_increase", "kl")} for k in counts}
     if not scores:
         return MemorySettings().max_recalled, means
-
-    def per_conversation(k: int, measure: str) -> dict[str, float]:
-        return {str(i): s[f"{k} {measure}"] for i, s in enumerate(scores) if not math.isnan(s[f"{k} {measure}"])}
-
-    def not_worse(k: int, than: int, measure: str) -> bool:
-        return k == than or paired_difference(per_conversation(k, measure), per_conversation(than, measure)).low <= 0
-
-    lowest = min(COUNTS, key=lambda k: (means[k]["kl"], k))
-    fit = [k for k in COUNTS if not_worse(k, lowest, "kl")]
-    best = min(fit, key=lambda k: (means[k]["answer_nll_increase"], k))
-    return min(k for k in fit if not_worse(k, best, "answer_nll_increase")), means
+    kl = {k: {str(i): s[f"{k} kl"] for i, s in enumerate(scores) if not math.isnan(s[f"{k} kl"])} for k in counts}
+    lowest = min(counts, key=lambda k: (means[k]["kl"], k))
+    fit = [k for k in counts if k == lowest or paired_difference(kl[k], kl[lowest]).low <= 0]
+    return min(fit, key=lambda k: (means[k]["answer_nll_increase"], k)), means
 
 
 @dataclass(frozen=True)
@@ -405,11 +404,12 @@ def run(backend: ModelBackend, config: BenchmarkConfig, out_dir: Path, progress:
     runner = _Runner(backend, config)
     computed = 0
     done = 0
-    total = (2 if len(config.scores) == 1 else 3) * len(tuning) + len(held_out)
+    total = (1 + (len(config.scores) > 1) + (len(config.counts) > 1)) * len(tuning) + len(held_out)
     tuned = Tuned()
     study: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     fixed = len(config.scores) == 1  # one candidate: the default's score is given, not tuned here
+    count_fixed = len(config.counts) == 1  # and memory's count
 
     def result_json(costs: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -424,7 +424,7 @@ def run(backend: ModelBackend, config: BenchmarkConfig, out_dir: Path, progress:
                        "workers": config.workers, "own": config.conversations is not None},
             "tuned": {"memory": tuned.memory.model_dump(), "memory_score": tuned.memory_score,
                       "heads": {k: [list(h) for h in v] for k, v in tuned.heads.items()}, "score": tuned.score,
-                      "score_fixed": fixed, "scores": tuned.scores,
+                      "score_fixed": fixed, "scores": tuned.scores, "count_fixed": count_fixed,
                       "counts": {str(k): v for k, v in tuned.counts.items()}},
             "rows": rows,
             "study": study,
@@ -453,12 +453,12 @@ def run(backend: ModelBackend, config: BenchmarkConfig, out_dir: Path, progress:
             progress(done, total, f"tuned on {result.name}: {result.history_tokens} tokens")
         tuned.score, tuned.scores = choose_score(scores, config)
         scores = []
-        for result in runner.map([_Task(c, "count", tuned) for c, _s in tuning]):
+        for result in runner.map([] if count_fixed else [_Task(c, "count", tuned) for c, _s in tuning]):
             done += 1
             computed += result.computed
             scores.append(result.scores)
             progress(done, total, f"memory's count tuned on {result.name}")
-        count, tuned.counts = choose_count(scores)
+        count, tuned.counts = (config.counts[0], {}) if count_fixed else choose_count(scores, config.counts)
         tuned.memory = tuned.memory.model_copy(update={"max_recalled": count})
         memories = {"default": tuned.memory, "BM25": WORDS_MEMORY}
         for archive, set_name in archives:

@@ -299,6 +299,9 @@ def write_report(result: Mapping[str, Any], out_dir: Path, resamples: int = 2000
         "",
     ]
     counts = tuned.get("counts") or {}
+    if tuned.get("count_fixed"):
+        lines += [f"Sentences memory brings back per message: {memory.get('max_recalled')}, given with "
+                  "--memory-count, not replayed in this run.", ""]
     if counts:
         low, middle = min(config["budgets"]), min(config["budgets"], key=lambda b: abs(b - 0.5))
         each = "; ".join(f"{k}: {v['answer_nll_increase']:+.3f} and {v['kl']:.4f}" for k, v in counts.items())
