@@ -268,9 +268,9 @@ def choose_count(scores: Sequence[dict[str, float]], counts: Sequence[int] = COU
     difference, paired by conversation, reaches 0): more sentences may not buy answers with false
     recalls that change the reply. With no tuning conversation, the product's default.
 
-    A rule that takes the fewest counts not significantly worse than the best was tried: with
-    28 tuning chats its test is too weak to tell three from five (+0.456 against +0.281 nats,
-    the paired interval reaching 0), so it took three (docs/pruning.md)."""
+    Not the fewest counts whose answers are not significantly worse than the best: on 28 tuning
+    chats that test cannot tell three sentences from five (+0.456 against +0.281 nats), and would
+    take the worse mean (docs/pruning.md)."""
     means = {k: {m: float(np.nanmean([s[f"{k} {m}"] for s in scores])) if scores else float("nan")
                  for m in ("answer_nll_increase", "kl")} for k in counts}
     if not scores:
@@ -408,7 +408,7 @@ def run(backend: ModelBackend, config: BenchmarkConfig, out_dir: Path, progress:
     tuned = Tuned()
     study: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
-    fixed = len(config.scores) == 1  # one candidate: the default's score is given, not tuned here
+    score_fixed = len(config.scores) == 1  # one candidate: the default's score is given, not tuned here
     count_fixed = len(config.counts) == 1  # and memory's count
 
     def result_json(costs: dict[str, Any]) -> dict[str, Any]:
@@ -424,7 +424,7 @@ def run(backend: ModelBackend, config: BenchmarkConfig, out_dir: Path, progress:
                        "workers": config.workers, "own": config.conversations is not None},
             "tuned": {"memory": tuned.memory.model_dump(), "memory_score": tuned.memory_score,
                       "heads": {k: [list(h) for h in v] for k, v in tuned.heads.items()}, "score": tuned.score,
-                      "score_fixed": fixed, "scores": tuned.scores, "count_fixed": count_fixed,
+                      "score_fixed": score_fixed, "scores": tuned.scores, "count_fixed": count_fixed,
                       "counts": {str(k): v for k, v in tuned.counts.items()}},
             "rows": rows,
             "study": study,
@@ -446,7 +446,7 @@ def run(backend: ModelBackend, config: BenchmarkConfig, out_dir: Path, progress:
             tuned.heads = {rows_: choose_heads(tuning_archives, rows_, HEAD_COUNT) for rows_ in ("message", "last")}
             tuned.memory, tuned.memory_score = choose_memory(tuning_archives, memory_grid())
         scores = []
-        for result in runner.map([] if fixed else [_Task(c, "tune", tuned) for c, _s in tuning]):
+        for result in runner.map([] if score_fixed else [_Task(c, "tune", tuned) for c, _s in tuning]):
             done += 1
             computed += result.computed
             scores.append(result.scores)

@@ -18,8 +18,7 @@ class MemorySettings(BaseModel):
     sentences that ask may come back at all, the most sentences holding the fact a question asks
     for, less a quarter for every other sentence brought back (for a question, or for a message
     that asks for nothing); then, replayed end to end, how many may come back: of three, four
-    and five, among those whose KL at 50 % is not significantly worse than the lowest, the fewest
-    whose answer NLL increase at 25 % is not significantly worse than the best."""
+    and five, the lowest answer NLL increase at 25 % whose KL at 50 % is not significantly worse."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
