@@ -378,7 +378,7 @@ def test_eval_pruning_on_your_own_conversations(tmp_path: Path) -> None:
 def test_eval_pruning_on_a_file_of_questions_only_runs_and_reports(tmp_path: Path) -> None:
     """A user's file whose chats end with a reply (no fidelity probe) and then ask questions runs to
     the end and reports (issue 19, 1d); `--score` names the default's score and `--memory-count` memory's
-    count, and a wrong one is refused."""
+    count (a name given twice is one candidate), and a wrong one is refused."""
     model = write_tiny_llama(tmp_path / "tiny.gguf", n_ctx=2048)
     mine = tmp_path / "questions.jsonl"
     mine.write_text('{"messages": [{"role": "user", "content": "My code is 4821. Hi!"}, '
@@ -388,7 +388,8 @@ def test_eval_pruning_on_a_file_of_questions_only_runs_and_reports(tmp_path: Pat
     out = tmp_path / "out"
     result = run("eval", "pruning", "--model", str(model), "--conversations", str(mine), "--budgets", "0.5",
                  "--policy", "default", "--policy", "recency", "--score", "brightness", "--no-attention-recall",
-                 "--memory-count", "2", "--out", str(out), "--cache", str(tmp_path / "cache"), "--cost-sentences", "0")
+                 "--score", "brightness", "--memory-count", "2", "--memory-count", "2", "--out", str(out),
+                 "--cache", str(tmp_path / "cache"), "--cost-sentences", "0")
     assert result.returncode == 0, result.stderr
     report = (out / "pruning.md").read_text()
     assert "lowest KL at 50%: none measured" in report and "given with --score" in report

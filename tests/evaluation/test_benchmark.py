@@ -100,6 +100,12 @@ def test_the_count_is_the_best_answer_among_those_not_significantly_worse_on_kl(
                                  scores((1.0, 0.8, 0.6), (0.020, 0.019, 0.031))])
     assert count == middle and means[most] == {"answer_nll_increase": 0.6, "kl": 0.0305}
     assert choose_count([scores((0.5, 0.5, 0.5), (0.02, 0.02, 0.02))])[0] == fewest  # a tie: fewer
+    # the most answer a hair better on the mean, not in every conversation: the lower mean still
+    # decides (a test of "not significantly worse" cannot tell such counts apart on a few chats)
+    close = [scores((1.0, 0.80, 0.79), (0.02,) * 3), scores((0.6, 0.42, 0.41), (0.02,) * 3),
+             scores((0.6, 0.40, 0.41), (0.02,) * 3)]
+    count, means = choose_count(close)
+    assert means[most]["answer_nll_increase"] < means[middle]["answer_nll_increase"] and count == most
     # other candidates: the same rule over them
     assert choose_count([{"2 answer_nll_increase": 0.5, "2 kl": 0.02, "7 answer_nll_increase": 0.4, "7 kl": 0.02}],
                         (2, 7))[0] == 7

@@ -136,7 +136,8 @@ def eval_pruning(model_path: str | None, backend: str, conversations_file: Path 
                              reply_tokens=reply_tokens, budgets=budgets, cache_dir=cache_dir,
                              conversations=conversations, handwritten=handwritten, policies=policies or None,
                              workers=workers, attention_recall=attention_recall, cost_sentences=cost_sentences,
-                             scores=scores or tuple(SCORES), counts=tuple(dict.fromkeys(counts)) or COUNTS)
+                             scores=tuple(dict.fromkeys(scores)) or tuple(SCORES),
+                             counts=tuple(dict.fromkeys(counts)) or COUNTS)
     result = run(model, config, out_dir, ProgressLine())
     click.echo((out_dir / "pruning.md").read_text())
     click.echo(f"[{len(result['rows'])} rows in {result['seconds'] / 60:.1f} min; table {out_dir / 'pruning.md'}, "
