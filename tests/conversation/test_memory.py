@@ -16,7 +16,7 @@ from halo_client.conversation.memory import (
     relevance,
 )
 from halo_client.conversation.memory.lexical import query_names
-from halo_client.conversation.memory.recall import questions
+from halo_client.conversation.memory.recall import questions, replies
 from halo_client.conversation.pruner import Pruner, PrunerSettings
 from halo_client.conversation.state import ConversationError, ConversationState
 from halo_client.errors import HaloError
@@ -107,6 +107,29 @@ def test_meaning_finds_what_shares_no_word_and_says_why() -> None:
     [recall] = memory.recall(state, pruner, query)
     assert "locker code is 4821" in recall.event.text
     assert recall.match.by == ("meaning",) and recall.why.startswith("meaning (similarity 0.")
+
+
+def test_a_reply_is_matched_with_the_question_before_it_and_the_why_says_so() -> None:
+    """A short answer says nothing alone; the question it answers says what it is about."""
+    state = build([("system", "Be brief."), ("assistant", "Which team do you cheer for?"),
+                   ("user", "The Minnesota Wolves!"), ("assistant", "Nice."), ("user", "The weather is grey today."),
+                   ("assistant", "Sorry."), ("user", "Which team do I cheer for these days?")])
+    state.brightness[:] = np.linspace(0, 1, len(state), dtype=np.float32)
+    pruner = Pruner(PrunerSettings())
+    pruner.prune(state, len(state) - 30)
+    query = "Which team do I cheer for these days?"
+    settings = MemorySettings(scorer="meaning", min_similarity=0.3)
+    alone = Memory(settings.model_copy(update={"reply_with_question": False}), embedder=WordHashEmbedder())
+    assert alone.candidates(state, pruner, query) == []  # the question may not come back, the reply shares nothing
+    [match] = Memory(settings, embedder=WordHashEmbedder()).candidates(state, pruner, query)
+    assert "Minnesota Wolves" in match.event.text and match.question == "Which team do you cheer for?"
+    assert match.why == f"meaning (similarity {match.similarity:.2f} with the question before it)"
+
+
+def test_which_texts_reply_to_a_question() -> None:
+    asks = questions(["Where to?", "Paris.", "Why?", "Who knows?", "Art.", "Fine.", "Ok?"])
+    assert replies(asks).tolist() == [1, 4]  # a question after a question, or a second sentence, is no reply
+    assert replies(questions([])).tolist() == [] and replies(questions(["Paris."])).tolist() == []
 
 
 @pytest.mark.parametrize(("text", "names"), [

@@ -11,7 +11,9 @@ scorer is `words`, a cosine similarity to the message (`semantic`). A sentence m
   different things does not bring one back).
 
 A sentence that is itself a question ("What did Leo end up with?") never comes back unless
-`recall_questions` says so: what a later question asks for is the answer.
+`recall_questions` says so: what a later question asks for is the answer. And the answer may say
+little alone ("The Minnesota Wolves!"): with `reply_with_question`, a reply right after an archived
+question is matched as the pair too, and its similarity is the better of the two (`with_questions`).
 
 Those that may are ordered (by BM25, by similarity, or for `hybrid` by the reciprocal-rank fusion
 of both orders, `fusion`), and the first `max_recalled` are restored, marked recalled in the audit
@@ -57,16 +59,20 @@ class Match:
     words: tuple[str, ...]
     #: the message's names whose similarity was discounted (`lexical.query_names`)
     names: tuple[str, ...] = ()
+    #: the archived question it was matched with, when the pair matched better (`with_questions`)
+    question: str | None = None
 
     @property
     def why(self) -> str:
         """One line: `meaning (similarity 0.71)`, `meaning (similarity 0.48 beyond "Gina")`,
+        `meaning (similarity 0.44 with the question before it)`,
         `words "locker", "code" (BM25 3.10, similarity 0.62)`."""
         parts = []
         if "meaning" in self.by:
             names = ", ".join(f'"{n}"' for n in self.names)
             beyond = f" beyond {names}" if names else ""
-            parts.append(f"meaning (similarity {self.similarity:.2f}{beyond})")
+            asked = " with the question before it" if self.question is not None else ""
+            parts.append(f"meaning (similarity {self.similarity:.2f}{beyond}{asked})")
         if "words" in self.by:
             shared = ", ".join(f'"{w}"' for w in self.words) or "its words"
             similarity = f", similarity {self.similarity:.2f}" if self.similarity is not None else ""
@@ -98,6 +104,33 @@ _ASKS = re.compile(r"\?[\"'\u201d\u2019)\]]*\s*$")
 def questions(texts: Sequence[str]) -> npt.NDArray[np.bool_]:
     """Which of `texts` are questions: they end in a question mark."""
     return np.fromiter((_ASKS.search(t) is not None for t in texts), bool, len(texts))
+
+
+def replies(asks: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
+    """Which texts reply to a question: each asks none and comes right after one that does."""
+    return np.flatnonzero(asks[:-1] & ~asks[1:]) + 1 if asks.size > 1 else np.zeros(0, np.int64)
+
+
+def question_pairs(texts: Sequence[str], answering: npt.NDArray[np.int64]) -> list[str]:
+    """Each reply with the question before it, as one text (question first)."""
+    return [f"{texts[i - 1]} {texts[i]}" for i in answering.tolist()]
+
+
+def with_questions(meaning: MeaningIndex, texts: Sequence[str], asks: npt.NDArray[np.bool_], query: str,
+                   name_discount: float, similarity: npt.NDArray[np.float64]
+                   ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+    """`similarity` with each reply's (`replies`) raised to its pair's with the question before it
+    where the pair matches `query` better; and which replies the pair decided."""
+    answering = replies(asks)
+    paired = np.zeros(len(texts), bool)
+    if not answering.size:
+        return similarity, paired
+    pairs = meaning.similarities(question_pairs(texts, answering), query, name_discount)
+    better = pairs > similarity[answering]
+    out = similarity.copy()
+    out[answering[better]] = pairs[better]
+    paired[answering[better]] = True
+    return out, paired
 
 
 def decide(settings: MemorySettings, relevance: npt.NDArray[np.float64],
@@ -210,6 +243,8 @@ class Memory:
             return
         if s.scorer != "words" and self.meaning is not None:
             self.meaning.add(texts)
+            if s.reply_with_question:
+                self.meaning.add(question_pairs(texts, replies(questions(texts))))
         if s.scorer != "meaning" or self.meaning is None:
             self.words.sync(texts)
 
@@ -224,20 +259,24 @@ class Memory:
         similarity: npt.NDArray[np.float64] | None = None
         meaning = self._meaning() if s.scorer != "words" else None
         names: tuple[str, ...] = ()
+        asks = questions(texts)
+        paired = np.zeros(len(texts), bool)
         if meaning is not None:
             similarity = meaning.similarities(texts, query, s.name_discount)
+            if s.reply_with_question:
+                similarity, paired = with_questions(meaning, texts, asks, query, s.name_discount, similarity)
             names = tuple(query_names(query)) if s.name_discount else ()
         relevance = np.zeros(len(texts), np.float64)
         if s.scorer != "meaning" or meaning is None:  # meaning alone needs no word index
             self.words.sync(texts)
             relevance = self.words.scores(texts, query)
         chosen, by_meaning, by_words = decide(s if meaning is not None else s.model_copy(update={"scorer": "words"}),
-                                              relevance, similarity, questions(texts))
+                                              relevance, similarity, asks)
         return [Match(pruner.pruned_event(state, spans, units[i]),
                       tuple(n for n, hit in (("meaning", by_meaning[i]), ("words", by_words[i])) if hit),
                       float(relevance[i]), None if similarity is None else float(similarity[i]),
                       tuple(self.words.matched_words(texts[i], query)) if relevance[i] > 0 else (),
-                      names)
+                      names, texts[i - 1] if paired[i] else None)
                 for i in chosen.tolist()]
 
     def recall(self, state: ConversationState, pruner: Pruner, query: str) -> list[Recall]:

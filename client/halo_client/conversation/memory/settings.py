@@ -45,3 +45,9 @@ class MemorySettings(BaseModel):
     #: was answered, not for what was asked, and an earlier question in the same words was
     #: memory's most frequent wrong match on the tuning chats written by hand
     recall_questions: bool = False
+    #: whether a reply right after an archived question is matched as the pair too, question
+    #: first, its similarity the better of the two: "The Minnesota Wolves!" says little alone, and
+    #: a later question ("Which team does Gina follow?") is about what it answered. Replayed on the
+    #: tuning split and the first half of LoCoMo, it answered better at 25 % (docs/pruning.md,
+    #: "A reply and its question")
+    reply_with_question: bool = True

@@ -40,6 +40,7 @@ const FIELDS = {
   "memory.name_discount": ["Discount for names in the message", "how much of a sentence's likeness to the message's names alone is taken off (0: none, 1: all); \"Wow, Gina!\" is not what \"What did Gina design?\" asks for"],
   "memory.min_relevance": ["Relevance needed to come back", "how well a sentence must match the message by its words (BM25 score)"],
   "memory.min_similarity_with_words": ["Similarity a word match needs too", "hybrid only: a sentence matched by its words must also be this near in meaning"],
+  "memory.reply_with_question": ["Match a reply with its question", "a short answer (\"The Minnesota Wolves!\") is also matched together with the archived question right before it"],
   "memory.recall_questions": ["Questions can come back too", "off: only statements come back; what a later question asks for is the answer, not the question asked before"],
   "sampler.max_length": ["Reply length, at most (tokens)", ""],
   "sampler.temperature": ["Temperature", "0: always the likeliest word; higher: more varied"],
