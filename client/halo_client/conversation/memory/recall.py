@@ -107,7 +107,9 @@ def questions(texts: Sequence[str]) -> npt.NDArray[np.bool_]:
 
 
 def replies(asks: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
-    """Which texts reply to a question: each asks none and comes right after one that does."""
+    """Which texts reply to a question: each asks none and comes right after one that does, in the
+    archive's order (the pruned sentence before it, which the recent window usually makes its
+    neighbour in the chat too; this is what the replays in docs/pruning.md measured)."""
     return np.flatnonzero(asks[:-1] & ~asks[1:]) + 1 if asks.size > 1 else np.zeros(0, np.int64)
 
 
