@@ -93,6 +93,27 @@ def test_memory_is_tuned_on_whether_questions_may_come_back() -> None:
     assert {s.recall_questions for s in memory_grid()} == {False, True}
 
 
+def test_what_memory_would_bring_back_matches_a_reply_with_its_question_as_memory_does() -> None:
+    """The study scores memory's settings as memory decides: a reply that shares nothing with the
+    message comes back through its pair with the question before it, and only with the setting on;
+    the question itself stays out, and the pair's cost is counted in the step's time."""
+    texts = ["Which team do you cheer for?", "The Minnesota Wolves!", "It rained all day."]
+    asked = Query(0, "question", "paraphrased", "What team does she cheer for on Sundays?",
+                  np.array([False, True, False]))
+    archive = Archive("c", "tune", texts, [asked])
+    match_scores(archive, WordHashEmbedder())
+    assert asked.similarity is not None and asked.similarity_with_question is not None
+    assert asked.similarity[1] == 0.0 < asked.similarity_with_question[1]  # alone it says nothing
+    assert asked.similarity_with_question[[0, 2]].tolist() == asked.similarity[[0, 2]].tolist()
+    paired = MemorySettings(scorer="meaning", min_similarity=0.2)
+    alone = paired.model_copy(update={"reply_with_question": False})
+    assert outcome(paired, asked, archive.asks) == (1, 1) and outcome(alone, asked, archive.asks) == (0, 0)
+    rows = {r["memory"]: r for r in study_rows(archive, "tuning", {}, {"paired": paired, "alone": alone})
+            if "memory" in r}
+    assert rows["paired"]["ms"] == asked.ms["meaning"] + asked.ms["question pairs"]
+    assert rows["alone"]["ms"] == asked.ms["meaning"]
+
+
 def test_archives_and_the_recall_pass_on_a_real_model(tiny_path: Path) -> None:
     model = InProcessModel(ReferenceBackend(tiny_path, n_ctx=4096))
     conv = make_conversation(5, count_tokens=lambda t: len(model.backend.tokenize(t, False)), min_tokens=400,

@@ -18,6 +18,10 @@ Retrievers, each giving every archived sentence a score for the query:
   (`rows="last"`: what the contract already streams as frame 0 of a one-token generation), in
   heads chosen on the tuning split (`choose_heads`).
 
+What memory would bring back (`outcome`) is decided as memory decides it: with
+`reply_with_question`, a reply to an archived question takes its pair's similarity with the
+message where that is the better (the retrievers above score each sentence alone).
+
 Costs: milliseconds per message (median, this process) and, for attention, the tokens the model
 runs per message (the notes once per archive, then each message and header).
 """
@@ -34,7 +38,7 @@ import numpy.typing as npt
 
 from halo_client.conversation.memory import MeaningIndex, MemorySettings, WordIndex
 from halo_client.conversation.memory.fusion import reciprocal_rank_fusion
-from halo_client.conversation.memory.recall import decide, questions
+from halo_client.conversation.memory.recall import decide, question_pairs, questions, replies, with_questions
 from halo_client.conversation.memory.semantic import Embedder
 from halo_client.conversation.question import head_vote
 from halo_client.conversation.state import ROLES
@@ -65,6 +69,9 @@ class Query:
     similarity: npt.NDArray[np.float64] | None = None
     #: the similarity with the message's names not discounted (`MemorySettings.name_discount` 0)
     similarity_names_in_full: npt.NDArray[np.float64] | None = None
+    #: `similarity` with each reply to an archived question raised to its pair's with that question
+    #: where the pair matches better (`MemorySettings.reply_with_question`, as memory does)
+    similarity_with_question: npt.NDArray[np.float64] | None = None
     #: milliseconds per scorer for this query
     ms: dict[str, float] = field(default_factory=dict)
 
@@ -148,14 +155,20 @@ def match_scores(archive: Archive, embedder: Embedder | None) -> None:
     meaning = MeaningIndex(embedder) if embedder is not None else None
     if meaning is not None:
         meaning.add(archive.texts)
+        meaning.add(question_pairs(archive.texts, replies(archive.asks)))
+    discount = MemorySettings().name_discount
     for query in archive.queries:
         started = time.perf_counter()
         query.relevance = index.scores(archive.texts, query.text)
         query.ms["words"] = (time.perf_counter() - started) * 1e3
         if meaning is not None:
             started = time.perf_counter()
-            query.similarity = meaning.similarities(archive.texts, query.text, MemorySettings().name_discount)
+            query.similarity = meaning.similarities(archive.texts, query.text, discount)
             query.ms["meaning"] = (time.perf_counter() - started) * 1e3
+            started = time.perf_counter()
+            query.similarity_with_question, _paired = with_questions(
+                meaning, archive.texts, archive.asks, query.text, discount, query.similarity)
+            query.ms["question pairs"] = (time.perf_counter() - started) * 1e3
             query.similarity_names_in_full = meaning.similarities(archive.texts, query.text)
     index.close()
 
@@ -215,7 +228,9 @@ def top1(scores: npt.NDArray[np.float64], gold: npt.NDArray[np.bool_]) -> float:
 def outcome(settings: MemorySettings, query: Query, asks: npt.NDArray[np.bool_]) -> tuple[int, int]:
     """What memory with `settings` would bring back for `query` from the whole archive, whose
     questions are `asks`: (sentences holding the question's fact, sentences in all)."""
-    similarity = query.similarity if settings.scorer != "words" else None
+    similarity = None if settings.scorer == "words" else (
+        query.similarity_with_question if settings.reply_with_question and query.similarity_with_question is not None
+        else query.similarity)
     chosen, _m, _w = decide(settings, query.relevance, similarity, asks)
     return int(query.gold[chosen].sum()), int(chosen.size)
 
@@ -258,6 +273,14 @@ def choose_memory(archives: Sequence[Archive], grid: Sequence[MemorySettings],
     return best, float(best_score / max(len(queries), 1))
 
 
+def _timed(settings: MemorySettings) -> tuple[str, ...]:
+    """The steps (`Query.ms`) memory with `settings` takes between a message and its reply."""
+    meaning = ("meaning", "question pairs") if settings.reply_with_question else ("meaning",)
+    if settings.scorer == "words":
+        return ("words",)
+    return meaning if settings.scorer == "meaning" else ("words", *meaning)
+
+
 def study_rows(archive: Archive, set_name: str, heads: dict[Rows, list[tuple[int, int]]],
                memories: dict[str, MemorySettings]) -> list[dict[str, object]]:
     """The study's rows for one archive: per question and retriever, top-1; per later message and
@@ -273,9 +296,7 @@ def study_rows(archive: Archive, set_name: str, heads: dict[Rows, list[tuple[int
         for name, settings in memories.items():
             hits, total = outcome(settings, q, asks)
             rows.append({**where, "memory": name, "hits": hits, "recalled": total,
-                         "false": total - hits, "ms": sum(q.ms.get(k, 0.0) for k in (
-                             ("words",) if settings.scorer == "words" else ("meaning",) if settings.scorer == "meaning"
-                             else ("words", "meaning")))})
+                         "false": total - hits, "ms": sum(q.ms.get(k, 0.0) for k in _timed(settings))})
         if q.tokens:
             rows.append({**where, "attention_tokens": q.tokens + archive.note_tokens})
     return rows
