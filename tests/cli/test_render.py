@@ -96,6 +96,10 @@ def test_each_recall_is_one_line_naming_what_came_back() -> None:
     [line] = recall_report([Recall(event, "What is my locker code?", match)])
     assert click.unstyle(line) == ('  recalled sentence 12 (3 tokens) by words "locker", "code" (BM25 3.14, similarity '
                                    "0.71): My locker code is 4821.")
+    kept = PruneEvent("sentence", 3, 1, (7, 8), float("nan"), 0, "My locker code is 4821.")
+    [line] = recall_report([Recall(kept, "What is my locker code?", Match(kept, ("meaning",), 0.0, 0.52, ()),
+                                         kept=True)])
+    assert click.unstyle(line) == "  kept sentence 3 (2 tokens) by meaning (similarity 0.52): My locker code is 4821."
     assert recall_report([]) == []
 
 

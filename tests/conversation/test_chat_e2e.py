@@ -84,16 +84,22 @@ async def test_the_chat_asks_for_the_smallest_frames_and_tracks_the_same_brightn
         np.testing.assert_allclose(reduced.state.brightness, full.state.brightness, atol=1e-5, rtol=1e-5)
 
 
+async def locker_chat(client: KoboldClient, budget: int) -> Chat:
+    """A chat that said its locker code, then three messages of filler."""
+    chat = await Chat.open(client, system="Be brief.", max_length=20,
+                           pruner=PrunerSettings(max_context_tokens=budget), sampler={"temperature": 0})
+    await chat.add_message("user", "My locker code is 4821.")
+    await chat.reply()
+    for i in range(3):
+        await chat.add_message("user", f"Filler message number {i}. Nothing to see here. Moving on.")
+        await chat.reply()
+    return chat
+
+
 async def test_a_question_recalls_a_fact_pruned_long_ago() -> None:
     backend = MockBackend(strict_template=True)
     async with MockKoboldServer(backend=backend) as server, KoboldClient(server.url, timeout=10) as client:
-        chat = await Chat.open(client, system="Be brief.", max_length=20,
-                               pruner=PrunerSettings(max_context_tokens=200), sampler={"temperature": 0})
-        await chat.add_message("user", "My locker code is 4821.")
-        await chat.reply()
-        for i in range(3):
-            await chat.add_message("user", f"Filler message number {i}. Nothing to see here. Moving on.")
-            await chat.reply()
+        chat = await locker_chat(client, 200)
         # the oldest sentence goes first, whatever the mock's attention made of it
         chat.pruner.prune(chat.state, chat.state.active_count - 1, scores=np.arange(len(chat.state), dtype=float))
         assert "locker code is 4821" not in chat.state.text(chat.state.active_positions())
@@ -107,6 +113,31 @@ async def test_a_question_recalls_a_fact_pruned_long_ago() -> None:
         fact = [int(t) for t in chat.state.column("token_id")[list(code)]]
         assert any(sent[i : i + len(fact)] == fact for i in range(len(sent)))  # the model saw it again
         assert len(sent) <= 200 + 5  # the budget held: something else went to make room
+
+
+async def test_a_question_keeps_its_fact_still_in_the_context_when_the_prune_comes() -> None:
+    """Nothing is archived before the first prune: what the question asks for is still in the
+    context, and memory keeps it through that prune, with a `kept` line saying why; with no prune
+    due there is nothing to report."""
+    backend = MockBackend(strict_template=True)
+    async with MockKoboldServer(backend=backend) as server, KoboldClient(server.url, timeout=10) as client:
+        chat = await locker_chat(client, 0)
+        await chat.add_message("user", "What is my locker code again?")
+        reply = await chat.reply()
+        assert reply.recalled == [] and not reply.pruned_before.events  # no prune, nothing kept to say
+        # the budget now ends where the chat is: the next message prunes
+        chat.pruner.settings = chat.pruner.settings.model_copy(update={"max_context_tokens": chat.state.active_count})
+        await chat.add_message("user", "What is my locker code?")
+        reply = await chat.reply()
+        assert reply.pruned_before.events, "the budget should have pruned before the reply"
+        kept = [r for r in reply.recalled if r.kept]
+        assert [r.event.text.strip() for r in kept] == ["My locker code is 4821."]
+        assert kept[0].why.startswith("meaning (similarity ") and not any(r.event.restored for r in kept)
+        code = kept[0].event.positions
+        assert chat.state.active_mask()[list(code)].all()
+        fact = [int(t) for t in chat.state.column("token_id")[list(code)]]
+        sent = backend.received[-1]
+        assert any(sent[i : i + len(fact)] == fact for i in range(len(sent)))  # the model saw it
 
 
 async def test_what_a_reply_archived_is_embedded_before_the_next_message() -> None:

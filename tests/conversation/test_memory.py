@@ -241,3 +241,55 @@ def test_content_terms_are_stemmed_without_stop_words() -> None:
     assert content_terms("What is my locker code?") == {"locker", "code"}
     assert content_terms("The lockers, coded!") == {"locker", "code"}
     assert content_terms("Where is it?") == set()
+
+
+def unpruned_chat(question: str) -> tuple[Pruner, ConversationState]:
+    """The chat of `pruned_chat` before its first prune: nothing archived yet."""
+    state = build([("system", "Be brief."), *FACTS, ("user", question)])
+    state.brightness[:] = np.linspace(0, 1, len(state), dtype=np.float32)  # older is dimmer
+    return Pruner(PrunerSettings()), state
+
+
+def test_a_match_still_in_the_context_is_kept_through_the_prune() -> None:
+    """At the first prune nothing is archived: what the question asks for is still in the context,
+    the dimmest, and the pruner alone would take it out first."""
+    query = "Which digits open my cabinet?"
+    settings = MemorySettings(scorer="meaning", min_similarity=0.4)
+    embedder = WordHashEmbedder(synonyms={"digits": "code", "cabinet": "locker"})
+    pruner, state = unpruned_chat(query)
+    budget = len(state) - 25  # `pruned_chat`'s: the fact goes
+    [kept] = Memory(settings, embedder=embedder).recall(state, pruner, query)
+    assert kept.kept and kept.action == "kept" and "locker code is 4821" in kept.event.text
+    assert kept.why.startswith("meaning (similarity 0.") and not kept.event.restored
+    assert all(state.row(p).recalled_turn is None for p in kept.event.positions)  # nothing came back
+    pruner.prune(state, budget, protect=protected_positions(state, [kept]))
+    assert state.active_mask()[list(kept.event.positions)].all() and state.active_count <= budget
+    check_chatml(state.input_ids())
+    # without it the same prune takes the fact out
+    pruner, state = unpruned_chat(query)
+    off = Memory(settings.model_copy(update={"keep_in_context": 0}), embedder=embedder)
+    assert off.recall(state, pruner, query) == []
+    pruner.prune(state, budget)
+    assert "locker code" not in state.text(state.active_positions())
+
+
+def test_what_is_kept_in_the_context_follows_memory_rules() -> None:
+    """At most `keep_in_context`, best first, at the threshold; a question is never kept for a
+    later one; protected text (the message itself) and what just came back are not candidates."""
+    embedder = WordHashEmbedder()
+    state = build([("system", "Be brief."), ("user", "What is the locker code?"), ("assistant", "Noted."),
+                   ("user", "The locker code is 4821."), ("assistant", "The locker is blue."),
+                   ("user", "The weather is grey today."), ("assistant", "Sorry."),
+                   ("user", "What was the locker code?")])
+    pruner = Pruner(PrunerSettings())
+    query = "What was the locker code?"
+    matches = Memory(MemorySettings(min_similarity=0.3), embedder=embedder).in_context(state, pruner, query)
+    texts = [m.event.text for m in matches]
+    assert texts[0] == "The locker code is 4821." and "What is the locker code?" not in texts
+    assert all(m.similarity is not None and m.similarity >= 0.3 for m in matches)
+    assert all("grey" not in t and t != query for t in texts)
+    [best] = Memory(MemorySettings(min_similarity=0.3, keep_in_context=1), embedder=embedder).in_context(
+        state, pruner, query)
+    assert best.event.text == texts[0]
+    assert Memory(MemorySettings(scorer="words"), embedder=embedder).in_context(state, pruner, query) == []
+    assert Memory(MemorySettings(min_similarity=0.99), embedder=embedder).in_context(state, pruner, query) == []

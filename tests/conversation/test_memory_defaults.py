@@ -17,7 +17,8 @@ from tests.conversation.test_pruner import build
 def test_the_defaults_are_the_tuned_ones() -> None:
     """docs/pruning.md: chosen on the tuning split among every scorer, threshold and count."""
     assert MemorySettings() == MemorySettings(enabled=True, scorer="meaning", max_recalled=5, min_similarity=0.30,
-                                              recall_questions=False, name_discount=0.5)
+                                              recall_questions=False, name_discount=0.5,
+                                              reply_with_question=True, keep_in_context=3)
     assert Config().memory == MemorySettings()
 
 

@@ -46,7 +46,7 @@ def test_recalls_are_saved_with_the_rest(tmp_path: Path) -> None:
     Pruner(PrunerSettings(protect_exchanges=0)).prune(state, state.active_count - 12)
     pruned = [e for e in Pruner().pruned_units(state) if "Two" in e.text or "Three" in e.text]
     assert pruned, "the session has something pruned to recall"
-    recalled = Memory(MemorySettings(max_recalled=1)).recall(state, Pruner(), pruned[0].text)
+    recalled = Memory(MemorySettings(max_recalled=1, keep_in_context=0)).recall(state, Pruner(), pruned[0].text)
     assert [r.event.positions for r in recalled] == [pruned[0].positions]
     save(original, tmp_path / "s.json")
     loaded = load(tmp_path / "s.json").state

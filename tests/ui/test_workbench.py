@@ -103,6 +103,22 @@ async def test_a_small_budget_prunes_and_a_restored_sentence_is_in_the_next_requ
     assert page.mismatches == []
 
 
+async def test_a_sentence_memory_keeps_in_the_context_through_a_prune_is_logged_as_kept(bench: Bench) -> None:
+    await bench.say("My locker code is 4821.")
+    for i in range(3):
+        await bench.say(f"Filler message number {i}. Nothing to see here. Moving on.")
+    chat = bench.workbench.chat
+    assert chat is not None
+    await bench.command(type="settings", changes={"pruner": {"max_context_tokens": chat.state.active_count}})
+    await bench.say("What is my locker code?")
+    logged = [e for m in bench.page.of("rows") for e in m["events"]]
+    kept = [e for e in logged if e["action"] == "kept"]
+    assert [e["text"].strip() for e in kept] == ["My locker code is 4821."]
+    assert kept[0]["reason"].startswith("still in the context, matched by meaning (similarity 0.")
+    assert any(e["action"] == "pruned" for e in logged), "the budget should have pruned"
+    assert not any(bench.page.deleted[int(p)] for p in kept[0]["positions"])
+
+
 async def test_a_pruned_sentence_the_next_message_asks_about_is_recalled_and_logged_as_such(bench: Bench) -> None:
     await bench.say("My locker code is 4821.")
     chat = bench.workbench.chat

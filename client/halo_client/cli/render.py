@@ -167,8 +167,8 @@ def prune_line(event: PruneEvent) -> str:
 
 
 def recall_report(recalls: Sequence[Recall]) -> list[str]:
-    """One styled line per sentence memory brought back for the message."""
-    return [click.style(f"  recalled {r.event.kind} {r.event.unit} ({tokens(r.event.size)}) by {r.why}: "
+    """One styled line per sentence memory brought back for the message, or kept in the context."""
+    return [click.style(f"  {r.action} {r.event.kind} {r.event.unit} ({tokens(r.event.size)}) by {r.why}: "
                         f"{_one_line(r.event.text)}", fg="cyan")
             for r in recalls]
 

@@ -397,6 +397,10 @@ class Chat:
             recalled = self.recall()
             scores = await self.question_scores(prepared.prefix, len(prepared.suffix))
             before = self._fit_for_request(len(prepared.prefix), recalled, scores)
+            # a match kept in the context is news only when a prune came and left it
+            active = self.state.active_mask()
+            recalled = [r for r in recalled
+                        if not r.kept or (before.events and active[np.asarray(r.event.positions, np.int64)].all())]
         except ContextBudgetExceeded:
             excess = self.state.active_count - self._hard_limit(len(prepared.prefix))
             self._rollback(checkpoint)

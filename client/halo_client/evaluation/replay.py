@@ -86,7 +86,7 @@ def replay(dialog: Dialog, model: InProcessModel, policy: Policy, fraction: floa
         # as the chat does after a reply: back within the budget before the next message
         pruner.prune(state, budget, scores=policy.scores(state, view))
         asked = following
-        results.append(StepResult(k, step.step.kind, kept, budget, len(recalls), measures))
+        results.append(StepResult(k, step.step.kind, kept, budget, sum(not r.kept for r in recalls), measures))
     return results
 
 

@@ -110,7 +110,9 @@ class PageSync:
         new = np.arange(self._drawn, n, dtype=np.int64)
         if flash or back:
             self.epoch += 1
-        logged = [event_json(r.event, f"recalled by {r.why}") for r in recalled or []]
+        logged = [event_json(r.event, f"recalled by {r.why}") if not r.kept
+                  else {**event_json(r.event, f"still in the context, matched by {r.why}"), "action": "kept"}
+                  for r in recalled or []]
         logged += [event_json(e) for e in events or []]
         if existing.size or new.size or logged:
             self._broadcast(message(

@@ -8,7 +8,8 @@ the state, so a saved session carries it with no extra file). One module per con
 - `semantic`: matching by meaning, sentence-embedding similarity (`MeaningIndex`);
 - `fusion`: one order from both (reciprocal-rank fusion);
 - `recall`: the query, the decision and the restore, with the reason each sentence came back
-  (`Memory`, `Recall.why`).
+  (`Memory`, `Recall.why`); and the message's matches still in the context, kept through the
+  prune that follows (`Memory.in_context`).
 
 What it buys, measured on held-out conversations, is in docs/pruning.md.
 """

@@ -15,6 +15,11 @@ A sentence that is itself a question ("What did Leo end up with?") never comes b
 little alone ("The Minnesota Wolves!"): with `reply_with_question`, a reply right after an archived
 question is matched as the pair too, and its similarity is the better of the two (`with_questions`).
 
+The message's best matches by meaning that are still in the context (not protected already, not
+just brought back; at most `keep_in_context`, by the same rules) are kept through the prune that
+follows too (`in_context`): at the first prune nothing is archived, and what a question asks for
+may still be there, for the pruner's score alone to take out.
+
 Those that may are ordered (by BM25, by similarity, or for `hybrid` by the reciprocal-rank fusion
 of both orders, `fusion`), and the first `max_recalled` are restored, marked recalled in the audit
 trail, each with the reason it came back (`Recall.why`: the scorer, the similarity, the words it
@@ -29,6 +34,7 @@ them in step after the reply (`keep_up`).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -87,6 +93,13 @@ class Recall:
     event: PruneEvent
     query: str
     match: Match
+    #: still in the context, and kept through the prune that follows: nothing was brought back
+    kept: bool = False
+
+    @property
+    def action(self) -> str:
+        """What memory did: "recalled" (brought back) or "kept" (kept in the context)."""
+        return "kept" if self.kept else "recalled"
 
     @property
     def relevance(self) -> float:
@@ -281,15 +294,57 @@ class Memory:
                       names, texts[i - 1] if paired[i] else None)
                 for i in chosen.tolist()]
 
+    def in_context(self, state: ConversationState, pruner: Pruner, query: str,
+                   recalls: Sequence[Recall] = ()) -> list[Match]:
+        """The sentences still in the context that `query` matches by meaning, best first, at most
+        `keep_in_context`: those the pruner may take (not protected, not in `recalls`), by the
+        threshold, names discount and question rule of the archive's (a reply is matched alone)."""
+        s = self.settings
+        if not s.enabled or s.keep_in_context == 0 or s.scorer == "words" or not query.strip():
+            return []
+        meaning = self._meaning()
+        if meaning is None:
+            return []
+        candidates = state.active_mask() & ~pruner.protected_mask(state) & ~state.column("template")
+        for r in recalls:
+            candidates[np.asarray(r.event.positions, np.int64)] = False
+        positions = np.flatnonzero(candidates)
+        if not positions.size:
+            return []
+        key = pruner.settings.granularity
+        ids = state.column(key)[positions]
+        starts = np.flatnonzero(np.r_[True, (ids[1:] != ids[:-1]) | (np.diff(positions) != 1)])
+        units = list(np.split(positions, starts[1:]))
+        texts = [" ".join(state.text(u).split()) for u in units]
+        with_text = [i for i, t in enumerate(texts) if t]
+        if not with_text:
+            return []
+        shown = [texts[i] for i in with_text]
+        similarity = meaning.similarities(shown, query, s.name_discount)
+        may = similarity >= s.min_similarity
+        if not s.recall_questions:
+            may &= ~questions(shown)
+        chosen = [i for i in np.argsort(-similarity, kind="stable").tolist() if may[i]][: s.keep_in_context]
+        names = tuple(query_names(query)) if s.name_discount else ()
+        turn = state.column("turn")
+        return [Match(PruneEvent(key, int(state.column(key)[units[with_text[i]][0]]),
+                                 int(turn[units[with_text[i]][0]]), tuple(int(p) for p in units[with_text[i]]),
+                                 math.nan, 0, shown[i]),
+                      ("meaning",), 0.0, float(similarity[i]), (), names)
+                for i in chosen]
+
     def recall(self, state: ConversationState, pruner: Pruner, query: str) -> list[Recall]:
         """Restore the archived sentences `query` asks for and mark them recalled at the current
-        turn; the caller prunes next, protecting `protected_positions(recalls)`."""
+        turn, then add the matches still in the context (`in_context`, `Recall.kept`); the caller
+        prunes next, protecting `protected_positions(recalls)`."""
         recalls = []
         turn = len(state.turns) - 1
         for match in self.candidates(state, pruner, query):
             restored = pruner.restore(state, match.event)
             state.mark_recalled(np.asarray(match.event.positions, np.int64), turn=turn)
             recalls.append(Recall(restored, query, match))
+        recalls += [Recall(match.event, query, match, kept=True) for match in self.in_context(state, pruner, query,
+                                                                                               recalls)]
         return recalls
 
 

@@ -42,6 +42,8 @@ class MeaningIndex:
         self.matrix: F32 = np.zeros((0, 0), np.float32)
         #: the vector of each message's names, joined by spaces, as `similarities` embedded them
         self.names: dict[str, F32] = {}
+        #: the last message and its vector: one message is matched more than once (archive, pairs, context)
+        self.query: tuple[str, F32] | None = None
 
     def add(self, texts: Sequence[str]) -> npt.NDArray[np.int64]:
         """Embed the texts not seen before; every text's row."""
@@ -68,7 +70,11 @@ class MeaningIndex:
         rows = self.add(texts)
         names = " ".join(query_names(query)) if name_discount else ""
         kept = self.names.get(names) if names else None
-        asked = self.embedder.embed([query, names] if names and kept is None else [query])
+        if self.query is not None and self.query[0] == query and (kept is not None or not names):
+            asked = self.query[1][None]  # the same message again (its pairs, its matches in the context)
+        else:
+            asked = self.embedder.embed([query, names] if names and kept is None else [query])
+            self.query = (query, asked[0].copy())
         if names:
             if kept is None:
                 if len(self.names) >= NAMES_KEPT:

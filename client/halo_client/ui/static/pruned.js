@@ -105,7 +105,7 @@ export class ActivityLog {
   /** The events of one change (a prune, a restore, a reply), newest line first. */
   log(events) {
     const lines = [];
-    for (const action of ["restored", "pruned"]) {
+    for (const action of ["kept", "restored", "pruned"]) {
       const mine = events.filter((e) => e.action === action);
       const text = mine.filter((e) => unitKind(e, this.isTemplate) === "text");
       const folded = mine.length - text.length;

@@ -41,6 +41,7 @@ const FIELDS = {
   "memory.min_relevance": ["Relevance needed to come back", "how well a sentence must match the message by its words (BM25 score)"],
   "memory.min_similarity_with_words": ["Similarity a word match needs too", "hybrid only: a sentence matched by its words must also be this near in meaning"],
   "memory.reply_with_question": ["Match a reply with its question", "a short answer (\"The Minnesota Wolves!\") is also matched together with the archived question right before it"],
+  "memory.keep_in_context": ["Matches kept in the context per message", "the message's best matches still in the context are kept through the prune that follows, by the same rules (0: none)"],
   "memory.recall_questions": ["Questions can come back too", "off: only statements come back; what a later question asks for is the answer, not the question asked before"],
   "sampler.max_length": ["Reply length, at most (tokens)", ""],
   "sampler.temperature": ["Temperature", "0: always the likeliest word; higher: more varied"],
