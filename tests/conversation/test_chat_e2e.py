@@ -142,7 +142,8 @@ async def test_a_question_keeps_its_fact_still_in_the_context_when_the_prune_com
 
 async def test_what_a_reply_archived_is_embedded_before_the_next_message() -> None:
     """The recall step between a message and its reply embeds the message alone: what the prunes
-    of the exchange before archived was embedded once that reply was in (`Memory.keep_up`)."""
+    of the exchange before archived, and what is still in the context, was embedded once that
+    reply was in (`Memory.keep_up`)."""
     backend = MockBackend(strict_template=True)
     async with MockKoboldServer(backend=backend) as server, KoboldClient(server.url, timeout=10) as client:
         chat = await Chat.open(client, system="Be brief.", max_length=20,
@@ -155,6 +156,12 @@ async def test_what_a_reply_archived_is_embedded_before_the_next_message() -> No
             assert meaning is None or set(archived) <= set(meaning.rows)
         assert archived and meaning is not None, "the budget should have pruned something"
         calls = meaning.embedder.calls  # type: ignore[attr-defined]
+        query = "What did message two say?"
+        await chat.add_message("user", query)  # the exchange before is no longer the latest
         before = len(calls)
-        chat.memory.candidates(chat.state, chat.pruner, "What did message two say?")
+        chat.memory.candidates(chat.state, chat.pruner, query)
+        assert calls[before:] == [1]
+        # and what is still in the context, that exchange included, was embedded with the archive:
+        # matching it embeds nothing more (the message's vector is kept)
+        chat.memory.in_context(chat.state, chat.pruner, query)
         assert calls[before:] == [1]

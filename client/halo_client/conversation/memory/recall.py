@@ -47,7 +47,7 @@ from halo_client.conversation.memory.lexical import WordIndex, query_names
 from halo_client.conversation.memory.semantic import Embedder, MeaningIndex
 from halo_client.conversation.memory.settings import MemorySettings, Scorer
 from halo_client.conversation.pruner import PrunedSpans, PruneEvent, Pruner, PruneResult
-from halo_client.conversation.state import ConversationState, RankedBy
+from halo_client.conversation.state import ROLES, ConversationState, RankedBy
 from halo_client.errors import HaloError, joined
 
 
@@ -254,13 +254,14 @@ class Memory:
         if not s.enabled or s.max_recalled == 0:
             return
         _spans, _units, texts = self.archive(state, pruner)
-        if not texts:
-            return
         if s.scorer != "words" and self.meaning is not None:
             self.meaning.add(texts)
             if s.reply_with_question:
                 self.meaning.add(question_pairs(texts, replies(questions(texts))))
-        if s.scorer != "meaning" or self.meaning is None:
+            if s.keep_in_context:  # the context's sentences too: the next message matches them
+                content = ~state.column("template") & (state.column("role") != ROLES.index("system"))
+                self.meaning.add(self.context_units(state, pruner, state.active_mask() & content)[1])
+        if texts and (s.scorer != "meaning" or self.meaning is None):
             self.words.sync(texts)
 
     def candidates(self, state: ConversationState, pruner: Pruner, query: str) -> list[Match]:
@@ -308,30 +309,37 @@ class Memory:
         candidates = state.active_mask() & ~pruner.protected_mask(state) & ~state.column("template")
         for r in recalls:
             candidates[np.asarray(r.event.positions, np.int64)] = False
-        positions = np.flatnonzero(candidates)
-        if not positions.size:
+        units, shown = self.context_units(state, pruner, candidates)
+        if not shown:
             return []
-        key = pruner.settings.granularity
-        ids = state.column(key)[positions]
-        starts = np.flatnonzero(np.r_[True, (ids[1:] != ids[:-1]) | (np.diff(positions) != 1)])
-        units = list(np.split(positions, starts[1:]))
-        texts = [" ".join(state.text(u).split()) for u in units]
-        with_text = [i for i, t in enumerate(texts) if t]
-        if not with_text:
-            return []
-        shown = [texts[i] for i in with_text]
         similarity = meaning.similarities(shown, query, s.name_discount)
         may = similarity >= s.min_similarity
         if not s.recall_questions:
             may &= ~questions(shown)
         chosen = [i for i in np.argsort(-similarity, kind="stable").tolist() if may[i]][: s.keep_in_context]
         names = tuple(query_names(query)) if s.name_discount else ()
-        turn = state.column("turn")
-        return [Match(PruneEvent(key, int(state.column(key)[units[with_text[i]][0]]),
-                                 int(turn[units[with_text[i]][0]]), tuple(int(p) for p in units[with_text[i]]),
-                                 math.nan, 0, shown[i]),
+        key, turn = pruner.settings.granularity, state.column("turn")
+        return [Match(PruneEvent(key, int(state.column(key)[units[i][0]]), int(turn[units[i][0]]),
+                                 tuple(int(p) for p in units[i]), math.nan, 0, shown[i]),
                       ("meaning",), 0.0, float(similarity[i]), (), names)
                 for i in chosen]
+
+    def context_units(self, state: ConversationState, pruner: Pruner, mask: npt.NDArray[np.bool_]
+                      ) -> tuple[list[npt.NDArray[np.int64]], list[str]]:
+        """The units (the pruner's) of the positions in `mask` that hold text: their positions and
+        texts (whitespace made single)."""
+        positions = np.flatnonzero(mask)
+        if not positions.size:
+            return [], []
+        ids = state.column(pruner.settings.granularity)[positions]
+        starts = np.flatnonzero(np.r_[True, (ids[1:] != ids[:-1]) | (np.diff(positions) != 1)])
+        units, texts = [], []
+        for unit in np.split(positions, starts[1:]):
+            text = " ".join(state.text(unit).split())
+            if text:
+                units.append(unit)
+                texts.append(text)
+        return units, texts
 
     def recall(self, state: ConversationState, pruner: Pruner, query: str) -> list[Recall]:
         """Restore the archived sentences `query` asks for and mark them recalled at the current
