@@ -132,6 +132,14 @@ RANKING_LABELS: Final[dict[str, str]] = {"brightness": "brightness", "question":
 LISTED_ONE_BY_ONE: Final = 3
 
 
+def unit_starts(ids: npt.NDArray[np.integer], positions: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Where each unit begins among `positions` (ascending), given each position's unit id: a new
+    unit at every change of id or gap in the positions."""
+    if not positions.size:
+        return np.zeros(0, np.int64)
+    return np.flatnonzero(np.r_[True, (ids[1:] != ids[:-1]) | (np.diff(positions) != 1)]).astype(np.int64)
+
+
 def summary(events: Sequence[PruneEvent]) -> str:
     """Many units pruned at once, in one line: how many, their tokens, their brightness."""
     units = [e for e in events if not e.restored]
@@ -401,8 +409,7 @@ class Pruner:
         deleted &= ~(template & has_content[turn])
         positions = np.flatnonzero(deleted)
         unit_ids = state.column(self.settings.granularity)[positions].astype(np.int64)
-        starts = np.flatnonzero(np.r_[True, (unit_ids[1:] != unit_ids[:-1]) | (np.diff(positions) != 1)]) \
-            if positions.size else np.zeros(0, np.int64)
+        starts = unit_starts(unit_ids, positions)
         return PrunedSpans(positions, starts.astype(np.int64), unit_ids[starts])
 
     def pruned_event(self, state: ConversationState, spans: PrunedSpans, i: int) -> PruneEvent:

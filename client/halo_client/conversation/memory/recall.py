@@ -46,7 +46,7 @@ from halo_client.conversation.memory.fusion import reciprocal_rank_fusion
 from halo_client.conversation.memory.lexical import WordIndex, query_names
 from halo_client.conversation.memory.semantic import Embedder, MeaningIndex
 from halo_client.conversation.memory.settings import MemorySettings, Scorer
-from halo_client.conversation.pruner import PrunedSpans, PruneEvent, Pruner, PruneResult
+from halo_client.conversation.pruner import PrunedSpans, PruneEvent, Pruner, PruneResult, unit_starts
 from halo_client.conversation.state import ROLES, ConversationState, RankedBy
 from halo_client.errors import HaloError, joined
 
@@ -331,8 +331,7 @@ class Memory:
         positions = np.flatnonzero(mask)
         if not positions.size:
             return [], []
-        ids = state.column(pruner.settings.granularity)[positions]
-        starts = np.flatnonzero(np.r_[True, (ids[1:] != ids[:-1]) | (np.diff(positions) != 1)])
+        starts = unit_starts(state.column(pruner.settings.granularity)[positions], positions)
         units, texts = [], []
         for unit in np.split(positions, starts[1:]):
             text = " ".join(state.text(unit).split())
