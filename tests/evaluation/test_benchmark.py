@@ -57,8 +57,8 @@ def test_a_full_run_writes_tables_json_and_plot(tiny: ReferenceBackend, tmp_path
     assert any("false_recalls" in r for r in result["rows"] if r["kind"] == "fidelity")
     assert {r["set"] for r in result["study"]} == {"tuning", "tuning by hand", "generated", "handwritten"}
     assert {r["retriever"] for r in result["study"] if "retriever" in r} >= {"words", "meaning", "hybrid"}
-    assert set(result["costs"]["ms_per_message"]) == set(result["costs"]["ms_keeping_up"]) == {"words", "meaning",
-                                                                                                "hybrid"}
+    assert (set(result["costs"]["ms_per_message"]) == set(result["costs"]["ms_in_context"])
+            == set(result["costs"]["ms_keeping_up"]) == {"words", "meaning", "hybrid"})
     text = (tmp_path / "pruning.md").read_text()
     assert "# Pruning benchmark" in text and "Full-context recall" in text
     assert "## Generated conversations, held out (2)" in text and "## Written by hand, held out (1)" in text

@@ -77,17 +77,22 @@ def study_section(study: Sequence[Mapping[str, Any]], resamples: int) -> list[st
 def cost_section(costs: Mapping[str, Any]) -> list[str]:
     ms, p90 = costs["ms_per_message"], costs["ms_p90"]
     keeping = costs.get("ms_keeping_up")  # absent from runs before memory kept up after each reply
+    in_context = costs.get("ms_in_context")  # absent from runs that timed the archive's search alone
     when = "by the prune after each reply" if keeping else "before each"
     after = (". The recall step runs between a message and its reply; keeping up (indexing and embedding what "
              "that prune archived) runs once the reply is in" if keeping else "")
-    column = " keeping up after the reply, ms (median) |" if keeping else ""
+    context = (f" and a context of {costs['context_tokens']:,} tokens (the recall step searches the archive and "
+               "matches the sentences still in the context)" if in_context else "")
+    columns = (" of it, the context's match |" if in_context else "") + (" keeping up after the reply, ms (median) |"
+                                                                          if keeping else "")
     return ["## Memory's cost per message", "",
-            f"Recall over an archive of {costs['archived']:,} sentences, {costs['messages']} messages, two more "
-            f"sentences archived {when} (load average {costs['load_average']} on this machine during the "
+            f"Recall over an archive of {costs['archived']:,} sentences{context}, {costs['messages']} messages, two "
+            f"more sentences archived {when} (load average {costs['load_average']} on this machine during the "
             f"measurement; the scorers take turns){after}:", "",
-            f"| scorer | recall step, ms per message (median) | 90th percentile |{column}",
-            "|---|---|---|" + ("---|" if keeping else ""),
-            *(f"| {s} | {ms[s]:.1f} | {p90[s]:.1f} |" + (f" {keeping[s]:.1f} |" if keeping else "") for s in ms), ""]
+            f"| scorer | recall step, ms per message (median) | 90th percentile |{columns}",
+            "|---|---|---|" + ("---|" if in_context else "") + ("---|" if keeping else ""),
+            *(f"| {s} | {ms[s]:.1f} | {p90[s]:.1f} |" + (f" {in_context[s]:.1f} |" if in_context else "")
+              + (f" {keeping[s]:.1f} |" if keeping else "") for s in ms), ""]
 
 
 def _judge(diff: Estimate, measure: str) -> str:
@@ -166,7 +171,9 @@ def goal_lines(rows: Sequence[dict[str, Any]], tables: Mapping[str, Sequence[dic
             keeping = costs.get("ms_keeping_up", {}).get(tuned)
             after = (f"; keeping up with what the prune after each reply archived takes {keeping:.1f} ms more, "
                      "once the reply is in" if keeping is not None else "")
-            out.append(f"- Memory's recall step ({tuned}) over {costs['archived']:,} archived sentences: {ms:.1f} ms "
+            context = f" and a {costs['context_tokens']:,}-token context" if "context_tokens" in costs else ""
+            out.append(f"- Memory's recall step ({tuned}) over {costs['archived']:,} archived sentences{context}: "
+                       f"{ms:.1f} ms "
                        f"per message, median (goal: at most 50, at load average {costs['load_average']}){after}: "
                        f"{'met' if ms <= 50 else 'not met'}.")
     out.append(f"- This run: {result['seconds'] / 60:.1f} minutes (goal for `make bench-quality`: at most 60).")
