@@ -314,3 +314,29 @@ def test_a_reply_cut_by_the_server_is_kept_and_a_failed_send_is_undone(page: Pag
     assert len(backend(mock).received) == sent_before + 1
     texts = page.evaluate("Array.from(document.querySelectorAll('.turn.role-user')).map((el) => el.innerText)")
     assert sum("mountains" in t for t in texts) == 1
+
+
+def test_a_sentence_memory_keeps_through_a_prune_is_shown_as_kept_in_the_activity_log(page: Page,
+                                                                                       mock: ServerThread) -> None:
+    send(page, "My locker code is 4821.")
+    for i in range(3):
+        send(page, f"Filler message number {i}. Nothing to see here. Moving on.")
+    locker = page.evaluate("""Array.from(document.querySelectorAll('.role-user .tok:not(.tpl)'))
+        .filter((el) => el.closest('.turn') === document.querySelector('.turn.role-user'))
+        .map((el) => Number(el.dataset.pos))""")
+    # the budget is what the context holds now: the next message makes the chat prune
+    active = page.evaluate("document.querySelectorAll('.tok:not([data-pruned])').length")
+    page.click("#settings-panel summary")
+    budget = page.get_by_label("Token budget")
+    budget.fill(str(active))
+    budget.dispatch_event("change")
+    page.click("#settings-panel summary")
+    send(page, "What is my locker code?")
+    wait_until(page, "document.querySelector('#activity li[data-action=\"kept\"]') !== null", what="the kept line")
+    page.click("#activity-panel summary")
+    shot(page, "mock-13-kept")
+    kept = [line for line in page.locator('#activity li[data-action="kept"]').all_inner_texts() if "locker" in line]
+    assert len(kept) == 1 and kept[0].endswith("My locker code is 4821."), kept
+    assert kept[0].startswith("kept (still in the context, matched by meaning (similarity 0.")
+    assert page.locator('#activity li[data-action="pruned"]').count() > 0, "the budget should have pruned"
+    assert not set(locker) & set(positions_of(page, ".tok[data-pruned]")), "the kept sentence stays in the context"
