@@ -20,6 +20,7 @@ import random
 import statistics
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +50,7 @@ def _message(state: ConversationState, backend: MockBackend, role: str, text: st
 
 
 def recall_cost(embedder: Embedder, *, sentences: int = 2000, context_tokens: int = 2000, messages: int = 20,
-                scorers: Sequence[Scorer] = ("words", "meaning", "hybrid"), seed: int = 0) -> dict[str, object]:
+                scorers: Sequence[Scorer] = ("words", "meaning", "hybrid"), seed: int = 0) -> dict[str, Any]:
     """Milliseconds per message (median) of memory's recall step (the archive's search and the
     context's match), of the context's match alone, and of keeping up after each reply, for
     each scorer."""
