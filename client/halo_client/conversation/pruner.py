@@ -410,7 +410,7 @@ class Pruner:
         positions = np.flatnonzero(deleted)
         unit_ids = state.column(self.settings.granularity)[positions].astype(np.int64)
         starts = unit_starts(unit_ids, positions)
-        return PrunedSpans(positions, starts.astype(np.int64), unit_ids[starts])
+        return PrunedSpans(positions, starts, unit_ids[starts])
 
     def pruned_event(self, state: ConversationState, spans: PrunedSpans, i: int) -> PruneEvent:
         """The audit event of the `i`th unit of `spans`."""

@@ -1,8 +1,8 @@
 """What memory's recall step costs per message, on an archive of a given size.
 
 A chat of `sentences` archived sentences (varied, made up from the conversation generator's
-pieces) is pruned down to `context_tokens` in the context; then, message after message, two more sentences
-are archived and memory answers the new message, as in a long chat. Each scorer (`words`,
+pieces) is pruned down to `context_tokens` in the context; then, message after message, two more
+sentences are archived and memory answers the new message, as in a long chat. Each scorer (`words`,
 `meaning`, `hybrid`) keeps its own warm `Memory` (word index and embeddings kept between
 messages: only what is new is indexed and embedded), and the scorers take turns message by
 message, so a busy machine slows them alike; the figures are medians over the messages. Two
@@ -86,9 +86,8 @@ def recall_cost(embedder: Embedder, *, sentences: int = 2000, context_tokens: in
             memories[scorer].keep_up(state, pruner)
             if m < messages:
                 keeping[scorer].append((time.perf_counter() - started) * 1e3)
-    return {"archived": len(pruner.pruned_units(state)), "context_tokens": int(state.active_mask().sum()),
-            "messages": messages,
-            "load_average": round(os.getloadavg()[0], 1),
+    return {"archived": len(pruner.pruned_units(state)), "context_tokens": state.active_count,
+            "messages": messages, "load_average": round(os.getloadavg()[0], 1),
             "ms_per_message": {s: round(statistics.median(t), 1) for s, t in times.items()},
             "ms_p90": {s: round(float(np.percentile(t, 90)), 1) for s, t in times.items()},
             "ms_in_context": {s: round(statistics.median(t), 1) for s, t in in_context.items()},

@@ -173,8 +173,7 @@ def goal_lines(rows: Sequence[dict[str, Any]], tables: Mapping[str, Sequence[dic
                      "once the reply is in" if keeping is not None else "")
             context = f" and a {costs['context_tokens']:,}-token context" if "context_tokens" in costs else ""
             out.append(f"- Memory's recall step ({tuned}) over {costs['archived']:,} archived sentences{context}: "
-                       f"{ms:.1f} ms "
-                       f"per message, median (goal: at most 50, at load average {costs['load_average']}){after}: "
-                       f"{'met' if ms <= 50 else 'not met'}.")
+                       f"{ms:.1f} ms per message, median (goal: at most 50, at load average "
+                       f"{costs['load_average']}){after}: {'met' if ms <= 50 else 'not met'}.")
     out.append(f"- This run: {result['seconds'] / 60:.1f} minutes (goal for `make bench-quality`: at most 60).")
     return out
