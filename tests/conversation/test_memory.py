@@ -227,6 +227,25 @@ def test_without_its_embedder_memory_matches_words_and_says_so() -> None:
     assert match.by == ("words",) and match.similarity is None and match.words == ("locker", "code")
 
 
+def test_memory_loads_the_embedder_its_settings_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    from halo_client.conversation.memory import recall
+
+    asked: list[str | None] = []
+
+    def load(progress: object = None, name: str | None = None) -> WordHashEmbedder:
+        asked.append(name)
+        return WordHashEmbedder()
+
+    monkeypatch.setattr(recall, "default_embedder", load)
+    for name in ("all-mpnet-base-v2", "all-MiniLM-L6-v2"):
+        memory = Memory(MemorySettings(embedder=name))
+        pruner, state = pruned_chat("What was my locker code again?")
+        assert memory.candidates(state, pruner, "What was my locker code again?")
+    assert asked == ["all-mpnet-base-v2", "all-MiniLM-L6-v2"]  # loaded once each, when first needed
+    with pytest.raises(ValueError, match="embedder"):
+        MemorySettings(embedder="bge-small")
+
+
 def test_the_word_index_follows_the_archive() -> None:
     index = WordIndex()
     index.sync(["My locker code is 4821.", "Penguins swim."])

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from halo_client.embedding import SentenceEmbedder, load_embedder
+from tests.embedding.transformers_reference import expected_vectors
 
 TEXTS = ["My sister's flight lands at 7:40 in the evening.", "What time does her plane touch down?",
          "I like turtles.", "By the way, my locker code is 4821.", "Which digits open my gym cabinet?",
@@ -25,27 +26,10 @@ def embedder() -> SentenceEmbedder:
 
 @pytest.mark.model
 def test_numpy_bert_matches_transformers(embedder: SentenceEmbedder) -> None:
-    try:
-        import torch
-        import transformers
-    except ImportError as exc:  # pragma: no cover - CI installs them; a missing one fails, it is not skipped
-        raise ImportError("this test needs torch and transformers: pip install -e '.[agreement]'") from exc
     from halo_client.embedding import model_files
 
     weights, _tokenizer, _config = model_files(progress=lambda _line: None)
-    model = transformers.BertModel.from_pretrained(str(weights.parent), local_files_only=True)
-    model.train(False)  # inference: no dropout
-    encodings = embedder.tokenizer.encode_batch(TEXTS)
-    width = max(len(e.ids) for e in encodings)
-    ids = torch.zeros((len(TEXTS), width), dtype=torch.long)
-    mask = torch.zeros((len(TEXTS), width), dtype=torch.long)
-    for i, e in enumerate(encodings):
-        ids[i, : len(e.ids)] = torch.tensor(e.ids)
-        mask[i, : len(e.ids)] = 1
-    with torch.no_grad():
-        hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
-    pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-    expected = torch.nn.functional.normalize(pooled, dim=-1).numpy()
+    expected = expected_vectors(embedder, TEXTS, weights.parent, "BertModel", pad_id=0)
     got = embedder.embed(TEXTS)
     assert np.abs(got - expected).max() < 1e-4
     assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)

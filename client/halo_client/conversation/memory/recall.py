@@ -45,7 +45,7 @@ import numpy.typing as npt
 from halo_client.conversation.memory.fusion import reciprocal_rank_fusion
 from halo_client.conversation.memory.lexical import WordIndex, query_names
 from halo_client.conversation.memory.semantic import Embedder, MeaningIndex
-from halo_client.conversation.memory.settings import MemorySettings, Scorer
+from halo_client.conversation.memory.settings import EmbedderName, MemorySettings, Scorer
 from halo_client.conversation.pruner import PrunedSpans, PruneEvent, Pruner, PruneResult, unit_starts
 from halo_client.conversation.state import ROLES, ConversationState, RankedBy
 from halo_client.errors import HaloError, joined
@@ -174,15 +174,16 @@ def decide(settings: MemorySettings, relevance: npt.NDArray[np.float64],
     return chosen[np.argsort(-order[chosen], kind="stable")][: settings.max_recalled], by_meaning, by_words
 
 
-def default_embedder(progress: Callable[[str], None] | None = None) -> Embedder:
-    """all-MiniLM-L6-v2 (`halo_client.embedding`), fetched on first use (`progress`: its lines)."""
+def default_embedder(progress: Callable[[str], None] | None = None, name: EmbedderName | None = None) -> Embedder:
+    """The embedder `name` (`halo_client.embedding`; None: the settings' default), fetched on first
+    use (`progress`: its lines)."""
     from halo_client.embedding import load_embedder
 
-    return load_embedder(progress=progress or (lambda _line: None))
+    return load_embedder(progress=progress or (lambda _line: None), name=name or MemorySettings().embedder)
 
 
 class Memory:
-    """`embedder`: the sentence embedder for `meaning` and `hybrid` (None: all-MiniLM-L6-v2,
+    """`embedder`: the sentence embedder for `meaning` and `hybrid` (None: the settings' `embedder`,
     loaded on first use; if it cannot be, memory matches words only and says so in `notice`)."""
 
     def __init__(self, settings: MemorySettings | None = None, *, embedder: Embedder | None = None,
@@ -211,7 +212,8 @@ class Memory:
     def _meaning(self, progress: Callable[[str], None] | None = None) -> MeaningIndex | None:
         if self.meaning is None and self.notice is None:
             try:
-                embedder = self._load_embedder() if self._load_embedder is not None else default_embedder(progress)
+                embedder = (self._load_embedder() if self._load_embedder is not None
+                            else default_embedder(progress, self.settings.embedder))
                 self.meaning = MeaningIndex(embedder)
             except HaloError as exc:
                 self.notice = f"memory matches words only: {joined(exc.message, exc.hint)}"

@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 #: how archived sentences are matched to the newest message: `words` (BM25), `meaning` (sentence
 #: embeddings) or `hybrid` (both, their orders fused; either can bring a sentence back)
 Scorer = Literal["words", "meaning", "hybrid"]
+#: the sentence embedders `meaning` and `hybrid` can use (`halo_client.embedding.MODELS`)
+EmbedderName = Literal["all-MiniLM-L6-v2", "all-mpnet-base-v2"]
 
 
 class MemorySettings(BaseModel):
@@ -24,6 +26,10 @@ class MemorySettings(BaseModel):
 
     enabled: bool = True
     scorer: Scorer = "meaning"
+    #: the sentence embedder: all-MiniLM-L6-v2 (83 MB, a message embedded in about 15 ms on two
+    #: cores) or all-mpnet-base-v2 (404 MB, about 60 ms), which finds more of what a question asks
+    #: for in other words (docs/pruning.md, "A larger embedder")
+    embedder: EmbedderName = "all-MiniLM-L6-v2"
     #: sentences restored per message at most: the fact a question asks for is among meaning's
     #: best few far more often than it is the best, and the similarity threshold, not this cap,
     #: decides most messages (docs/pruning.md)
