@@ -139,15 +139,22 @@ def test_settings_are_validated_and_survive_a_reload_and_a_restart(browser: Brow
         decay.dispatch_event("change")
         page.get_by_label("Colour scale", exact=True).select_option("log")
         wait_until(page, "window.halo.settings.view.scale === 'log'", what="the scale")
+        embedder = page.get_by_label("Sentence embedder", exact=True)  # chosen here, loaded at the next recall
+        assert embedder.locator("option").all_inner_texts() == ["all-MiniLM-L6-v2", "all-mpnet-base-v2"]
+        embedder.select_option("all-mpnet-base-v2")
+        wait_until(page, "window.halo.settings.memory.embedder === 'all-mpnet-base-v2'", what="the embedder")
+        embedder.scroll_into_view_if_needed()
+        shot(page, "mock-14-embedder")
         page.reload()
         wait_until(page, "window.halo !== undefined && window.halo.settings !== null", what="the reload")
         page.click("#settings-panel summary")
         assert page.get_by_label("Fading per new token", exact=True).input_value() == "0.01"
         assert page.get_by_label("Colour scale", exact=True).input_value() == "log"
+        assert page.get_by_label("Sentence embedder", exact=True).input_value() == "all-mpnet-base-v2"
         assert page.inner_text("#scale-mode") == "log"
         page.close()
     saved = config.load(ui.settings)
-    assert saved.tracker.decay == 0.01 and saved.view.scale == "log"
+    assert saved.tracker.decay == 0.01 and saved.view.scale == "log" and saved.memory.embedder == "all-mpnet-base-v2"
     with workbench_process(mock.url, tmp_path) as ui:  # a new workbench process reads the file
         page = open_page(browser, ui.url)
         assert page.evaluate("window.halo.settings.tracker.decay") == 0.01

@@ -26,9 +26,10 @@ class MemorySettings(BaseModel):
 
     enabled: bool = True
     scorer: Scorer = "meaning"
-    #: the sentence embedder: all-MiniLM-L6-v2 (83 MB, a message embedded in about 15 ms on two
-    #: cores) or all-mpnet-base-v2 (404 MB, about 60 ms), which finds more of what a question asks
-    #: for in other words (docs/pruning.md, "A larger embedder")
+    #: the sentence embedder: all-MiniLM-L6-v2 (83 MB; the recall step about 18 ms per message on
+    #: two cores) or all-mpnet-base-v2 (404 MB; about 90 ms), which finds more of what a question
+    #: asks for in other words; on the tuning split it ties with the smaller one at 25 %
+    #: (docs/pruning.md, "A larger embedder")
     embedder: EmbedderName = "all-MiniLM-L6-v2"
     #: sentences restored per message at most: the fact a question asks for is among meaning's
     #: best few far more often than it is the best, and the similarity threshold, not this cap,
