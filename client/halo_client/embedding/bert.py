@@ -58,8 +58,6 @@ class BertConfig:
     hidden: int
     eps: float
     model_type: str = "bert"
-    #: MPNet's buckets of relative distance (T5's), each with a learned bias per head
-    distance_buckets: int = 0
 
     @classmethod
     def from_file(cls, path: Path) -> BertConfig:
@@ -68,8 +66,7 @@ class BertConfig:
             if data.get("model_type") not in MODEL_TYPES or data.get("hidden_act") != "gelu":
                 raise ValueError(f"not a {' or '.join(MODEL_TYPES)} with gelu")
             return cls(int(data["num_hidden_layers"]), int(data["num_attention_heads"]), int(data["hidden_size"]),
-                       float(data["layer_norm_eps"]), str(data["model_type"]),
-                       int(data.get("relative_attention_num_buckets", 0)))
+                       float(data["layer_norm_eps"]), str(data["model_type"]))
         except (OSError, ValueError, KeyError) as exc:
             raise EmbeddingModelError(f"{path} is not a configuration these encoders run: {exc}") from exc
 
