@@ -52,6 +52,7 @@ async def bench(tmp_path: Path) -> AsyncIterator[Bench]:
         workbench.subscribe(page)
         await workbench.start()
         await workbench.wait_connected()
+        await workbench.idle()  # memory's embedder loaded: a test's own stand-in is not raced by it
         try:
             yield Bench(workbench, server, page, tmp_path)
         finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -382,6 +383,45 @@ async def test_a_new_chat_has_the_benchmarks_memory_and_pruning(bench: Bench) ->
     [snapshot] = bench.page.of("snapshot")[-1:]  # what the page was told when it opened
     assert snapshot["settings"]["memory"]["scorer"] == "meaning"
     assert snapshot["settings"]["pruner"]["score"] == "question"
+
+
+async def test_a_new_chat_loads_memorys_embedder_before_the_first_message(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh install fetches the embedder the first time memory needs it: the workbench starts
+    that when a chat opens, in a thread, with its lines in the banner, not inside the first reply."""
+    import threading
+
+    from halo_client.client import KoboldClient
+    from halo_client.config import Config
+    from halo_client.conversation.memory import recall
+    from halo_client.testing.embedder import WordHashEmbedder
+
+    loads: list[tuple[str | None, str]] = []
+
+    def load(progress: Callable[[str], None] | None = None, name: str | None = None) -> WordHashEmbedder:
+        loads.append((name, threading.current_thread().name))
+        if progress is not None:
+            progress(f"fetching {name} (about 83 MB, once) ...")
+        return WordHashEmbedder()
+
+    monkeypatch.setattr(recall, "default_embedder", load)
+    async with MockKoboldServer() as server, KoboldClient(server.url, timeout=10) as client:
+        workbench = Workbench(client, sessions=SessionStore(tmp_path / "sessions"), settings=Config(),
+                              settings_path=tmp_path / "settings.json")
+        page = PageModel()
+        workbench.subscribe(page)
+        await workbench.start()
+        try:
+            await workbench.wait_connected()
+            await workbench.idle()
+            chat = workbench.chat
+            assert chat is not None and chat.memory.meaning is not None
+            assert loads == [("all-MiniLM-L6-v2", loads[0][1])] and loads[0][1] != threading.current_thread().name
+            assert not server.mock.received  # no message was needed
+            await page.wait_for(lambda: any(m.get("kind") == "info" and m.get("message", "").startswith(
+                "memory: fetching all-MiniLM-L6-v2") for m in page.of("error")))
+        finally:
+            await workbench.close()
 
 
 async def test_a_new_embedder_is_loaded_when_chosen_not_inside_the_next_reply(bench: Bench,

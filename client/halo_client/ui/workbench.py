@@ -102,7 +102,7 @@ class Workbench:
         self._stop: asyncio.Event | None = None  # set by Stop while a reply streams
         self._lock = asyncio.Lock()  # one model-server request at a time, one structural change at a time
         self._saving: asyncio.Task[None] | None = None  # the autosave being written
-        self._preparing: asyncio.Task[None] | None = None  # memory's embedder, loading after a settings change
+        self._preparing: asyncio.Task[None] | None = None  # memory's embedder, loading for a new chat or settings
 
     @property
     def connection(self) -> dict[str, Any]:
@@ -137,14 +137,17 @@ class Workbench:
         return self._reply_task is not None and not self._reply_task.done()
 
     async def idle(self) -> None:
-        """Wait until the reply now streaming (if any) has ended and been sent to the pages, and
-        its autosave is written."""
+        """Wait until the reply now streaming (if any) has ended and been sent to the pages, its
+        autosave is written and memory's embedder is loaded."""
         task = self._reply_task
         if task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(task)
         if self._saving is not None:
             await asyncio.shield(self._saving)
+        if self._preparing is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._preparing)
 
     async def wait_connected(self, timeout: float = 30.0) -> None:
         """Wait until a chat is set up with the model server (tests, tools)."""
@@ -233,6 +236,7 @@ class Workbench:
         self.inspector.reset(records)
         self.attention = TokenAttention()
         self._resend_all()
+        self._prepare_memory(chat.memory)
 
     def _resend_all(self) -> None:
         """Every page starts over from a fresh snapshot (a new chat, an undone exchange)."""
@@ -266,9 +270,10 @@ class Workbench:
         self._saving = asyncio.create_task(write(), name="halo-ui-autosave")
 
     def _prepare_memory(self, memory: Memory) -> None:
-        """Load the embedder memory's new settings name now, in a thread, its fetch's lines in the
-        pages' banner, rather than at the next message inside the reply (all-mpnet-base-v2 is a
-        404 MB download the first time). A message that comes meanwhile waits for the same load."""
+        """Load the embedder memory's settings name now (a chat was opened, or the settings
+        changed), in a thread, its fetch's lines in the pages' banner, rather than at the first
+        message inside the reply (the first time it is a download: 83 MB, 404 MB for
+        all-mpnet-base-v2). A message that comes meanwhile waits for the same load."""
         loop = asyncio.get_running_loop()
 
         def progress(line: str) -> None:
