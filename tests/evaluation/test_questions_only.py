@@ -4,6 +4,7 @@ the end and report; the rows are saved before the report is written."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,8 @@ def test_a_file_of_questions_only_runs_and_reports(tiny: ReferenceBackend, tmp_p
     result = run(tiny, questions_only(tmp_path), tmp_path / "out", lambda *_: None)
     assert {r["kind"] for r in result["rows"]} == {"question"}
     text = (tmp_path / "out" / "pruning.md").read_text()
-    assert "### Budget 50%" in text and "answer NLL increase at 50%: better than" in text
+    assert "### Budget 50%" in text
+    assert re.search(r"answer NLL increase at 50%: (better than|worse than|not separable from) recency\.", text)
     assert "lowest KL at 50%: none measured" in text  # said, not a crash
     saved = json.loads((tmp_path / "out" / "pruning.json").read_text())
     assert len(saved["rows"]) == len(result["rows"]) == 2
