@@ -34,6 +34,11 @@ def test_a_full_run_writes_tables_json_and_plot(tiny: ReferenceBackend, tmp_path
     result = run(tiny, config, tmp_path, lambda d, t, m: progress.append((d, t, m)))
     names = set(policy_factories(Tuned()))
     assert {r["policy"] for r in result["rows"]} == names
+    # what memory brought back is shown for every policy that had memory, whatever its name
+    assert set(result["with_memory"]) == {n for n, (_f, m) in policy_factories(Tuned()).items() if m is not None}
+    larger = [line for line in (tmp_path / "pruning.md").read_text().splitlines()
+              if line.startswith("| default (larger embedder) |")]
+    assert larger and not any(line.endswith("|  |  |") for line in larger)
     # held out only: the generated ones, and the one written by hand, marked as such
     assert {(r["conversation"], r["set"]) for r in result["rows"]} == {
         ("seed 1", "generated"), ("seed 2", "generated"), ("hw-01-airport", "handwritten")}

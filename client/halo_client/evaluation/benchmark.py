@@ -431,6 +431,8 @@ def run(backend: ModelBackend, config: BenchmarkConfig, out_dir: Path, progress:
                       "heads": {k: [list(h) for h in v] for k, v in tuned.heads.items()}, "score": tuned.score,
                       "score_fixed": score_fixed, "scores": tuned.scores, "count_fixed": count_fixed,
                       "counts": {str(k): v for k, v in tuned.counts.items()}},
+            # the policies that ran with memory (the report shows what they brought back)
+            "with_memory": [n for n in names if policy_factories(tuned)[n][1] is not None],
             "rows": rows,
             "study": study,
             "costs": costs,

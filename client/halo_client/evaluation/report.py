@@ -269,6 +269,14 @@ def _points(table: Sequence[Mapping[str, Any]], measure: str, name: str) -> list
             if t["policy"] == name and measure in t]
 
 
+def _memory_by_name(rows: Sequence[Mapping[str, Any]]) -> set[str]:
+    """Which policies had memory, for a result saved before it said so: by their names, or by
+    what they brought back."""
+    named = {r["policy"] for r in rows if ("memory" in r["policy"] and "without" not in r["policy"])
+             or r["policy"] == DEFAULT_POLICY}
+    return named | {r["policy"] for r in rows if r.get("recalled")}
+
+
 def write_report(result: Mapping[str, Any], out_dir: Path, resamples: int = 2000) -> list[dict[str, Any]]:
     """pruning.md, pruning.json and pruning.svg from a benchmark result; returns the summary."""
     rows = result["rows"]
@@ -276,8 +284,7 @@ def write_report(result: Mapping[str, Any], out_dir: Path, resamples: int = 2000
     tuned = result["tuned"]
     out_dir.mkdir(parents=True, exist_ok=True)
     sets = list(dict.fromkeys(r.get("set", "generated") for r in rows))
-    with_memory = {p for p in dict.fromkeys(r["policy"] for r in rows)
-                   if ("memory" in p and "without" not in p) or p == DEFAULT_POLICY}
+    with_memory = set(result.get("with_memory") or _memory_by_name(rows))
     if config.get("own"):
         shape = "your own (their last user message the fidelity probe, then their questions)"
     else:
