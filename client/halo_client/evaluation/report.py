@@ -196,7 +196,7 @@ def comparison_lines(rows: Sequence[dict[str, Any]], policy: str, budget: float,
                 continue
             judged = verdict(diff, measure)
             (wins if judged == "better" else losses if judged == "worse" else ties).append(other)
-        # only the verdicts someone got: "worse than none" read as a loss to the unpruned context
+        # only the verdicts some policy got ("worse than none" reads like a loss)
         said = [f"{word} {', '.join(names)}" for word, names in
                 (("better than", wins), ("worse than", losses), ("not separable from", ties)) if names]
         out.append(f"- {MEASURE_NAMES.get(measure, measure)} at {budget:.0%}: {'; '.join(said)}.")
