@@ -418,8 +418,10 @@ async def test_a_new_chat_loads_memorys_embedder_before_the_first_message(tmp_pa
             assert chat is not None and chat.memory.meaning is not None
             assert loads == [("all-MiniLM-L6-v2", loads[0][1])] and loads[0][1] != threading.current_thread().name
             assert not server.mock.received  # no message was needed
-            await page.wait_for(lambda: any(m.get("kind") == "info" and m.get("message", "").startswith(
-                "memory: fetching all-MiniLM-L6-v2") for m in page.of("error")))
+            await page.wait_for(lambda: any(m.get("message", "").endswith("is ready") for m in page.of("error")))
+            banners = [m.get("message") for m in page.of("error")]
+            assert banners[-2:] == ["memory: fetching all-MiniLM-L6-v2 (about 83 MB, once) ...",
+                                    "memory: all-MiniLM-L6-v2 is ready"]
         finally:
             await workbench.close()
 

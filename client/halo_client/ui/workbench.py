@@ -275,14 +275,18 @@ class Workbench:
         message inside the reply (the first time it is a download: 83 MB, 404 MB for
         all-mpnet-base-v2). A message that comes meanwhile waits for the same load."""
         loop = asyncio.get_running_loop()
+        fetched: list[str] = []
 
         def progress(line: str) -> None:
+            fetched.append(line)
             loop.call_soon_threadsafe(self._notify, "info", f"memory: {line}")
 
         async def load() -> None:
             notice = await asyncio.to_thread(memory.prepare, progress)
             if notice is not None:
                 self._notify("warning", notice, "settings")
+            elif fetched:  # the banner's last line was the fetch's ("cached ..."): say it is over
+                self._notify("info", f"memory: {memory.settings.embedder} is ready")
 
         self._preparing = asyncio.create_task(load(), name="halo-ui-memory")
 
