@@ -460,3 +460,34 @@ async def test_a_new_embedder_is_loaded_when_chosen_not_inside_the_next_reply(be
                                           for m in bench.page.of("error")))
     chat = bench.workbench.chat
     assert chat is not None and chat.memory.scorer == "words"
+
+
+async def test_idle_and_close_wait_for_every_embedder_load_not_only_the_newest(bench: Bench,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two embedders chosen one after the other while the first is still downloading: its thread
+    cannot be cancelled, so `idle` (and `close`) wait for it too, not only for the newer load."""
+    import asyncio
+    import threading
+
+    from halo_client.conversation.memory import recall
+    from halo_client.testing.embedder import WordHashEmbedder
+
+    release = threading.Event()
+    ended: list[str | None] = []
+
+    def load(progress: Callable[[str], None] | None = None, name: str | None = None) -> WordHashEmbedder:
+        if name == "all-mpnet-base-v2":
+            release.wait(10)
+        ended.append(name)
+        return WordHashEmbedder()
+
+    monkeypatch.setattr(recall, "default_embedder", load)
+    await bench.command(type="settings", changes={"memory": {"embedder": "all-mpnet-base-v2"}})
+    await bench.command(type="settings", changes={"memory": {"embedder": "all-MiniLM-L6-v2"}})
+    await bench.page.wait_for(lambda: ended == ["all-MiniLM-L6-v2"])
+    waiting = asyncio.create_task(bench.workbench.idle())
+    await asyncio.sleep(0.2)
+    assert not waiting.done()  # the first load is still running
+    release.set()
+    await asyncio.wait_for(waiting, 10)
+    assert ended == ["all-MiniLM-L6-v2", "all-mpnet-base-v2"]

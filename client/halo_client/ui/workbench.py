@@ -102,7 +102,9 @@ class Workbench:
         self._stop: asyncio.Event | None = None  # set by Stop while a reply streams
         self._lock = asyncio.Lock()  # one model-server request at a time, one structural change at a time
         self._saving: asyncio.Task[None] | None = None  # the autosave being written
-        self._preparing: asyncio.Task[None] | None = None  # memory's embedder, loading for a new chat or settings
+        #: memory's embedder, loading for a new chat or settings: every load still running (a
+        #: second settings change does not end the first's thread, and close waits for both)
+        self._preparing: set[asyncio.Task[None]] = set()
 
     @property
     def connection(self) -> dict[str, Any]:
@@ -128,9 +130,7 @@ class Workbench:
         self.sync.cancel()
         if self._saving is not None:
             await asyncio.shield(self._saving)
-        if self._preparing is not None:  # a thread cannot be cancelled: let the load end
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._preparing)
+        await self._prepared()  # a thread cannot be cancelled: let the loads end
 
     @property
     def busy(self) -> bool:
@@ -145,9 +145,12 @@ class Workbench:
                 await asyncio.shield(task)
         if self._saving is not None:
             await asyncio.shield(self._saving)
-        if self._preparing is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._preparing)
+        await self._prepared()
+
+    async def _prepared(self) -> None:
+        """Wait for every load of memory's embedder still running (each says in the banner how it ended)."""
+        while pending := [t for t in self._preparing if not t.done()]:
+            await asyncio.gather(*(asyncio.shield(t) for t in pending), return_exceptions=True)
 
     async def wait_connected(self, timeout: float = 30.0) -> None:
         """Wait until a chat is set up with the model server (tests, tools)."""
@@ -288,7 +291,9 @@ class Workbench:
             elif fetched:  # the banner's last line was the fetch's ("cached ..."): say it is over
                 self._notify("info", f"memory: {memory.settings.embedder} is ready")
 
-        self._preparing = asyncio.create_task(load(), name="halo-ui-memory")
+        task = asyncio.create_task(load(), name="halo-ui-memory")
+        self._preparing.add(task)
+        task.add_done_callback(self._preparing.discard)
 
     def _notify(self, kind: str, what: str, command: str | None = None, **extra: Any) -> None:
         self._broadcast(message("error", kind=kind, message=what, command=command, **extra))
