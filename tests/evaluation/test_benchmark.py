@@ -151,3 +151,26 @@ def test_worker_processes_measure_what_this_process_measures(tiny: ReferenceBack
         assert a.keys() == b.keys()
         for key, value in a.items():  # the same numbers, up to BLAS's summation order
             assert value == pytest.approx(b[key], abs=1e-4) if isinstance(value, float) else value == b[key]
+
+
+def test_what_is_tuned_and_studied_does_not_depend_on_which_worker_finished_first(
+        tiny: ReferenceBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers hand results back in the order they finish; the recall study's rows (whose order the
+    bootstrap draws from) and what is chosen from the archives come out in the split's order."""
+    from halo_client.evaluation import benchmark
+
+    config = BenchmarkConfig(tune=2, report=2, min_tokens=300, max_tokens=400, reply_tokens=4, probe_tokens=6,
+                             tail="FQ", budgets=(0.5,), policies=(DEFAULT_POLICY, "recency"),
+                             cache_dir=tmp_path / "cache", attention_recall=False, scores=("question heads (last row)",), counts=(5,),
+                             cost_sentences=0)
+
+    def without_times(result: dict[str, object]) -> list[dict[str, object]]:
+        return [{k: v for k, v in r.items() if k != "ms"} for r in result["study"]]  # type: ignore[attr-defined]
+
+    in_order = run(tiny, config, tmp_path / "in-order", lambda *_: None)
+    finishing = benchmark._Runner.map
+    monkeypatch.setattr(benchmark._Runner, "map", lambda self, tasks: reversed(list(finishing(self, tasks))))
+    backwards = run(tiny, config, tmp_path / "backwards", lambda *_: None)
+    assert {r["conversation"] for r in in_order["study"]} == {"seed 0", "seed 1", "seed 2", "seed 3"}
+    assert without_times(backwards) == without_times(in_order)
+    assert json.dumps(backwards["tuned"], sort_keys=True) == json.dumps(in_order["tuned"], sort_keys=True)  # NaN too

@@ -440,6 +440,7 @@ def run(backend: ModelBackend, config: BenchmarkConfig, out_dir: Path, progress:
             "tokens_computed": computed,
         }
 
+    position = {(s, c.name): i for i, (c, s) in enumerate(tuning + held_out)}
     try:
         archives = []
         for result in runner.map([_Task(c, "archive", tuned, set_name=s) for c, s in tuning]):
@@ -448,6 +449,9 @@ def run(backend: ModelBackend, config: BenchmarkConfig, out_dir: Path, progress:
             assert result.archive is not None
             archives.append((result.archive, result.set_name))
             progress(done, total, f"recall study of {result.name}: {len(result.archive.texts)} sentences")
+        # in the split's order, not the order the workers finished in: the heads and memory chosen,
+        # and the study's bootstrap intervals, are the same from run to run
+        archives.sort(key=lambda a: position[(a[1], a[0].conversation)])
         if archives:
             tuning_archives = [a for a, _s in archives]
             tuned.heads = {rows_: choose_heads(tuning_archives, rows_, HEAD_COUNT) for rows_ in ("message", "last")}
@@ -487,6 +491,7 @@ def run(backend: ModelBackend, config: BenchmarkConfig, out_dir: Path, progress:
         runner.close()
     order = {c.name: i for i, (c, _s) in enumerate(held_out)}
     rows.sort(key=lambda r: (order[r["conversation"]], r["budget"], names.index(r["policy"]), r["step"]))
+    study.sort(key=lambda r: position[(r["set"], r["conversation"])])  # stable: each archive's rows keep their order
     costs: dict[str, Any] = {}
     if config.cost_sentences:
         from halo_client.conversation.memory.recall import default_embedder
