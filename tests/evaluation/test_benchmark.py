@@ -161,8 +161,8 @@ def test_what_is_tuned_and_studied_does_not_depend_on_which_worker_finished_firs
 
     config = BenchmarkConfig(tune=2, report=2, min_tokens=300, max_tokens=400, reply_tokens=4, probe_tokens=6,
                              tail="FQ", budgets=(0.5,), policies=(DEFAULT_POLICY, "recency"),
-                             cache_dir=tmp_path / "cache", attention_recall=False, scores=("question heads (last row)",), counts=(5,),
-                             cost_sentences=0)
+                             cache_dir=tmp_path / "cache", attention_recall=False,
+                             scores=("question heads (last row)",), counts=(5,), cost_sentences=0)
 
     def without_times(result: dict[str, object]) -> list[dict[str, object]]:
         return [{k: v for k, v in r.items() if k != "ms"} for r in result["study"]]  # type: ignore[attr-defined]
