@@ -117,7 +117,8 @@ class SentenceEmbedder:
 
 #: a text this many times as long as the shortest of its batch, and `SLACK` tokens more, starts
 #: the next: every row of a batch is padded to its longest, and a forward pass costs about its rows
-#: times its width (a message and its names, 50 and 4 tokens, cost twice the message alone together)
+#: times its width (in one batch, a message of 50 tokens and its 4 tokens of names cost twice the
+#: message alone)
 STRETCH, SLACK = 2, 8
 
 
