@@ -432,7 +432,8 @@ def run(backend: ModelBackend, config: BenchmarkConfig, out_dir: Path, progress:
                       "score_fixed": score_fixed, "scores": tuned.scores, "count_fixed": count_fixed,
                       "counts": {str(k): v for k, v in tuned.counts.items()}},
             # the policies that ran with memory (the report shows what they brought back)
-            "with_memory": [n for n in names if policy_factories(tuned)[n][1] is not None],
+            "with_memory": [n for n, (_f, memory) in policy_factories(tuned).items()
+                            if n in names and memory is not None],
             "rows": rows,
             "study": study,
             "costs": costs,
@@ -489,8 +490,7 @@ def run(backend: ModelBackend, config: BenchmarkConfig, out_dir: Path, progress:
             save_rows(result_json({}), out_dir, "pruning.partial.json")
     finally:
         runner.close()
-    order = {c.name: i for i, (c, _s) in enumerate(held_out)}
-    rows.sort(key=lambda r: (order[r["conversation"]], r["budget"], names.index(r["policy"]), r["step"]))
+    rows.sort(key=lambda r: (position[(r["set"], r["conversation"])], r["budget"], names.index(r["policy"]), r["step"]))
     study.sort(key=lambda r: position[(r["set"], r["conversation"])])  # stable: each archive's rows keep their order
     costs: dict[str, Any] = {}
     if config.cost_sentences:
