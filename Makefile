@@ -16,7 +16,7 @@ CHAT_ARGS ?=
 $(RUN_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip==26.3
-	$(BIN)/python -m pip install --quiet -e '.[reference]'
+	$(BIN)/python -m pip install --quiet -e '.[reference,memory]'
 	touch $(RUN_STAMP)
 
 # what the workbench needs: the same and its web stack (the ui extra)
@@ -24,13 +24,13 @@ UI_STAMP := $(VENV)/.installed-ui
 $(UI_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip==26.3
-	$(BIN)/python -m pip install --quiet -e '.[reference,ui]'
+	$(BIN)/python -m pip install --quiet -e '.[reference,memory,ui]'
 	touch $(UI_STAMP) $(RUN_STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip==26.3
-	$(BIN)/python -m pip install --quiet -e '.[reference,test,lint,agreement,ui]'
+	$(BIN)/python -m pip install --quiet -e '.[reference,memory,test,lint,agreement,ui]'
 	touch $(STAMP) $(RUN_STAMP) $(UI_STAMP)
 
 install: $(STAMP)  ## create .venv and install halo-weave with its test and lint tools

@@ -352,7 +352,7 @@ def test_make_demo_takes_chat_options_and_installs_only_what_it_needs(tmp_path: 
     assert dry.returncode == 0, dry.stderr
     assert "--max-context-tokens 300" in dry.stdout
     installs = [line for line in dry.stdout.splitlines() if "pip install" in line and "-e" in line]
-    assert installs and all("'.[reference]'" in line for line in installs), installs
+    assert installs and all("'.[reference,memory]'" in line for line in installs), installs
 
 
 def test_eval_pruning_on_your_own_conversations(tmp_path: Path) -> None:

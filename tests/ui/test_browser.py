@@ -140,7 +140,8 @@ def test_settings_are_validated_and_survive_a_reload_and_a_restart(browser: Brow
         page.get_by_label("Colour scale", exact=True).select_option("log")
         wait_until(page, "window.halo.settings.view.scale === 'log'", what="the scale")
         embedder = page.get_by_label("Sentence embedder", exact=True)  # chosen here, loaded at the next recall
-        assert embedder.locator("option").all_inner_texts() == ["all-MiniLM-L6-v2", "all-mpnet-base-v2"]
+        assert embedder.locator("option").all_inner_texts() == ["all-MiniLM-L6-v2", "all-mpnet-base-v2",
+                                                                "all-mpnet-base-v2-int8"]
         embedder.select_option("all-mpnet-base-v2")
         wait_until(page, "window.halo.settings.memory.embedder === 'all-mpnet-base-v2'", what="the embedder")
         embedder.scroll_into_view_if_needed()

@@ -153,19 +153,28 @@ class BertEncoder:
         """What each head adds to its attention scores by the tokens' distance (`[heads, q, k]`)."""
         return None
 
-    def encode(self, ids: npt.NDArray[np.int64], mask: npt.NDArray[np.bool_]) -> F32:
-        """`ids`, `mask`: `[batch, tokens]` (padding masked out) -> `[batch, hidden]`, unit length."""
+    def encode(self, ids: npt.NDArray[np.int64], mask: npt.NDArray[np.bool_],
+               layers: Callable[[F32, F32], F32] | None = None) -> F32:
+        """`ids`, `mask`: `[batch, tokens]` (padding masked out) -> `[batch, hidden]`, unit length.
+        `layers` runs the transformer layers instead of numpy (`onnx_layers.OnnxLayers`)."""
         c = self.config
         batch, length = ids.shape
-        head_dim = c.hidden // c.heads
-        # every token of the batch as one row: the dense layers are one matrix product each
-        x = self._embedded(ids).reshape(batch * length, c.hidden)
-        x = layer_norm(x, *self.embed_norm, c.eps)
+        x = layer_norm(self._embedded(ids).reshape(batch, length, c.hidden), *self.embed_norm, c.eps)
         # padding columns get -inf before the softmax (a large negative, as transformers does)
         bias = np.where(mask, 0.0, np.finfo(np.float32).min).astype(np.float32)[:, None, None, :]
         by_distance = self._position_bias(length)
         if by_distance is not None:
             bias = bias + by_distance[None]
+        return mean_pooled((layers or self.run_layers)(x, bias), mask)
+
+    def run_layers(self, x: F32, bias: F32) -> F32:
+        """`x` `[batch, tokens, hidden]` through every layer; `bias` is added to each head's
+        attention scores (it broadcasts to `[batch, heads, tokens, tokens]`)."""
+        c = self.config
+        batch, length, _ = x.shape
+        head_dim = c.hidden // c.heads
+        # every token of the batch as one row: the dense layers are one matrix product each
+        x = x.reshape(batch * length, c.hidden)
         scale = np.float32(1.0 / np.sqrt(head_dim))
         for qkv, qkv_b, wo, bo, n1w, n1b, w1, b1, w2, b2, n2w, n2b in self.layers:
             projected = (x @ qkv + qkv_b).reshape(batch, length, 3, c.heads, head_dim)
@@ -177,7 +186,8 @@ class BertEncoder:
             context = (weights @ v).transpose(0, 2, 1, 3).reshape(batch * length, c.hidden)
             x = layer_norm(x + context @ wo + bo, n1w, n1b, c.eps)
             x = layer_norm(x + gelu(x @ w1 + b1) @ w2 + b2, n2w, n2b, c.eps)
-        return mean_pooled(x.reshape(batch, length, c.hidden), mask)
+        out: F32 = x.reshape(batch, length, c.hidden)
+        return out
 
 
 def mean_pooled(hidden: F32, mask: npt.NDArray[np.bool_]) -> F32:

@@ -83,12 +83,16 @@ HYBRID_CANDIDATE = {"scorer": "hybrid", "min_relevance": 2.0, "min_similarity_wi
 #: development replay found it ahead by hand and tied on the tuning split, at five times the recall
 #: step (docs/pruning.md, "A larger embedder"); the held-out sets judge it
 LARGER_EMBEDDER = {"embedder": "all-mpnet-base-v2"}
+#: the same in int8 (`halo_client.embedding.onnx_layers`): the recall step within the 50 ms a message may
+#: take, its vectors within a cosine of 0.99 of the exact ones
+LARGER_EMBEDDER_INT8 = {"embedder": "all-mpnet-base-v2-int8"}
 #: heads attention votes with, per `Rows` (chosen on the tuning split's recall study)
 HEAD_COUNT = 5
 #: the policies measured on the hand-written set (unless `--policy` says): the default, its parts,
 #: the candidates with the same memory, and the baselines its goals name
 HANDWRITTEN_POLICIES = (DEFAULT_POLICY, "default without memory", "default (hybrid memory)",
-                        "default (larger embedder)", "brightness + BM25 memory", "brightness + memory",
+                        "default (larger embedder)", "default (larger embedder, int8)", "brightness + BM25 memory",
+                        "brightness + memory",
                         "brightness (per frame) + memory", "question heads + memory",
                         "question heads (last row) + memory", "recency + memory", "recency", "streaming", "gold")
 
@@ -176,6 +180,7 @@ def policy_factories(tuned: Tuned) -> dict[str, tuple[Callable[[Dialog], Policy]
         "default without memory": (score(tuned.score), None),
         "default (hybrid memory)": (score(tuned.score), tuned.memory.model_copy(update=HYBRID_CANDIDATE)),
         "default (larger embedder)": (score(tuned.score), tuned.memory.model_copy(update=LARGER_EMBEDDER)),
+        "default (larger embedder, int8)": (score(tuned.score), tuned.memory.model_copy(update=LARGER_EMBEDDER_INT8)),
         # the product's default before this benchmark chose one: brightness, window, BM25 memory
         "brightness + BM25 memory": (score("brightness"), WORDS_MEMORY),
         # attention earning its place: every candidate score with the same memory (the default's own

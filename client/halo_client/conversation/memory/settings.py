@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 #: embeddings) or `hybrid` (both, their orders fused; either can bring a sentence back)
 Scorer = Literal["words", "meaning", "hybrid"]
 #: the sentence embedders `meaning` and `hybrid` can use (`halo_client.embedding.MODELS`)
-EmbedderName = Literal["all-MiniLM-L6-v2", "all-mpnet-base-v2"]
+EmbedderName = Literal["all-MiniLM-L6-v2", "all-mpnet-base-v2", "all-mpnet-base-v2-int8"]
 
 
 class MemorySettings(BaseModel):
@@ -26,10 +26,11 @@ class MemorySettings(BaseModel):
 
     enabled: bool = True
     scorer: Scorer = "meaning"
-    #: the sentence embedder: all-MiniLM-L6-v2 (83 MB; the recall step about 18 ms per message on
-    #: two cores) or all-mpnet-base-v2 (404 MB; about 90 ms), which finds more of what a question
-    #: asks for in other words; on the tuning split it ties with the smaller one at 25 %
-    #: (docs/pruning.md, "A larger embedder")
+    #: the sentence embedder: all-MiniLM-L6-v2 (83 MB; the recall step about 16 ms per message on
+    #: two cores), all-mpnet-base-v2 (404 MB; about 70 ms in ONNX Runtime, 90 in numpy), which
+    #: finds more of what a question asks for in other words, or all-mpnet-base-v2-int8 (the same
+    #: files, its products in int8: about 36 ms, ONNX Runtime only; docs/pruning.md, "A larger
+    #: embedder")
     embedder: EmbedderName = "all-MiniLM-L6-v2"
     #: sentences restored per message at most: the fact a question asks for is among meaning's
     #: best few far more often than it is the best, and the similarity threshold, not this cap,
