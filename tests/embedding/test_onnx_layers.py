@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import halo_client.embedding as embedding
-from halo_client.embedding import RUNTIMES, EmbeddingUnavailable, SentenceEmbedder, load_embedder
+from halo_client.embedding import RUNTIMES, EmbeddingModelError, EmbeddingUnavailable, SentenceEmbedder, load_embedder
 from halo_client.embedding.bert import BertConfig, BertEncoder
 from halo_client.embedding.onnx_layers import OnnxLayers, available
 from tests.embedding.test_mpnet import TEXTS
@@ -101,5 +101,8 @@ def test_the_int8_embedder_is_near_the_exact_one() -> None:
     assert cosine.min() > 0.98 and np.abs(exact - rounded).max() > 1e-4
     assert rounded[0] @ rounded[1] > rounded[0] @ rounded[2] + 0.3  # the flight and the plane, not the turtles
     assert rounded[4] @ rounded[3] > max(rounded[4] @ rounded[k] for k in (0, 1, 2, 5))  # the son's role: the troll
+    int8 = load_embedder(lambda _line: None, "all-mpnet-base-v2-int8")
+    with pytest.raises(EmbeddingModelError, match="handed to ONNX Runtime"):  # its float32 copies are gone
+        int8.encoder.encode(np.array([[0, 100, 2]]), np.ones((1, 3), bool))
     with pytest.raises(EmbeddingUnavailable, match="ONNX Runtime only"):
         load_embedder(lambda _line: None, "all-mpnet-base-v2-int8", "numpy")

@@ -146,6 +146,9 @@ class SentenceEmbedder:
                                        "Install the extra (pip install 'halo-weave[memory]'), or choose an embedder "
                                        "without int8.")
         self._layers = OnnxLayers(self.encoder, int8=int8) if self.runtime == "onnxruntime" else None
+        if int8:
+            # the graph holds its own int8 weights: the float32 copies (220 MB for MPNet) go
+            self.encoder.layers = []
 
     def embed(self, texts: Sequence[str]) -> F32:
         """Unit-length vectors, one row per text. Texts of similar length are run together

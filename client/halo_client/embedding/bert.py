@@ -170,6 +170,9 @@ class BertEncoder:
     def run_layers(self, x: F32, bias: F32) -> F32:
         """`x` `[batch, tokens, hidden]` through every layer; `bias` is added to each head's
         attention scores (it broadcasts to `[batch, heads, tokens, tokens]`)."""
+        if not self.layers:
+            raise EmbeddingModelError("this encoder's layers were handed to ONNX Runtime (int8): embed through "
+                                      "its SentenceEmbedder")
         c = self.config
         batch, length, _ = x.shape
         head_dim = c.hidden // c.heads
