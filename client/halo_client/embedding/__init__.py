@@ -81,6 +81,8 @@ MPNET: Final = WheelFiles(
                "d46a3e04ded82bba22528424480697d394eeda6a27484e08c5bb2bdf5906cfa0")),
     404, "choose memory's smaller embedder, all-MiniLM-L6-v2, or turn embeddings off (memory falls back "
          "to word matching).", parts=_MPNET_PARTS)
+
+
 @dataclass(frozen=True)
 class Model:
     """An embedder memory can use: its files, the most word pieces per text it was trained on (its
