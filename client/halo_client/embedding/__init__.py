@@ -125,6 +125,17 @@ class SentenceEmbedder:
 
     def __init__(self, weights: Path, tokenizer: Path, config: Path, *, batch: int = 32,
                  max_tokens: int = 256, runtime: str | None = None, int8: bool = False) -> None:
+        # the runtime is checked first: loading MPNet's weights takes seconds and 440 MB
+        self.runtime = runtime or default_runtime()
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {self.runtime!r}")
+        if self.runtime == "onnxruntime" and not available():
+            raise EmbeddingUnavailable("the onnxruntime runtime needs the onnx and onnxruntime packages, which are "
+                                       "not installed.", "Install the extra: pip install 'halo-weave[memory]'.")
+        if int8 and self.runtime != "onnxruntime":
+            raise EmbeddingUnavailable("an int8 embedder runs in ONNX Runtime only.",
+                                       "Install the extra (pip install 'halo-weave[memory]'), or choose an embedder "
+                                       "without int8.")
         try:
             tokenizers: Any = importlib.import_module("tokenizers")
         except ImportError as exc:
@@ -137,16 +148,6 @@ class SentenceEmbedder:
         self.encoder = (MPNetEncoder if settings.model_type == "mpnet" else BertEncoder)(weights, settings)
         self.batch = batch
         self.dimension = self.encoder.config.hidden
-        self.runtime = runtime or default_runtime()
-        if self.runtime not in RUNTIMES:
-            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {self.runtime!r}")
-        if self.runtime == "onnxruntime" and not available():
-            raise EmbeddingUnavailable("the onnxruntime runtime needs the onnx and onnxruntime packages, which are "
-                                       "not installed.", "Install the extra: pip install 'halo-weave[memory]'.")
-        if int8 and self.runtime != "onnxruntime":
-            raise EmbeddingUnavailable("an int8 embedder runs in ONNX Runtime only.",
-                                       "Install the extra (pip install 'halo-weave[memory]'), or choose an embedder "
-                                       "without int8.")
         self._layers = OnnxLayers(self.encoder, int8=int8) if self.runtime == "onnxruntime" else None
         if int8:
             # the graph holds its own int8 weights: the float32 copies (220 MB for MPNet) go

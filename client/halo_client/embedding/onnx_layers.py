@@ -51,7 +51,7 @@ class OnnxLayers:
     scores' is taken.
     """
 
-    def __init__(self, encoder: BertEncoder, threads: int = 0, int8: bool = False) -> None:
+    def __init__(self, encoder: BertEncoder, int8: bool = False) -> None:
         onnx: Any = importlib.import_module("onnx")
         ort: Any = importlib.import_module("onnxruntime")
         c = encoder.config
@@ -137,7 +137,6 @@ class OnnxLayers:
             [helper.make_tensor_value_info(x, float_, ["batch", "tokens", c.hidden])], initializer=constants)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
         # idle worker threads do not spin: the recall step runs beside a model server, on the same cores
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         names = list(weights)

@@ -80,7 +80,7 @@ WORDS_MEMORY = MemorySettings(scorer="words", max_recalled=1, min_relevance=0.0)
 #: probes (docs/pruning.md); the held-out sets judge it
 HYBRID_CANDIDATE = {"scorer": "hybrid", "min_relevance": 2.0, "min_similarity_with_words": 0.2}
 #: the default's memory with the larger sentence embedder, a setting (`MemorySettings.embedder`): a
-#: development replay found it ahead by hand and tied on the tuning split, at five times the recall
+#: development replay found it ahead by hand and tied on the tuning split, at four times the recall
 #: step (docs/pruning.md, "A larger embedder"); the held-out sets judge it
 LARGER_EMBEDDER = {"embedder": "all-mpnet-base-v2"}
 #: the same in int8 (`halo_client.embedding.onnx_layers`): the recall step within the 50 ms a message may
@@ -92,8 +92,7 @@ HEAD_COUNT = 5
 #: the candidates with the same memory, and the baselines its goals name
 HANDWRITTEN_POLICIES = (DEFAULT_POLICY, "default without memory", "default (hybrid memory)",
                         "default (larger embedder)", "default (larger embedder, int8)", "brightness + BM25 memory",
-                        "brightness + memory",
-                        "brightness (per frame) + memory", "question heads + memory",
+                        "brightness + memory", "brightness (per frame) + memory", "question heads + memory",
                         "question heads (last row) + memory", "recency + memory", "recency", "streaming", "gold")
 
 
