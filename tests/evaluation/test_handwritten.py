@@ -23,12 +23,17 @@ TUNE_SHA256 = "04ca1c401995588f441a321fe79710985db07919fa27ee33ed11ec3bbde39b3f"
 #: the fact's own words): frozen before they were first tuned on
 HANDWRITTEN_TUNE_NATURAL = HANDWRITTEN.with_name("conversations.handwritten-tune-natural.jsonl")
 TUNE_NATURAL_SHA256 = "dc46843214cc3dbf26438cca29c3ebaa827ec8b7a9628f6968172396a878ffc6"
+#: twelve more, asked both ways, written to settle a question the first tuning sets could not (which
+#: threshold the larger embedder's memory should use, docs/pruning.md): frozen before anything ran on them
+HANDWRITTEN_TUNE_2 = HANDWRITTEN.with_name("conversations.handwritten-tune-2.jsonl")
+TUNE_2_SHA256 = "952fe8e300d0b71bca8aae2065bba93af90755a6f42e08135ca49d0b9c60e190"
 
 
 def test_the_handwritten_set_is_frozen() -> None:
     assert hashlib.sha256(HANDWRITTEN.read_bytes()).hexdigest() == FROZEN_SHA256
     assert hashlib.sha256(HANDWRITTEN_TUNE.read_bytes()).hexdigest() == TUNE_SHA256
     assert hashlib.sha256(HANDWRITTEN_TUNE_NATURAL.read_bytes()).hexdigest() == TUNE_NATURAL_SHA256
+    assert hashlib.sha256(HANDWRITTEN_TUNE_2.read_bytes()).hexdigest() == TUNE_2_SHA256
 
 
 def _tuning_set(path: Path, count: int, others: list[Conversation]) -> list[str]:
@@ -58,6 +63,12 @@ def test_the_handwritten_tuning_set_is_for_tuning_only_and_mostly_in_other_words
 def test_the_natural_tuning_set_is_for_tuning_only_and_asked_both_ways() -> None:
     wordings = _tuning_set(HANDWRITTEN_TUNE_NATURAL, 8, load_conversations(HANDWRITTEN, HANDWRITTEN_TUNE))
     assert (wordings.count("literal"), wordings.count("paraphrased")) == (15, 9)
+
+
+def test_the_second_tuning_set_is_for_tuning_only_and_asked_both_ways() -> None:
+    others = load_conversations(HANDWRITTEN, HANDWRITTEN_TUNE, HANDWRITTEN_TUNE_NATURAL)
+    wordings = _tuning_set(HANDWRITTEN_TUNE_2, 12, others)
+    assert (wordings.count("literal"), wordings.count("paraphrased")) == (18, 18)
 
 
 def test_the_handwritten_set_loads_with_evidence_for_every_question() -> None:
