@@ -76,7 +76,7 @@ DEFAULT_CHOICES := --score "question heads (last row)" --memory-count 5
 # policies the goals name, the default's score and count as the tuning split chose them (BENCH_QUALITY_ARGS=
 # for everything: every policy, 40 chats, the score and count tuned again; well over an hour here)
 BENCH_QUALITY_ARGS ?= --count 10 $(DEFAULT_CHOICES) --policy default \
-	--policy "default without memory" --policy "default (hybrid memory)" --policy "default (larger embedder)" \
+	--policy "default without memory" --policy "default (hybrid memory)" --policy "default (small embedder)" \
 	--policy "brightness + BM25 memory" --policy "brightness + memory" \
 	--policy "recency + memory" --policy recency --policy random --policy streaming --policy gold
 bench-quality: $(STAMP)  ## the pruning benchmark on SmolLM2, with the conversations written by hand (held out, and for tuning): docs/pruning.md, .json, .svg (time: docs/pruning.md)
@@ -92,7 +92,7 @@ bench-attention: $(STAMP)  ## the default against recency + memory on 40 generat
 # people's conversations from outside this project: windows of LoCoMo's ten (not on a registry: bring
 # your copy), held out, the product tuned as bench-quality tunes it
 LOCOMO_POLICIES := --policy default --policy "recency + memory" --policy "default without memory" \
-	--policy "default (hybrid memory)" --policy "default (larger embedder)" \
+	--policy "default (hybrid memory)" --policy "default (small embedder)" \
 	--policy "brightness + BM25 memory" --policy gold
 bench-locomo: $(STAMP)  ## the pruning benchmark on windows of LoCoMo's conversations, LOCOMO=path to its locomo10.json (github.com/snap-research/locomo): out/locomo/
 	@test -n "$(LOCOMO)" || { echo "make bench-locomo: LOCOMO=PATH is needed: LoCoMo's locomo10.json, or the folder of its per-conversation files (github.com/snap-research/locomo, data/locomo10.zip)" >&2; exit 2; }

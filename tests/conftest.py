@@ -36,7 +36,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 @pytest.fixture(autouse=True)
 def _stand_in_embedder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Memory's sentence embedder is a real model (all-MiniLM-L6-v2): tests marked `model` get it,
+    """Memory's sentence embedder is a real model (all-mpnet-base-v2 in int8): tests marked `model` get it,
     the others a stand-in (`make test-fast` loads no model), unless they pass one of their own."""
     if request.node.get_closest_marker("model") is None:
         from halo_client.conversation.memory import recall

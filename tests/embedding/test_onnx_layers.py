@@ -104,3 +104,18 @@ def test_the_int8_embedder_is_near_the_exact_one() -> None:
         int8.encoder.encode(np.array([[0, 100, 2]]), np.ones((1, 3), bool))
     with pytest.raises(EmbeddingUnavailable, match="ONNX Runtime only"):
         load_embedder(lambda _line: None, "all-mpnet-base-v2-int8", "numpy")
+
+
+@pytest.mark.model
+def test_without_onnx_runtime_the_default_int8_embedder_runs_exactly_in_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory's default is int8, which only ONNX Runtime runs: where it is not installed, memory keeps
+    its meaning with the same model's exact layers in numpy (asked for numpy by name, int8 is refused)."""
+    monkeypatch.setattr(embedding, "available", lambda: False)
+    monkeypatch.setattr(embedding, "_LOADED", {})
+    fallback = load_embedder(lambda _line: None, embedding.DEFAULT_MODEL)
+    assert embedding.MODELS[embedding.DEFAULT_MODEL].int8
+    assert (fallback.runtime, fallback.encoder.layers != []) == ("numpy", True)
+    monkeypatch.setattr(embedding, "_LOADED", {})
+    monkeypatch.setattr(embedding, "available", lambda: True)
+    exact = load_embedder(lambda _line: None, "all-mpnet-base-v2", "onnxruntime").embed(TEXTS)
+    assert np.abs(fallback.embed(TEXTS) - exact).max() < 1e-5

@@ -36,9 +36,9 @@ def test_a_full_run_writes_tables_json_and_plot(tiny: ReferenceBackend, tmp_path
     assert {r["policy"] for r in result["rows"]} == names
     # what memory brought back is shown for every policy that had memory, whatever its name
     assert set(result["with_memory"]) == {n for n, (_f, m) in policy_factories(Tuned()).items() if m is not None}
-    larger = [line for line in (tmp_path / "pruning.md").read_text().splitlines()
-              if line.startswith("| default (larger embedder) |")]
-    assert larger and not any(line.endswith("|  |  |") for line in larger)
+    small = [line for line in (tmp_path / "pruning.md").read_text().splitlines()
+             if line.startswith("| default (small embedder) |")]
+    assert small and not any(line.endswith("|  |  |") for line in small)
     # held out only: the generated ones, and the one written by hand, marked as such
     assert {(r["conversation"], r["set"]) for r in result["rows"]} == {
         ("seed 1", "generated"), ("seed 2", "generated"), ("hw-01-airport", "handwritten")}

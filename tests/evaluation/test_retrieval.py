@@ -64,7 +64,7 @@ def test_memory_is_tuned_with_false_recalls_counted() -> None:
             MemorySettings(scorer="meaning", min_similarity=0.5)]
     chosen, score = choose_memory([archive], grid)
     assert chosen == grid[2] and score == pytest.approx(0.5)  # the fact, and nothing for the probe
-    # a lower threshold finds a second fact for two false recalls: worth it at a quarter's cost each,
+    # a lower threshold finds a second fact for two false recalls: worth it at the default's cost each,
     # not when a wrong sentence costs as much as a fact
     other, again = query("question", [False, False, True]), query("fidelity", [False, False, False])
     other.relevance, other.similarity = np.array([0.0, 0.0, 0.0]), np.array([0.1, 0.2, 0.42])

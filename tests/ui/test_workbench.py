@@ -401,7 +401,7 @@ async def test_a_new_chat_loads_memorys_embedder_before_the_first_message(tmp_pa
     def load(progress: Callable[[str], None] | None = None, name: str | None = None) -> WordHashEmbedder:
         loads.append((name, threading.current_thread().name))
         if progress is not None:
-            progress(f"fetching {name} (about 83 MB, once) ...")
+            progress(f"fetching {name} (about 404 MB, once) ...")
         return WordHashEmbedder()
 
     monkeypatch.setattr(recall, "default_embedder", load)
@@ -416,12 +416,12 @@ async def test_a_new_chat_loads_memorys_embedder_before_the_first_message(tmp_pa
             await workbench.idle()
             chat = workbench.chat
             assert chat is not None and chat.memory.meaning is not None
-            assert loads == [("all-MiniLM-L6-v2", loads[0][1])] and loads[0][1] != threading.current_thread().name
+            assert loads == [("all-mpnet-base-v2-int8", loads[0][1])] and loads[0][1] != threading.current_thread().name
             assert not server.mock.received  # no message was needed
             await page.wait_for(lambda: any(m.get("message", "").endswith("is ready") for m in page.of("error")))
             banners = [m.get("message") for m in page.of("error")]
-            assert banners[-2:] == ["memory: fetching all-MiniLM-L6-v2 (about 83 MB, once) ...",
-                                    "memory: all-MiniLM-L6-v2 is ready"]
+            assert banners[-2:] == ["memory: fetching all-mpnet-base-v2-int8 (about 404 MB, once) ...",
+                                    "memory: all-mpnet-base-v2-int8 is ready"]
         finally:
             await workbench.close()
 

@@ -105,9 +105,9 @@ def memory_option(func: Callable[P, R]) -> Callable[P, R]:
     """--memory/--no-memory: pruned sentences the user's message asks for come back before the reply."""
     return click.option("--memory/--no-memory", default=True, show_default=True,
                         help="Before each reply, bring back the pruned sentences the message asks for, by meaning "
-                             "(all-MiniLM-L6-v2, fetched once, 83 MB, or the settings file's memory.embedder) or "
-                             "by its words (BM25), and keep its best matches still in the context through the "
-                             "prune; shown as 'recalled ... by ...' and "
+                             "(all-mpnet-base-v2 in int8, fetched once, 404 MB, or the settings file's "
+                             "memory.embedder) or by its words (BM25), and keep its best matches still in the "
+                             "context through the prune; shown as 'recalled ... by ...' and "
                              "'kept ... by ...' with the reason.")(func)
 
 

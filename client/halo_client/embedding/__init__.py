@@ -14,9 +14,9 @@ to run them (`MODELS`):
   `-005`, 404 MB): a 12-layer MPNet, 768 dimensions (`mpnet.MPNetEncoder`). It finds more of
   what a question asks for in other words, and embedding a message takes several times longer
   (docs/pruning.md, "A larger embedder");
-- all-mpnet-base-v2-int8: the same files, every matrix product of its layers in int8 (in ONNX
-  Runtime only, `onnx_layers`): about twice as fast again, its vectors within a cosine of 0.99 of
-  the exact ones.
+- all-mpnet-base-v2-int8, memory's default: the same files, every matrix product of its layers
+  in int8 (in ONNX Runtime, `onnx_layers`): about twice as fast again, its vectors within a cosine
+  of 0.99 of the exact ones. Without ONNX Runtime it runs exactly in numpy (`load_embedder`).
 
 The tokenizer is Hugging Face `tokenizers` (the memory extra's): no PyTorch. The layers run in
 ONNX Runtime where the memory extra installed it (`onnx_layers`: the same vectors, to rounding, in
@@ -97,7 +97,8 @@ class Model:
 #: the embedders memory can use, by name
 MODELS: Final = {"all-MiniLM-L6-v2": Model(MINILM, 256), "all-mpnet-base-v2": Model(MPNET, 384),
                  "all-mpnet-base-v2-int8": Model(MPNET, 384, int8=True)}
-DEFAULT_MODEL: Final = "all-MiniLM-L6-v2"
+#: memory's default (`MemorySettings.embedder`): chosen on the tuning split (docs/pruning.md, "The embedder")
+DEFAULT_MODEL: Final = "all-mpnet-base-v2-int8"
 #: what runs an embedder's layers: ONNX Runtime (the memory extra installs it), or numpy
 RUNTIMES: Final = ("onnxruntime", "numpy")
 
@@ -200,9 +201,14 @@ def load_embedder(progress: Callable[[str], None] = lambda line: print(line, fil
                   name: str = DEFAULT_MODEL, runtime: str | None = None) -> SentenceEmbedder:
     """The model `name` (a key of `MODELS`), fetched on first use; one instance per process,
     name and runtime (the weights are 90 MB and 440 MB). `runtime`: one of `RUNTIMES`, by
-    default ONNX Runtime where it is installed."""
+    default ONNX Runtime where it is installed; without it, an int8 model runs exactly in numpy."""
     model = MODELS[name]
-    key = (tuple(model_files(progress, name)), runtime or default_runtime(), model.int8)
+    chosen = runtime or default_runtime()
+    # the default embedder is int8, which only ONNX Runtime runs: where it is not installed, the
+    # same model runs exactly in numpy (slower; its vectors within a cosine of 0.99 of int8's) rather
+    # than memory losing meaning altogether. Asked for numpy by name, int8 is refused
+    int8 = model.int8 and (runtime is not None or chosen == "onnxruntime")
+    key = (tuple(model_files(progress, name)), chosen, int8)
     if key not in _LOADED:
-        _LOADED[key] = SentenceEmbedder(*key[0], max_tokens=model.max_tokens, runtime=key[1], int8=model.int8)
+        _LOADED[key] = SentenceEmbedder(*key[0], max_tokens=model.max_tokens, runtime=key[1], int8=key[2])
     return _LOADED[key]

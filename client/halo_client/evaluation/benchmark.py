@@ -79,19 +79,19 @@ WORDS_MEMORY = MemorySettings(scorer="words", max_recalled=1, min_relevance=0.0)
 #: checked on the tuning split, where it changed no measure but brought back more sentences for the
 #: probes (docs/pruning.md); the held-out sets judge it
 HYBRID_CANDIDATE = {"scorer": "hybrid", "min_relevance": 2.0, "min_similarity_with_words": 0.2}
-#: the default's memory with the larger sentence embedder, a setting (`MemorySettings.embedder`): a
-#: development replay found it ahead by hand and tied on the tuning split, at four times the recall
-#: step (docs/pruning.md, "A larger embedder"); the held-out sets judge it
-LARGER_EMBEDDER = {"embedder": "all-mpnet-base-v2"}
-#: the same in int8 (`halo_client.embedding.onnx_layers`): the recall step within the 50 ms a message may
-#: take, its vectors within a cosine of 0.99 of the exact ones
-LARGER_EMBEDDER_INT8 = {"embedder": "all-mpnet-base-v2-int8"}
+#: the default's memory with the embedder it had before (`MemorySettings.embedder`): all-MiniLM-L6-v2,
+#: a fifth of the download and half the recall step; what the larger one buys (docs/pruning.md, "The
+#: embedder")
+SMALL_EMBEDDER = {"embedder": "all-MiniLM-L6-v2"}
+#: the default's embedder with its products in float32 (`halo_client.embedding.onnx_layers`): what int8
+#: rounding costs, at twice the recall step
+EMBEDDER_FLOAT32 = {"embedder": "all-mpnet-base-v2"}
 #: heads attention votes with, per `Rows` (chosen on the tuning split's recall study)
 HEAD_COUNT = 5
 #: the policies measured on the hand-written set (unless `--policy` says): the default, its parts,
 #: the candidates with the same memory, and the baselines its goals name
 HANDWRITTEN_POLICIES = (DEFAULT_POLICY, "default without memory", "default (hybrid memory)",
-                        "default (larger embedder)", "default (larger embedder, int8)", "brightness + BM25 memory",
+                        "default (small embedder)", "default (embedder in float32)", "brightness + BM25 memory",
                         "brightness + memory", "brightness (per frame) + memory", "question heads + memory",
                         "question heads (last row) + memory", "recency + memory", "recency", "streaming", "gold")
 
@@ -178,8 +178,8 @@ def policy_factories(tuned: Tuned) -> dict[str, tuple[Callable[[Dialog], Policy]
         DEFAULT_POLICY: (score(tuned.score), tuned.memory),
         "default without memory": (score(tuned.score), None),
         "default (hybrid memory)": (score(tuned.score), tuned.memory.model_copy(update=HYBRID_CANDIDATE)),
-        "default (larger embedder)": (score(tuned.score), tuned.memory.model_copy(update=LARGER_EMBEDDER)),
-        "default (larger embedder, int8)": (score(tuned.score), tuned.memory.model_copy(update=LARGER_EMBEDDER_INT8)),
+        "default (small embedder)": (score(tuned.score), tuned.memory.model_copy(update=SMALL_EMBEDDER)),
+        "default (embedder in float32)": (score(tuned.score), tuned.memory.model_copy(update=EMBEDDER_FLOAT32)),
         # the product's default before this benchmark chose one: brightness, window, BM25 memory
         "brightness + BM25 memory": (score("brightness"), WORDS_MEMORY),
         # attention earning its place: every candidate score with the same memory (the default's own

@@ -1,7 +1,7 @@
 """Matching by meaning: cosine similarity of sentence embeddings, each archived text embedded once.
 
 The embedder is anything with `embed(texts) -> [n, d]` unit vectors (`halo_client.embedding`'s
-all-MiniLM-L6-v2 in the product, a small stand-in in tests). `MeaningIndex` keeps the vector of
+all-mpnet-base-v2 in int8 in the product, a small stand-in in tests). `MeaningIndex` keeps the vector of
 every text it has seen (a restored sentence keeps its row: it may be pruned again), so a query
 embeds only itself and what was archived since the last one.
 

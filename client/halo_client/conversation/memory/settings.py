@@ -18,20 +18,21 @@ class MemorySettings(BaseModel):
     """The defaults are the pruning benchmark's choice on its tuning split, generated chats and
     chats written by hand (docs/pruning.md): among the three scorers, their thresholds, and whether
     sentences that ask may come back at all, the most sentences holding the fact a question asks
-    for, less a quarter for every other sentence brought back (for a question, or for a message
-    that asks for nothing); then, replayed end to end, how many may come back: of three, four
-    and five, the lowest answer NLL increase at 25 % whose KL at 50 % is not significantly worse."""
+    for, less 0.15 for every other sentence brought back (for a question, or for a message that
+    asks for nothing); then, replayed end to end, how many may come back: of three, four and five,
+    the lowest answer NLL increase at 25 % whose KL at 50 % is not significantly worse. The
+    embedder was chosen the same way, end to end (docs/pruning.md, "The embedder")."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = True
     scorer: Scorer = "meaning"
-    #: the sentence embedder: all-MiniLM-L6-v2 (83 MB; the recall step about 16 ms per message on
-    #: two cores), all-mpnet-base-v2 (404 MB; about 70 ms in ONNX Runtime, 90 in numpy), which
-    #: finds more of what a question asks for in other words, or all-mpnet-base-v2-int8 (the same
-    #: files, its products in int8: about 36 ms, ONNX Runtime only; docs/pruning.md, "A larger
-    #: embedder")
-    embedder: EmbedderName = "all-MiniLM-L6-v2"
+    #: the sentence embedder: all-mpnet-base-v2-int8 (404 MB, fetched once; its products in int8, the
+    #: recall step about 36 ms per message on two cores in ONNX Runtime; without ONNX Runtime the
+    #: same model runs exactly in numpy, about 90 ms), all-mpnet-base-v2 (the same files in float32:
+    #: about 70 ms) or all-MiniLM-L6-v2 (83 MB, about 16 ms, finds less of what a question asks in
+    #: other words; docs/pruning.md, "The embedder")
+    embedder: EmbedderName = "all-mpnet-base-v2-int8"
     #: sentences restored per message at most: the fact a question asks for is among meaning's
     #: best few far more often than it is the best, and the similarity threshold, not this cap,
     #: decides most messages (docs/pruning.md)
