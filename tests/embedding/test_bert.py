@@ -19,16 +19,20 @@ TEXTS = ["My sister's flight lands at 7:40 in the evening.", "What time does her
          "the coffee that went cold, and a to-do list with five items on it, to check padding and lengths."]
 
 
+#: the BERT among the embedders (memory's default is the MPNet one: tests/embedding/test_mpnet.py)
+NAME = "all-MiniLM-L6-v2"
+
+
 @pytest.fixture(scope="module")
 def embedder() -> SentenceEmbedder:
-    return load_embedder(progress=lambda _line: None)
+    return load_embedder(progress=lambda _line: None, name=NAME)
 
 
 @pytest.mark.model
 def test_numpy_bert_matches_transformers(embedder: SentenceEmbedder) -> None:
     from halo_client.embedding import model_files
 
-    weights, _tokenizer, _config = model_files(progress=lambda _line: None)
+    weights, _tokenizer, _config = model_files(progress=lambda _line: None, name=NAME)
     expected = expected_vectors(embedder, TEXTS, weights.parent, "BertModel", pad_id=0)
     got = embedder.embed(TEXTS)
     assert np.abs(got - expected).max() < 1e-4
