@@ -85,7 +85,7 @@ bench-quality: $(STAMP)  ## the pruning benchmark on SmolLM2, with the conversat
 
 # does the model's attention earn its place? The default against recency with the same memory, on
 # all 40 generated held-out chats (10 in bench-quality's hour say little); tuned as bench-quality is
-bench-attention: $(STAMP)  ## the default against recency + memory on 40 generated held-out chats: docs/attention/pruning.md, .json, .svg (about 30 minutes here)
+bench-attention: $(STAMP)  ## the default against recency + memory on 40 generated held-out chats: docs/attention/pruning.md, .json, .svg (about 20 minutes here)
 	$(BIN)/halo-client eval pruning --out docs/attention --cache out/pruning/cache $(TUNING_CHATS) \
 		--count 40 $(DEFAULT_CHOICES) --policy default --policy "recency + memory" --cost-sentences 0
 
