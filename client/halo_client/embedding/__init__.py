@@ -101,6 +101,8 @@ MODELS: Final = {"all-MiniLM-L6-v2": Model(MINILM, 256), "all-mpnet-base-v2": Mo
 DEFAULT_MODEL: Final = "all-mpnet-base-v2-int8"
 #: what runs an embedder's layers: ONNX Runtime (the memory extra installs it), or numpy
 RUNTIMES: Final = ("onnxruntime", "numpy")
+#: what installs the tokenizer and ONNX Runtime (the memory extra)
+INSTALL_MEMORY: Final = "pip install 'halo-weave[memory]'"
 
 
 def default_runtime() -> str:
@@ -132,16 +134,16 @@ class SentenceEmbedder:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {self.runtime!r}")
         if self.runtime == "onnxruntime" and not available():
             raise EmbeddingUnavailable("the onnxruntime runtime needs the onnx and onnxruntime packages, which are "
-                                       "not installed.", "Install the extra: pip install 'halo-weave[memory]'.")
+                                       "not installed.", f"Install the extra: {INSTALL_MEMORY}.")
         if int8 and self.runtime != "onnxruntime":
             raise EmbeddingUnavailable("an int8 embedder runs in ONNX Runtime only.",
-                                       "Install the extra (pip install 'halo-weave[memory]'), or choose an embedder "
+                                       f"Install the extra ({INSTALL_MEMORY}), or choose an embedder "
                                        "without int8.")
         try:
             tokenizers: Any = importlib.import_module("tokenizers")
         except ImportError as exc:
             raise EmbeddingUnavailable("sentence embeddings need the tokenizers package, which is not installed.",
-                                       "Install the extra: pip install 'halo-weave[memory]'.") from exc
+                                       f"Install the extra: {INSTALL_MEMORY}.") from exc
         self.tokenizer = tokenizers.Tokenizer.from_file(str(tokenizer))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_tokens)
@@ -212,7 +214,7 @@ def load_embedder(progress: Callable[[str], None] = lambda line: print(line, fil
     if model.int8 and not int8:
         # said on every load, not only the first: memory still works, but past the 50 ms a message may take
         progress(f"{name} runs exactly in numpy (about 90 ms a message rather than 36): ONNX Runtime is not "
-                 "installed; pip install 'halo-weave[memory]' installs it")
+                 f"installed; {INSTALL_MEMORY} installs it")
     if key not in _LOADED:
         _LOADED[key] = SentenceEmbedder(*key[0], max_tokens=model.max_tokens, runtime=key[1], int8=key[2])
     return _LOADED[key]
